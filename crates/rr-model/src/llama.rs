@@ -1,0 +1,494 @@
+//! The Llama-family decoder, top to bottom: RMSNorm, RoPE, attention, MLP, blocks, model.
+//!
+//! Variable names mirror the Hugging Face checkpoint (`model.layers.3.self_attn.q_proj.weight`),
+//! so loading is a name-for-name copy. The pieces (`RmsNorm`, `Rope`, `Attention`, `Mlp`,
+//! `Block`) are public because the recurrent model is built from the same blocks.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tch::nn::{self, Init};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{LlamaConfig, ModelType, RopeScaling};
+use crate::weights::SafetensorsFiles;
+
+/// RMSNorm computed in fp32: `(x.float() * rsqrt(mean(x²) + eps)).to(dtype) * weight`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: nn::Path, size: i64, eps: f64) -> Self {
+        Self { weight: p.var("weight", &[size], Init::Const(1.0)), eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let dtype = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let mean_sq = xf.square().mean_dim(-1, true, Kind::Float);
+        (xf * (mean_sq + self.eps).rsqrt()).to_kind(dtype) * &self.weight
+    }
+}
+
+/// Rotary position embedding in the rotate-half convention, with Llama-3 frequency scaling
+/// when the config asks for it. Angles are computed in fp32 from positions on every call, so
+/// there is no table to outgrow.
+#[derive(Debug)]
+pub struct Rope {
+    inv_freq: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig, device: Device) -> Self {
+        let inv_freq = rope_inv_freq(cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling.as_ref());
+        Self { inv_freq: Tensor::from_slice(&inv_freq).to_device(device) }
+    }
+
+    /// `cos` and `sin` of shape [B, 1, T, head_dim] for positions [B, T], in `dtype`.
+    pub fn cos_sin(&self, positions: &Tensor, dtype: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos().to_kind(dtype), emb.sin().to_kind(dtype))
+    }
+
+    /// Applies the rotation to `x` of shape [B, H, T, D].
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let half = x.size()[3] / 2;
+        let x1 = x.narrow(3, 0, half);
+        let x2 = x.narrow(3, half, half);
+        let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// Inverse frequencies `1 / θ^(2i/d)`, rescaled by Llama-3's piecewise rule when configured
+/// (long wavelengths divided by `factor`, short ones kept, a smooth blend between).
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    // fp32 arithmetic, as transformers computes it, so angles agree to the last bits.
+    let base = theta as f32;
+    let inv: Vec<f32> =
+        (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let Some(s) = scaling.filter(|s| s.rope_type == "llama3") else { return inv };
+    let factor = s.factor.unwrap_or(1.0) as f32;
+    let low = s.low_freq_factor.unwrap_or(1.0) as f32;
+    let high = s.high_freq_factor.unwrap_or(4.0) as f32;
+    let old_ctx = s.original_max_position_embeddings.unwrap_or(8192) as f32;
+    let low_freq_wavelen = old_ctx / low;
+    let high_freq_wavelen = old_ctx / high;
+    inv.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            if wavelen < high_freq_wavelen {
+                f
+            } else if wavelen > low_freq_wavelen {
+                f / factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// How queries may attend to keys in one forward call.
+pub enum AttnMask {
+    /// Plain causal attention over a fresh sequence (lets SDPA pick its fused kernels).
+    Causal,
+    /// Every key is visible (one new token on top of a cache with no padding).
+    None,
+    /// Explicit boolean mask [B, 1, T, S]: true = may attend.
+    Explicit(Tensor),
+}
+
+/// Keys and values of one attention layer, [B, n_kv, S, D] each, grown by concatenation.
+#[derive(Debug, Default)]
+pub struct LayerKv {
+    pub kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerKv {
+    /// Appends new keys/values and returns the full ones to attend over.
+    pub fn append(&mut self, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let (k, v) = match self.kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
+            None => (k, v),
+        };
+        self.kv = Some((k.shallow_clone(), v.shallow_clone()));
+        (k, v)
+    }
+}
+
+/// Causal self-attention with grouped-query heads.
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Tensor,
+    pub k_proj: Tensor,
+    pub v_proj: Tensor,
+    pub o_proj: Tensor,
+    /// OLMo-2 only: RMSNorm over the full q and k projections, before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+impl Attention {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+        let h = cfg.hidden_size as i64;
+        let d = cfg.head_dim() as i64;
+        let nq = cfg.num_attention_heads as i64;
+        let nkv = cfg.num_kv_heads() as i64;
+        let weight = |name: &str, out: i64, inp: i64| {
+            (&p / name).var("weight", &[out, inp], Init::Const(0.0))
+        };
+        let (q_norm, k_norm) = match cfg.model_type {
+            ModelType::Llama => (None, None),
+            ModelType::Olmo2 => (
+                Some(RmsNorm::new(&p / "q_norm", nq * d, cfg.rms_norm_eps)),
+                Some(RmsNorm::new(&p / "k_norm", nkv * d, cfg.rms_norm_eps)),
+            ),
+        };
+        Self {
+            q_proj: weight("q_proj", nq * d, h),
+            k_proj: weight("k_proj", nkv * d, h),
+            v_proj: weight("v_proj", nkv * d, h),
+            o_proj: weight("o_proj", h, nq * d),
+            q_norm,
+            k_norm,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<&mut LayerKv>,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input must be [B, T, H]");
+        let mut q = x.linear::<&Tensor>(&self.q_proj, None);
+        let mut k = x.linear::<&Tensor>(&self.k_proj, None);
+        let v = x.linear::<&Tensor>(&self.v_proj, None);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        let heads = |t_: Tensor, n: i64| t_.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let q = Rope::apply(&heads(q, self.num_heads), &cos_sin.0, &cos_sin.1);
+        let k = Rope::apply(&heads(k, self.num_kv_heads), &cos_sin.0, &cos_sin.1);
+        let v = heads(v, self.num_kv_heads);
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v),
+            None => (k, v),
+        };
+        let gqa = self.num_heads != self.num_kv_heads;
+        let y = match mask {
+            AttnMask::Causal => {
+                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
+            }
+            AttnMask::None => {
+                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, gqa)
+            }
+            AttnMask::Explicit(m) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
+            }
+        };
+        y.transpose(1, 2)
+            .contiguous()
+            .view([b, t, self.num_heads * self.head_dim])
+            .linear::<&Tensor>(&self.o_proj, None)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Tensor,
+    pub up_proj: Tensor,
+    pub down_proj: Tensor,
+}
+
+impl Mlp {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+        let h = cfg.hidden_size as i64;
+        let i = cfg.intermediate_size as i64;
+        let weight = |name: &str, out: i64, inp: i64| {
+            (&p / name).var("weight", &[out, inp], Init::Const(0.0))
+        };
+        Self {
+            gate_proj: weight("gate_proj", i, h),
+            up_proj: weight("up_proj", i, h),
+            down_proj: weight("down_proj", h, i),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let gate = x.linear::<&Tensor>(&self.gate_proj, None).silu();
+        (gate * x.linear::<&Tensor>(&self.up_proj, None)).linear::<&Tensor>(&self.down_proj, None)
+    }
+}
+
+/// One decoder layer, in its source model's form.
+#[derive(Debug)]
+pub struct Block {
+    pub model_type: ModelType,
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    /// Llama: before attention. OLMo-2: unused (None).
+    pub input_layernorm: Option<RmsNorm>,
+    /// Llama: before the MLP. OLMo-2: on the attention output.
+    pub post_attention_layernorm: RmsNorm,
+    /// OLMo-2 only: on the MLP output.
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+}
+
+impl Block {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+        let h = cfg.hidden_size as i64;
+        let eps = cfg.rms_norm_eps;
+        let (input_layernorm, post_feedforward_layernorm) = match cfg.model_type {
+            ModelType::Llama => (Some(RmsNorm::new(&p / "input_layernorm", h, eps)), None),
+            ModelType::Olmo2 => (None, Some(RmsNorm::new(&p / "post_feedforward_layernorm", h, eps))),
+        };
+        Self {
+            model_type: cfg.model_type,
+            self_attn: Attention::new(&p / "self_attn", cfg),
+            mlp: Mlp::new(&p / "mlp", cfg),
+            input_layernorm,
+            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", h, eps),
+            post_feedforward_layernorm,
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos_sin: &(Tensor, Tensor),
+        mask: &AttnMask,
+        cache: Option<&mut LayerKv>,
+    ) -> Tensor {
+        match (&self.input_layernorm, &self.post_feedforward_layernorm) {
+            (Some(pre_attn), _) => {
+                let h = x + self.self_attn.forward(&pre_attn.forward(x), cos_sin, mask, cache);
+                let pre_mlp = self.post_attention_layernorm.forward(&h);
+                &h + self.mlp.forward(&pre_mlp)
+            }
+            (None, Some(post_mlp)) => {
+                let attn = self.self_attn.forward(x, cos_sin, mask, cache);
+                let h = x + self.post_attention_layernorm.forward(&attn);
+                let mlp = self.mlp.forward(&h);
+                &h + post_mlp.forward(&mlp)
+            }
+            (None, None) => unreachable!("a block always has one of its norm layouts"),
+        }
+    }
+}
+
+/// Per-layer keys and values plus the key padding mask, for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
+    /// [B, S] bool over all cached positions; None while nothing is padded.
+    pub key_mask: Option<Tensor>,
+    /// Number of cached positions S.
+    pub len: i64,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: (0..num_layers).map(|_| LayerKv::default()).collect(), key_mask: None, len: 0 }
+    }
+}
+
+/// Positions and attention mask for `t` new tokens on top of `past` cached ones.
+///
+/// With padding, positions count only real tokens (`cumsum(mask) - 1`), so a left-padded row
+/// gets the same positions as it would alone; padded keys are never attended to. A query
+/// whose every key is masked (a pad token with only pads before it) may see itself, which
+/// keeps SDPA free of NaNs without affecting real tokens.
+pub fn positions_and_mask(
+    b: i64,
+    t: i64,
+    past: i64,
+    key_mask: Option<&Tensor>,
+    device: Device,
+) -> (Tensor, AttnMask) {
+    let Some(key_mask) = key_mask else {
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], true);
+        let mask = if past == 0 { AttnMask::Causal } else if t == 1 { AttnMask::None } else { explicit_causal(b, t, past, None, device) };
+        return (positions, mask);
+    };
+    let positions = (key_mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, t);
+    (positions, explicit_causal(b, t, past, Some(key_mask), device))
+}
+
+fn explicit_causal(b: i64, t: i64, past: i64, key_mask: Option<&Tensor>, device: Device) -> AttnMask {
+    let s = past + t;
+    let q_pos = Tensor::arange_start(past, s, (Kind::Int64, device)).view([t, 1]);
+    let k_pos = Tensor::arange(s, (Kind::Int64, device)).view([1, s]);
+    let causal = k_pos.le_tensor(&q_pos);
+    let mut allowed = causal.view([1, 1, t, s]).expand([b, 1, t, s], true);
+    if let Some(km) = key_mask {
+        let diagonal = k_pos.eq_tensor(&q_pos).view([1, 1, t, s]);
+        allowed = allowed.logical_and(&km.to_kind(Kind::Bool).view([b, 1, 1, s])).logical_or(&diagonal);
+    }
+    AttnMask::Explicit(allowed)
+}
+
+/// A Llama-family causal language model with its parameters.
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    pub vs: nn::VarStore,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// A copy of `embed_tokens` (same tensor) when the config ties them.
+    pub lm_head: Tensor,
+    pub rope: Rope,
+}
+
+impl LlamaModel {
+    /// Builds the model with placeholder weights in `vs` (dtype and device of `vs`).
+    pub fn new(vs: nn::VarStore, config: LlamaConfig) -> Self {
+        let root = vs.root();
+        let model = &root / "model";
+        let h = config.hidden_size as i64;
+        let v = config.vocab_size as i64;
+        let embed_tokens = (&model / "embed_tokens").var("weight", &[v, h], Init::Const(0.0));
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Block::new(&model / "layers" / i, &config))
+            .collect();
+        let norm = RmsNorm::new(&model / "norm", h, config.rms_norm_eps);
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            (&root / "lm_head").var("weight", &[v, h], Init::Const(0.0))
+        };
+        let rope = Rope::new(&config, vs.device());
+        Self { config, vs, embed_tokens, layers, norm, lm_head, rope }
+    }
+
+    /// Loads a Hugging Face model directory (`config.json` + safetensors) onto `device`,
+    /// with parameters in `dtype` whatever the file's dtype.
+    pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
+        let config = LlamaConfig::from_path(dir)?;
+        let files = SafetensorsFiles::open_dir(dir)?;
+        let mut vs = nn::VarStore::new(device);
+        vs.set_kind(dtype);
+        let model = Self::new(vs, config);
+        model.check_no_unexpected_tensors(&files)?;
+        files.load_into(&model.vs, |name| name.to_string())?;
+        Ok(model)
+    }
+
+    /// A checkpoint with tensors the config does not account for (more layers, a head the
+    /// config says is tied to nothing) is mismatched; say so instead of ignoring weights.
+    fn check_no_unexpected_tensors(&self, files: &SafetensorsFiles) -> Result<()> {
+        let vars = self.vs.variables();
+        for name in files.names() {
+            let ignorable = name.ends_with("rotary_emb.inv_freq")
+                || (name == "lm_head.weight" && self.config.tie_word_embeddings);
+            if !ignorable && !vars.contains_key(name) {
+                let file = files.file_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+                bail!(
+                    "{file}: tensor `{name}` does not belong to the model described by config.json \
+                     ({} layers, model_type {:?})",
+                    self.config.num_hidden_layers,
+                    self.config.model_type
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn dtype(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Logits [B, T, V] for token ids [B, T]; `attention_mask` [B, T] marks real tokens with 1
+    /// (padding with 0), so each row of a padded batch gets what it gets alone.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        self.forward_impl(input_ids, attention_mask, None)
+    }
+
+    /// As `forward`, appending to (and attending over) `cache`.
+    pub fn forward_with_cache(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Tensor {
+        self.forward_impl(input_ids, attention_mask, Some(cache))
+    }
+
+    /// Checks token ids against the vocabulary before any compute.
+    pub fn check_tokens(&self, ids: &[i64]) -> Result<()> {
+        let vocab = self.config.vocab_size as i64;
+        if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
+        }
+        Ok(())
+    }
+
+    fn forward_impl(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        let device = self.device();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        // The key mask covers cached and new positions; it exists once anything is padded.
+        let key_mask = match (cache.as_ref().and_then(|c| c.key_mask.as_ref()), attention_mask) {
+            (None, None) => None,
+            (old, new) => {
+                let old = old.map(|m| m.shallow_clone()).unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
+                let new = new.map(|m| m.to_kind(Kind::Bool).to_device(device)).unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
+                Some(Tensor::cat(&[&old, &new], 1))
+            }
+        };
+        let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
+        let cos_sin = self.rope.cos_sin(&positions, self.dtype());
+        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids.to_device(device), -1, false, false);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &cos_sin, &mask, layer_cache);
+        }
+        if let Some(c) = cache {
+            c.len = past + t;
+            c.key_mask = key_mask;
+        }
+        self.norm.forward(&x).linear::<&Tensor>(&self.lm_head, None)
+    }
+
+    /// Number of parameters per part: (embeddings, blocks, final norm, head). A tied head
+    /// counts zero.
+    pub fn parameter_counts(&self) -> (usize, usize, usize, usize) {
+        let h = self.config.hidden_size;
+        let emb = self.config.vocab_size * h;
+        let blocks = self.config.num_hidden_layers * self.config.params_per_layer();
+        let head = if self.config.tie_word_embeddings { 0 } else { emb };
+        (emb, blocks, h, head)
+    }
+}
+
+/// Reads `dir/config.json` only, for commands that do not need the weights.
+pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
+    LlamaConfig::from_path(dir).with_context(|| format!("loading model from {}", dir.display()))
+}

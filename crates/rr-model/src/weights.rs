@@ -1,0 +1,266 @@
+//! Checkpoint I/O: memory-mapped safetensors (single file or sharded with
+//! `model.safetensors.index.json`) copied into a `VarStore`, and atomic safetensors writing.
+//!
+//! We never use `VarStore::load`: it silently re-types every variable to the file's dtype
+//! (a bf16 checkpoint would turn fp32 parameters into bf16). Instead each tensor is copied
+//! into the existing variable, which keeps the variable's dtype and device.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use tch::{nn::VarStore, Kind, Tensor};
+
+/// Model-weight files of a checkpoint directory, memory-mapped and indexed by tensor name.
+pub struct SafetensorsFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    /// tensor name -> index into `files`
+    index: BTreeMap<String, usize>,
+}
+
+/// Shape and dtype of one tensor, read from a header without touching the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+}
+
+impl SafetensorsFiles {
+    /// Opens `model.safetensors.index.json` and its shards, or `model.safetensors`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{}: no such model directory", dir.display());
+        }
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.exists() {
+            return Self::open_index(dir, &index_path);
+        }
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            bail!(
+                "{}: no model.safetensors or model.safetensors.index.json in this directory",
+                dir.display()
+            );
+        }
+        Self::open_files(&[single])
+    }
+
+    fn open_index(dir: &Path, index_path: &Path) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: HashMap<String, String>,
+        }
+        let text = std::fs::read_to_string(index_path)
+            .with_context(|| format!("{}: cannot read", index_path.display()))?;
+        let index: Index = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid shard index", index_path.display()))?;
+        let mut shard_names: Vec<&String> = index.weight_map.values().collect();
+        shard_names.sort();
+        shard_names.dedup();
+        let mut shards = Vec::new();
+        for name in shard_names {
+            if name.contains('/') || name.contains("..") {
+                bail!("{}: shard name `{name}` is not a plain file name", index_path.display());
+            }
+            let path = dir.join(name);
+            if !path.exists() {
+                bail!(
+                    "{}: shard listed in {} is missing",
+                    path.display(),
+                    index_path.file_name().unwrap_or_default().to_string_lossy()
+                );
+            }
+            shards.push(path);
+        }
+        let files = Self::open_files(&shards)?;
+        for (tensor, shard) in &index.weight_map {
+            match files.index.get(tensor) {
+                Some(&i) if files.files[i].0.file_name().map(|f| f.to_string_lossy() == **shard) == Some(true) => {}
+                _ => bail!(
+                    "{}: index says tensor `{tensor}` is in {shard}, but it is not there",
+                    index_path.display()
+                ),
+            }
+        }
+        Ok(files)
+    }
+
+    /// Maps and validates each file (a truncated or corrupt file fails here, by name).
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            // SAFETY: the map is read-only; checkpoint files are not modified while we read.
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("{}: cannot memory-map", path.display()))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
+            })?;
+            for name in st.names() {
+                if index.insert(name.to_string(), i).is_some() {
+                    bail!("{}: tensor `{name}` appears in more than one file", path.display());
+                }
+            }
+            drop(st);
+            files.push((path.clone(), mmap));
+        }
+        Ok(Self { files, index })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Path of the file that holds `name`, for error messages.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.index.get(name).map(|&i| self.files[i].0.as_path())
+    }
+
+    /// Human-readable list of the files, for error messages.
+    pub fn describe(&self) -> String {
+        match self.files.as_slice() {
+            [(path, _)] => path.display().to_string(),
+            files => format!("{} shards in {}", files.len(), files[0].0.parent().unwrap_or(Path::new(".")).display()),
+        }
+    }
+
+    pub fn info(&self, name: &str) -> Result<TensorInfo> {
+        let (path, view) = self.view(name)?;
+        let _ = path;
+        Ok(TensorInfo { shape: view.shape().to_vec(), dtype: view.dtype() })
+    }
+
+    fn view(&self, name: &str) -> Result<(&Path, safetensors::tensor::TensorView<'_>)> {
+        let &i = self
+            .index
+            .get(name)
+            .with_context(|| format!("{}: tensor `{name}` is missing", self.describe()))?;
+        let (path, mmap) = &self.files[i];
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
+        Ok((path.as_path(), view))
+    }
+
+    /// Reads one tensor onto the CPU in its stored dtype.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (path, view) = self.view(name)?;
+        let kind = kind_of(view.dtype())
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        Tensor::f_from_data_size(view.data(), &shape, kind)
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))
+    }
+
+    /// Copies every variable of `vs` from the file tensor of the same name (through `rename`,
+    /// which maps a variable name to a file name), converting dtype and device. Every
+    /// variable must be present with exactly the variable's shape.
+    pub fn load_into(&self, vs: &VarStore, rename: impl Fn(&str) -> String) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (var_name, mut var) in vars {
+            let file_name = rename(&var_name);
+            let (path, view) = self.view(&file_name)?;
+            let expected: Vec<usize> = var.size().iter().map(|&d| d as usize).collect();
+            if view.shape() != expected.as_slice() {
+                bail!(
+                    "{}: tensor `{file_name}` has shape {:?}, but the config implies {:?}",
+                    path.display(),
+                    view.shape(),
+                    expected
+                );
+            }
+            let kind = kind_of(view.dtype())
+                .with_context(|| format!("{}: tensor `{file_name}`", path.display()))?;
+            let shape: Vec<i64> = expected.iter().map(|&d| d as i64).collect();
+            let src = Tensor::f_from_data_size(view.data(), &shape, kind)
+                .with_context(|| format!("{}: tensor `{file_name}`", path.display()))?;
+            var.f_copy_(&src)
+                .with_context(|| format!("{}: copying tensor `{file_name}`", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tch kind of a safetensors dtype, for the float types checkpoints use.
+pub fn kind_of(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        other => bail!("dtype {other:?} is not supported for model weights"),
+    })
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        other => bail!("kind {other:?} cannot be written to safetensors here"),
+    })
+}
+
+/// Writes named tensors to `path` atomically (a temporary file in the same directory, then
+/// rename), so an interrupted write never leaves a half file under the final name.
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    struct Owned {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    }
+    impl safetensors::View for &Owned {
+        fn dtype(&self) -> Dtype {
+            self.dtype
+        }
+        fn shape(&self) -> &[usize] {
+            &self.shape
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            std::borrow::Cow::Borrowed(&self.data)
+        }
+        fn data_len(&self) -> usize {
+            self.data.len()
+        }
+    }
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let dtype = dtype_of(t.kind()).with_context(|| format!("tensor `{name}`"))?;
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, numel)
+            .with_context(|| format!("tensor `{name}`: reading data"))?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        owned.push((name.clone(), Owned { dtype, shape, data }));
+    }
+    let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
+    let tmp = tmp_path(path);
+    safetensors::serialize_to_file(views, None, &tmp)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+/// `dir/.name.tmp-PID`: a sibling temporary name for atomic writes.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}

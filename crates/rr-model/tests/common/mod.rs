@@ -1,0 +1,247 @@
+//! Helpers shared by the integration tests of `rr-model` (include with `mod common;`).
+//!
+//! * [`shared_data_dir`]: where the read-only real data lives (`RR_SHARED_DATA`).
+//! * HF parity fixtures (`tests/fixtures/hf/<case>.json`, made by `scripts/make_hf_fixtures.py`):
+//!   [`load_hf_fixture`], [`formula_tensor`] and [`write_hf_model_dir`], which rebuilds the
+//!   fixture's model as a Hugging Face directory (`config.json` + `model.safetensors`, F32).
+//!
+//! Weight formula "rr-hf-fixture-v1" (must match `scripts/make_hf_fixtures.py`):
+//!
+//! ```text
+//! seed(N) = FNV-1a-64 of the UTF-8 bytes of the HF tensor name N
+//!           (offset basis 0xcbf29ce484222325, prime 0x100000001b3, wrapping)
+//! mix(z)  = splitmix64 finaliser: z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
+//!           z *= 0x94d049bb133111eb; z ^= z >> 31                         (wrapping u64)
+//! u_i     = (mix(seed(N) + (i + 1) * 0x9e3779b97f4a7c15) >> 11) * 2^-53   in [0, 1), exact in f64
+//! v_i     = 2 * u_i - 1, i = row-major flat index
+//! norm weights ("...norm.weight"):   w_i = 1 + 0.1 * v_i
+//! model.embed_tokens.weight:         w_i = v_i
+//! other 2-D weights [out, in]:       w_i = sqrt(3.0 / in) * v_i
+//! ```
+//!
+//! computed in f64 and cast to f32 (round to nearest even), so both sides agree bit for bit.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub const WEIGHT_FORMULA: &str = "rr-hf-fixture-v1";
+
+/// The workspace root (two levels above this crate's manifest).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shared real-data folder: `$RR_SHARED_DATA`, else `<workspace>/../shared/data`.
+///
+/// When it is missing: panics under `CI=true` (CI must have it), otherwise prints why and returns
+/// `None` so the caller can skip.
+pub fn shared_data_dir() -> Option<PathBuf> {
+    let (dir, from_env) = match std::env::var_os("RR_SHARED_DATA") {
+        Some(d) if !d.is_empty() => (PathBuf::from(d), true),
+        _ => (workspace_root().join("../shared/data"), false),
+    };
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let how = if from_env { "RR_SHARED_DATA" } else { "default <workspace>/../shared/data (set RR_SHARED_DATA to override)" };
+    let msg = format!("shared data directory {} not found ({how})", dir.display());
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("{msg}; CI=true, so the shared data must be present");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+// ----------------------------------------------------------------------------------------------
+// HF parity fixtures
+
+pub fn hf_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf")
+}
+
+/// Reads `tests/fixtures/hf/<case>.json` and checks its weight-formula version.
+pub fn load_hf_fixture(case: &str) -> Result<Value> {
+    let path = hf_fixture_dir().join(format!("{case}.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let formula = v["weight_formula"].as_str().unwrap_or("");
+    if formula != WEIGHT_FORMULA {
+        bail!("{}: weight_formula {formula:?}, this helper implements {WEIGHT_FORMULA:?}", path.display());
+    }
+    Ok(v)
+}
+
+pub fn fnv1a64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in s.as_bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `u_i` for `i in 0..n`: uniform in [0, 1), exact multiples of 2^-53.
+pub fn uniform01(name: &str, n: usize) -> Vec<f64> {
+    let seed = fnv1a64(name);
+    (0..n as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+
+/// The formula weights of tensor `name` with `shape`, row-major, f32.
+pub fn formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let u = uniform01(name, n);
+    let (scale, offset) = if name.ends_with("norm.weight") {
+        (0.1, 1.0)
+    } else if name == "model.embed_tokens.weight" {
+        (1.0, 0.0)
+    } else {
+        assert_eq!(shape.len(), 2, "{name}: expected a 2-D weight");
+        ((3.0 / shape[1] as f64).sqrt(), 0.0)
+    };
+    u.into_iter()
+        .map(|u| {
+            let v = 2.0 * u - 1.0;
+            let w = if offset == 0.0 { scale * v } else { offset + scale * v };
+            w as f32
+        })
+        .collect()
+}
+
+fn cfg_usize(cfg: &Value, key: &str) -> usize {
+    cfg[key].as_u64().unwrap_or_else(|| panic!("config.{key} missing or not an integer")) as usize
+}
+
+/// The HF tensor names of a Llama (`model_type` "llama") or OLMo-2 ("olmo2") checkpoint.
+pub fn hf_tensor_names(cfg: &Value) -> Vec<String> {
+    let olmo = cfg["model_type"].as_str() == Some("olmo2");
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for i in 0..cfg_usize(cfg, "num_hidden_layers") {
+        let p = format!("model.layers.{i}.");
+        for x in ["q", "k", "v", "o"] {
+            names.push(format!("{p}self_attn.{x}_proj.weight"));
+        }
+        if olmo {
+            names.push(format!("{p}self_attn.q_norm.weight"));
+            names.push(format!("{p}self_attn.k_norm.weight"));
+            names.push(format!("{p}post_attention_layernorm.weight"));
+            names.push(format!("{p}post_feedforward_layernorm.weight"));
+        } else {
+            names.push(format!("{p}input_layernorm.weight"));
+            names.push(format!("{p}post_attention_layernorm.weight"));
+        }
+        for x in ["gate", "up", "down"] {
+            names.push(format!("{p}mlp.{x}_proj.weight"));
+        }
+    }
+    names.push("model.norm.weight".to_string());
+    if !cfg["tie_word_embeddings"].as_bool().unwrap_or(false) {
+        names.push("lm_head.weight".to_string());
+    }
+    names
+}
+
+pub fn hf_tensor_shape(cfg: &Value, name: &str) -> Vec<usize> {
+    let h = cfg_usize(cfg, "hidden_size");
+    let v = cfg_usize(cfg, "vocab_size");
+    let f = cfg_usize(cfg, "intermediate_size");
+    let nh = cfg_usize(cfg, "num_attention_heads");
+    let nkv = cfg_usize(cfg, "num_key_value_heads");
+    let hd = cfg["head_dim"].as_u64().map(|x| x as usize).unwrap_or(h / nh);
+    let leaf = name.rsplit('.').nth(1).unwrap_or("");
+    match leaf {
+        "embed_tokens" | "lm_head" => vec![v, h],
+        "q_proj" => vec![nh * hd, h],
+        "k_proj" | "v_proj" => vec![nkv * hd, h],
+        "o_proj" => vec![h, nh * hd],
+        "q_norm" => vec![nh * hd],
+        "k_norm" => vec![nkv * hd],
+        "input_layernorm" | "post_attention_layernorm" | "post_feedforward_layernorm" | "norm" => vec![h],
+        "gate_proj" | "up_proj" => vec![f, h],
+        "down_proj" => vec![h, f],
+        _ => panic!("unknown tensor {name}"),
+    }
+}
+
+/// All formula tensors of a config, by HF name.
+pub fn formula_weights(cfg: &Value) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    hf_tensor_names(cfg)
+        .into_iter()
+        .map(|n| {
+            let shape = hf_tensor_shape(cfg, &n);
+            let data = formula_tensor(&n, &shape);
+            (n, shape, data)
+        })
+        .collect()
+}
+
+/// Checks the generated weights against the fixture's `tensors` record (names, shapes, first
+/// values bit for bit, f64 sum), so a generator mismatch is reported as such, not as bad logits.
+pub fn check_fixture_weights(fixture: &Value) -> Result<()> {
+    let record = fixture["tensors"].as_object().context("fixture has no `tensors`")?;
+    let weights = formula_weights(&fixture["config"]);
+    let mut ours: Vec<&str> = weights.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut theirs: Vec<&str> = record.keys().map(|k| k.as_str()).collect();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    if ours != theirs {
+        bail!("tensor names differ:\n ours   {ours:?}\n python {theirs:?}");
+    }
+    for (name, shape, data) in &weights {
+        let r = &record[name];
+        let rshape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        if &rshape != shape {
+            bail!("{name}: shape {shape:?}, fixture {rshape:?}");
+        }
+        for (k, x) in r["first"].as_array().unwrap().iter().enumerate() {
+            let want = x.as_f64().unwrap() as f32;
+            if data[k].to_bits() != want.to_bits() {
+                bail!("{name}[{k}]: generated {:e}, fixture {want:e}", data[k]);
+            }
+        }
+        let sum: f64 = data.iter().map(|&x| x as f64).sum();
+        let want = r["sum"].as_f64().unwrap();
+        if (sum - want).abs() > 1e-9 * (1.0 + want.abs()) {
+            bail!("{name}: sum {sum}, fixture {want}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `config.json` (the given HF config verbatim) and `model.safetensors` (formula weights,
+/// F32, HF names; no `lm_head.weight` when tied) into a fresh temporary directory.
+pub fn write_hf_model_dir(cfg: &Value) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("rr-hf-fixture-").tempdir()?;
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string_pretty(cfg)?)?;
+    let weights = formula_weights(cfg);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
+        .into_iter()
+        .map(|(n, shape, data)| (n, shape, data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(metadata), &dir.path().join("model.safetensors"))?;
+    Ok(dir)
+}
+
+/// A fixture's model directory, from its `config`.
+pub fn write_fixture_model_dir(fixture: &Value) -> Result<tempfile::TempDir> {
+    write_hf_model_dir(&fixture["config"])
+}

