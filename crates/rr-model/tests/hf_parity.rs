@@ -23,7 +23,13 @@ fn ids_tensor(v: &Value) -> Tensor {
         .as_array()
         .expect("array of rows")
         .iter()
-        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_i64().expect("int")).collect())
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_i64().expect("int"))
+                .collect()
+        })
         .collect();
     let (b, t) = (rows.len() as i64, rows[0].len() as i64);
     let flat: Vec<i64> = rows.into_iter().flatten().collect();
@@ -59,11 +65,17 @@ fn per_position(a: &Tensor, b: &Tensor) -> Vec<f64> {
 fn sanity_check_reference(case: &str, want: &Tensor) {
     let std = want.std(true).double_value(&[]);
     let maxabs = want.abs().max().double_value(&[]);
-    assert!(std > 0.1 && maxabs > 1.0, "{case}: fixture logits look degenerate (std {std}, max |x| {maxabs})");
+    assert!(
+        std > 0.1 && maxabs > 1.0,
+        "{case}: fixture logits look degenerate (std {std}, max |x| {maxabs})"
+    );
     // Different positions must have different logits (attention and RoPE matter).
     let t = want.size()[1];
     let d = max_abs(&want.narrow(1, 0, 1), &want.narrow(1, t - 1, 1));
-    assert!(d > 0.1, "{case}: first and last position logits nearly equal ({d})");
+    assert!(
+        d > 0.1,
+        "{case}: first and last position logits nearly equal ({d})"
+    );
 }
 
 fn forward(model: &LlamaModel, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
@@ -74,9 +86,11 @@ fn forward(model: &LlamaModel, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
 
 fn check_case(case: &str) -> Result<()> {
     let fx = common::load_hf_fixture(case)?;
-    common::check_fixture_weights(&fx).with_context(|| format!("{case}: Rust weight generator disagrees with the fixture"))?;
+    common::check_fixture_weights(&fx)
+        .with_context(|| format!("{case}: Rust weight generator disagrees with the fixture"))?;
     let dir = common::write_fixture_model_dir(&fx)?;
-    let model = LlamaModel::load(dir.path(), Device::Cpu, Kind::Float).with_context(|| format!("{case}: LlamaModel::load"))?;
+    let model = LlamaModel::load(dir.path(), Device::Cpu, Kind::Float)
+        .with_context(|| format!("{case}: LlamaModel::load"))?;
     let vocab = fx["config"]["vocab_size"].as_i64().unwrap();
 
     // (a) single sequence, with an all-ones mask and with no mask.
@@ -85,13 +99,24 @@ fn check_case(case: &str) -> Result<()> {
     let want = logits_tensor(&fx["single"]["logits"]);
     sanity_check_reference(case, &want);
     let got = forward(&model, &ids, Some(&mask));
-    assert_eq!(got.size(), vec![ids.size()[0], ids.size()[1], vocab], "{case}: logits shape");
+    assert_eq!(
+        got.size(),
+        vec![ids.size()[0], ids.size()[1], vocab],
+        "{case}: logits shape"
+    );
     let d = max_abs(&got, &want);
     eprintln!("{case}: single sequence, max |rr - hf| = {d:.3e}");
-    assert!(d <= TOL, "{case}: single sequence differs from HF by {d:.3e} > {TOL:e}; per position: {:?}", per_position(&got, &want));
+    assert!(
+        d <= TOL,
+        "{case}: single sequence differs from HF by {d:.3e} > {TOL:e}; per position: {:?}",
+        per_position(&got, &want)
+    );
     let got_nomask = forward(&model, &ids, None);
     let d = max_abs(&got_nomask, &want);
-    assert!(d <= TOL, "{case}: single sequence without mask differs from HF by {d:.3e}");
+    assert!(
+        d <= TOL,
+        "{case}: single sequence without mask differs from HF by {d:.3e}"
+    );
 
     // (b) right-padded batch: real positions against HF, and each row against itself run alone.
     let ids = ids_tensor(&fx["batch"]["input_ids"]);
@@ -99,9 +124,13 @@ fn check_case(case: &str) -> Result<()> {
     let want = logits_tensor(&fx["batch"]["logits"]);
     let got = forward(&model, &ids, Some(&mask));
     assert_eq!(got.size(), want.size(), "{case}: batch logits shape");
-    let lens: Vec<i64> = Vec::<i64>::try_from(mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)).unwrap();
+    let lens: Vec<i64> =
+        Vec::<i64>::try_from(mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)).unwrap();
     let t = ids.size()[1];
-    assert!(lens.iter().any(|&l| l < t), "{case}: batch fixture has no padding");
+    assert!(
+        lens.iter().any(|&l| l < t),
+        "{case}: batch fixture has no padding"
+    );
     for (r, &len) in lens.iter().enumerate() {
         let r = r as i64;
         let got_r = got.get(r).narrow(0, 0, len);
@@ -114,9 +143,17 @@ fn check_case(case: &str) -> Result<()> {
             per_position(&got_r, &want_r)
         );
         let ids_r = ids.get(r).narrow(0, 0, len).unsqueeze(0);
-        let alone = forward(&model, &ids_r, Some(&Tensor::ones([1, len], (Kind::Int64, Device::Cpu)))).get(0);
+        let alone = forward(
+            &model,
+            &ids_r,
+            Some(&Tensor::ones([1, len], (Kind::Int64, Device::Cpu))),
+        )
+        .get(0);
         let d = max_abs(&got_r, &alone);
-        assert!(d <= TOL_SELF, "{case}: batch row {r} differs from the same row run alone by {d:.3e}");
+        assert!(
+            d <= TOL_SELF,
+            "{case}: batch row {r} differs from the same row run alone by {d:.3e}"
+        );
     }
     Ok(())
 }
@@ -154,11 +191,17 @@ fn llama3_fixture_depends_on_rope_scaling() -> Result<()> {
     let ids = ids_tensor(&fx["single"]["input_ids"]);
     let got = forward(&model, &ids, None);
     let d = max_abs(&got, &logits_tensor(&fx["single"]["logits"]));
-    assert!(d > 1e-2, "llama3 logits without rope scaling are within {d:.3e} of the scaled reference");
+    assert!(
+        d > 1e-2,
+        "llama3 logits without rope scaling are within {d:.3e} of the scaled reference"
+    );
     let plain = common::load_hf_fixture("llama")?;
     assert_eq!(plain["single"]["input_ids"], fx["single"]["input_ids"]);
     let d = max_abs(&got, &logits_tensor(&plain["single"]["logits"]));
-    assert!(d <= TOL, "llama3 weights without scaling differ from the llama fixture by {d:.3e}");
+    assert!(
+        d <= TOL,
+        "llama3 weights without scaling differ from the llama fixture by {d:.3e}"
+    );
     Ok(())
 }
 
@@ -173,13 +216,29 @@ fn weight_formula_is_pinned() {
     assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
     // Values from scripts/make_hf_fixtures.py (rr-hf-fixture-v1), exact f32.
     let pinned: [(&str, &[usize], [f32; 2]); 3] = [
-        ("model.embed_tokens.weight", &[97, 64], [-0.25741904973983765, -0.359963595867157]),
-        ("model.norm.weight", &[64], [0.9097375869750977, 0.9275640249252319]),
-        ("model.layers.0.mlp.down_proj.weight", &[64, 96], [-0.023281225934624672, 0.1598658561706543]),
+        (
+            "model.embed_tokens.weight",
+            &[97, 64],
+            [-0.25741904973983765, -0.359963595867157],
+        ),
+        (
+            "model.norm.weight",
+            &[64],
+            [0.9097375869750977, 0.9275640249252319],
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            &[64, 96],
+            [-0.023281225934624672, 0.1598658561706543],
+        ),
     ];
     for (name, shape, want) in pinned {
         let w = common::formula_tensor(name, shape);
-        assert_eq!([w[0].to_bits(), w[1].to_bits()], [want[0].to_bits(), want[1].to_bits()], "{name}");
+        assert_eq!(
+            [w[0].to_bits(), w[1].to_bits()],
+            [want[0].to_bits(), want[1].to_bits()],
+            "{name}"
+        );
     }
     for case in ["llama", "llama_tied", "llama3", "olmo2"] {
         let fx = common::load_hf_fixture(case).unwrap();

@@ -47,7 +47,11 @@ pub fn shared_data_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    let how = if from_env { "RR_SHARED_DATA" } else { "default <workspace>/../shared/data (set RR_SHARED_DATA to override)" };
+    let how = if from_env {
+        "RR_SHARED_DATA"
+    } else {
+        "default <workspace>/../shared/data (set RR_SHARED_DATA to override)"
+    };
     let msg = format!("shared data directory {} not found ({how})", dir.display());
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         panic!("{msg}; CI=true, so the shared data must be present");
@@ -66,11 +70,16 @@ pub fn hf_fixture_dir() -> PathBuf {
 /// Reads `tests/fixtures/hf/<case>.json` and checks its weight-formula version.
 pub fn load_hf_fixture(case: &str) -> Result<Value> {
     let path = hf_fixture_dir().join(format!("{case}.json"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let formula = v["weight_formula"].as_str().unwrap_or("");
     if formula != WEIGHT_FORMULA {
-        bail!("{}: weight_formula {formula:?}, this helper implements {WEIGHT_FORMULA:?}", path.display());
+        bail!(
+            "{}: weight_formula {formula:?}, this helper implements {WEIGHT_FORMULA:?}",
+            path.display()
+        );
     }
     Ok(v)
 }
@@ -113,14 +122,20 @@ pub fn formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
     u.into_iter()
         .map(|u| {
             let v = 2.0 * u - 1.0;
-            let w = if offset == 0.0 { scale * v } else { offset + scale * v };
+            let w = if offset == 0.0 {
+                scale * v
+            } else {
+                offset + scale * v
+            };
             w as f32
         })
         .collect()
 }
 
 fn cfg_usize(cfg: &Value, key: &str) -> usize {
-    cfg[key].as_u64().unwrap_or_else(|| panic!("config.{key} missing or not an integer")) as usize
+    cfg[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("config.{key} missing or not an integer")) as usize
 }
 
 /// The HF tensor names of a Llama (`model_type` "llama") or OLMo-2 ("olmo2") checkpoint.
@@ -158,7 +173,10 @@ pub fn hf_tensor_shape(cfg: &Value, name: &str) -> Vec<usize> {
     let f = cfg_usize(cfg, "intermediate_size");
     let nh = cfg_usize(cfg, "num_attention_heads");
     let nkv = cfg_usize(cfg, "num_key_value_heads");
-    let hd = cfg["head_dim"].as_u64().map(|x| x as usize).unwrap_or(h / nh);
+    let hd = cfg["head_dim"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(h / nh);
     let leaf = name.rsplit('.').nth(1).unwrap_or("");
     match leaf {
         "embed_tokens" | "lm_head" => vec![v, h],
@@ -167,7 +185,9 @@ pub fn hf_tensor_shape(cfg: &Value, name: &str) -> Vec<usize> {
         "o_proj" => vec![h, nh * hd],
         "q_norm" => vec![nh * hd],
         "k_norm" => vec![nkv * hd],
-        "input_layernorm" | "post_attention_layernorm" | "post_feedforward_layernorm" | "norm" => vec![h],
+        "input_layernorm" | "post_attention_layernorm" | "post_feedforward_layernorm" | "norm" => {
+            vec![h]
+        }
         "gate_proj" | "up_proj" => vec![f, h],
         "down_proj" => vec![h, f],
         _ => panic!("unknown tensor {name}"),
@@ -189,7 +209,9 @@ pub fn formula_weights(cfg: &Value) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 /// Checks the generated weights against the fixture's `tensors` record (names, shapes, first
 /// values bit for bit, f64 sum), so a generator mismatch is reported as such, not as bad logits.
 pub fn check_fixture_weights(fixture: &Value) -> Result<()> {
-    let record = fixture["tensors"].as_object().context("fixture has no `tensors`")?;
+    let record = fixture["tensors"]
+        .as_object()
+        .context("fixture has no `tensors`")?;
     let weights = formula_weights(&fixture["config"]);
     let mut ours: Vec<&str> = weights.iter().map(|(n, _, _)| n.as_str()).collect();
     let mut theirs: Vec<&str> = record.keys().map(|k| k.as_str()).collect();
@@ -200,7 +222,12 @@ pub fn check_fixture_weights(fixture: &Value) -> Result<()> {
     }
     for (name, shape, data) in &weights {
         let r = &record[name];
-        let rshape: Vec<usize> = r["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let rshape: Vec<usize> = r["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         if &rshape != shape {
             bail!("{name}: shape {shape:?}, fixture {rshape:?}");
         }
@@ -222,22 +249,38 @@ pub fn check_fixture_weights(fixture: &Value) -> Result<()> {
 /// Writes `config.json` (the given HF config verbatim) and `model.safetensors` (formula weights,
 /// F32, HF names; no `lm_head.weight` when tied) into a fresh temporary directory.
 pub fn write_hf_model_dir(cfg: &Value) -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("rr-hf-fixture-").tempdir()?;
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string_pretty(cfg)?)?;
+    let dir = tempfile::Builder::new()
+        .prefix("rr-hf-fixture-")
+        .tempdir()?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string_pretty(cfg)?,
+    )?;
     let weights = formula_weights(cfg);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = weights
         .into_iter()
-        .map(|(n, shape, data)| (n, shape, data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(n, shape, data)| {
+            (
+                n,
+                shape,
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(n, shape, b)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?;
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?;
             Ok((n.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::tensor::serialize_to_file(views, Some(metadata), &dir.path().join("model.safetensors"))?;
+    safetensors::tensor::serialize_to_file(
+        views,
+        Some(metadata),
+        &dir.path().join("model.safetensors"),
+    )?;
     Ok(dir)
 }
 

@@ -1,0 +1,220 @@
+//! Bad input through the real `rr` binary: every case must exit non-zero with a single-line
+//! error that names the file and the problem, and never panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("RR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if dir.join("models/stories260K/hf/config.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    }
+    eprintln!("skipping: shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    None
+}
+
+/// Runs `rr args...`, expects failure, returns stderr.
+fn rr_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rr")).args(args).output().expect("run rr");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "rr {args:?} succeeded; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "rr {args:?}: expected exit 1, stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "rr {args:?}: expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{stderr}");
+    stderr
+}
+
+/// A writable copy of the stories260K HF directory.
+fn model_copy(shared: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(shared.join("models/stories260K/hf").join(f), tmp.path().join(f)).unwrap();
+    }
+    tmp
+}
+
+fn text_file(dir: &Path) -> PathBuf {
+    let p = dir.join("text.txt");
+    std::fs::write(&p, "Once upon a time, there was a little girl.").unwrap();
+    p
+}
+
+fn score_args<'a>(model: &'a str, text: &'a str) -> Vec<&'a str> {
+    vec!["score", "--model", model, "--text-file", text, "--device", "cpu"]
+}
+
+#[test]
+fn truncated_safetensors() {
+    let Some(shared) = shared_data() else { return };
+    let m = model_copy(&shared);
+    let st = m.path().join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    let text = text_file(m.path());
+    let err = rr_fails(&score_args(m.path().to_str().unwrap(), text.to_str().unwrap()));
+    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+}
+
+#[test]
+fn config_with_missing_or_wrong_fields() {
+    let Some(shared) = shared_data() else { return };
+    let m = model_copy(&shared);
+    let cfg_path = m.path().join("config.json");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let text = text_file(m.path());
+    let args = score_args(m.path().to_str().unwrap(), text.to_str().unwrap());
+
+    std::fs::write(&cfg_path, original.replace("\"hidden_size\": 64,", "")).unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("config.json") && err.contains("missing field `hidden_size`"), "{err}");
+
+    std::fs::write(&cfg_path, original.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": \"four\"")).unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("config.json") && err.contains("invalid type"), "{err}");
+
+    std::fs::write(&cfg_path, original.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3")).unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("config.json") && err.contains("num_key_value_heads"), "{err}");
+
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("config.json") && err.contains("invalid model config"), "{err}");
+}
+
+#[test]
+fn tensor_with_wrong_shape_and_extra_layers() {
+    let Some(shared) = shared_data() else { return };
+    let m = model_copy(&shared);
+    let cfg_path = m.path().join("config.json");
+    let text = text_file(m.path());
+    let args = score_args(m.path().to_str().unwrap(), text.to_str().unwrap());
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    // The file's q_proj is [64, 64]; a config with intermediate 100 expects other MLP shapes.
+    std::fs::write(&cfg_path, original.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100")).unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("model.safetensors") && err.contains("has shape [64, 172]") && err.contains("config implies [64, 100]"), "{err}");
+    // Four layers in the config, five in the file: a mismatched checkpoint, not silently truncated.
+    std::fs::write(&cfg_path, original.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 4")).unwrap();
+    let err = rr_fails(&args);
+    assert!(err.contains("model.layers.4") && err.contains("does not belong"), "{err}");
+}
+
+#[test]
+fn missing_shard() {
+    let Some(shared) = shared_data() else { return };
+    let m = model_copy(&shared);
+    std::fs::rename(m.path().join("model.safetensors"), m.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({
+        "metadata": {},
+        "weight_map": {
+            "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+            "model.norm.weight": "model-00002-of-00002.safetensors"
+        }
+    });
+    std::fs::write(m.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let text = text_file(m.path());
+    let err = rr_fails(&score_args(m.path().to_str().unwrap(), text.to_str().unwrap()));
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn nonexistent_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("nowhere");
+    let nowhere = nowhere.to_str().unwrap();
+    let err = rr_fails(&["inspect", nowhere]);
+    assert!(err.contains(nowhere), "{err}");
+    let err = rr_fails(&["generate", "--model", nowhere, "--prompt", "hi", "--device", "cpu"]);
+    assert!(err.contains(nowhere), "{err}");
+    let err = rr_fails(&["import", "gguf", nowhere, "--out", tmp.path().join("out").to_str().unwrap()]);
+    assert!(err.contains(nowhere), "{err}");
+    assert!(!tmp.path().join("out").exists());
+}
+
+#[test]
+fn missing_or_empty_text_file() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.txt");
+    let err = rr_fails(&score_args(hf.to_str().unwrap(), missing.to_str().unwrap()));
+    assert!(err.contains("missing.txt") && err.contains("cannot read"), "{err}");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let err = rr_fails(&score_args(hf.to_str().unwrap(), empty.to_str().unwrap()));
+    assert!(err.contains("empty.txt") && err.contains("empty"), "{err}");
+}
+
+/// A minimal GGUF v3 file: llama metadata and one tensor of the given ggml type.
+fn tiny_gguf(path: &Path, ggml_type: u32, data_len: usize) {
+    fn string(buf: &mut Vec<u8>, s: &str) {
+        buf.extend((s.len() as u64).to_le_bytes());
+        buf.extend(s.as_bytes());
+    }
+    let mut b = Vec::new();
+    b.extend(b"GGUF");
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    let u32_keys = [
+        ("llama.embedding_length", 256u32),
+        ("llama.feed_forward_length", 512),
+        ("llama.block_count", 1),
+        ("llama.attention.head_count", 4),
+    ];
+    b.extend((1 + u32_keys.len() as u64).to_le_bytes());
+    string(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes()); // STRING
+    string(&mut b, "llama");
+    for (key, value) in u32_keys {
+        string(&mut b, key);
+        b.extend(4u32.to_le_bytes()); // UINT32
+        b.extend(value.to_le_bytes());
+    }
+    string(&mut b, "token_embd.weight");
+    b.extend(2u32.to_le_bytes());
+    b.extend(256u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(ggml_type.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend(vec![0u8; data_len]);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn unsupported_gguf_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("q5k.gguf");
+    tiny_gguf(&gguf, 13, 176); // Q5_K: 256 values in 176 bytes
+    let out = tmp.path().join("out");
+    let err = rr_fails(&["import", "gguf", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(err.contains("q5k.gguf") && err.contains("Q5_K") && err.contains("not supported"), "{err}");
+    assert!(!out.exists(), "no output may be left behind");
+    // Truncated: the same file cut inside its tensor data.
+    let cut = tmp.path().join("cut.gguf");
+    tiny_gguf(&cut, 8, 34 * 8); // Q8_0: 8 blocks of 34 bytes
+    let len = std::fs::metadata(&cut).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&cut).unwrap().set_len(len - 100).unwrap();
+    let err = rr_fails(&["import", "gguf", cut.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(err.contains("cut.gguf"), "{err}");
+    assert!(!out.exists(), "no output may be left behind");
+}
+
+#[test]
+fn out_of_range_token_and_bad_device() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let err = rr_fails(&["generate", "--model", hf.to_str().unwrap(), "--prompt", "hi", "--device", "tpu"]);
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+    let err = rr_fails(&["generate", "--model", hf.to_str().unwrap(), "--prompt", "hi", "--temperature", "0", "--device", "cpu"]);
+    assert!(err.contains("temperature"), "{err}");
+}
