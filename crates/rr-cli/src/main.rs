@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rr_model::device::{parse_device, parse_dtype};
 use rr_model::generate::{generate, GenerateOptions, Sampling};
-use rr_model::{import, inspect, score, LlamaModel, Tokenizer};
+use rr_model::{import, inspect, score, AnyModel, Tokenizer};
 
 #[derive(Parser)]
 #[command(name = "rr", version, about = "Retrofitted recurrence: pretrained LMs that think deeper")]
@@ -29,6 +29,44 @@ enum Command {
     Generate(GenerateArgs),
     /// Architecture, parameter counts, dtypes and tokenizer of a model directory.
     Inspect(InspectArgs),
+    /// Turn a pretrained model into a recurrent one: prelude / recurrent core / coda.
+    Surgery(SurgeryArgs),
+}
+
+#[derive(Args)]
+struct SurgeryArgs {
+    /// Source model directory (Hugging Face Llama or OLMo-2 layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// The paper's split P,B,C: first P layers, the B layers before the coda, last C layers.
+    #[arg(long, conflicts_with_all = ["prelude", "core", "coda"])]
+    layers: Option<String>,
+    /// Explicit prelude layers, e.g. `0-3` (with --core and --coda).
+    #[arg(long)]
+    prelude: Option<String>,
+    /// Explicit core layers in the order they run; repeats allowed, e.g. `10-17` or `0-21`.
+    #[arg(long)]
+    core: Option<String>,
+    /// Explicit coda layers, e.g. `18-21`.
+    #[arg(long)]
+    coda: Option<String>,
+    /// Adapter initialisation: `default` (U(−1/√(2h), 1/√(2h)), seeded) or `identity` ([0 | I]).
+    #[arg(long, default_value = "default")]
+    adapter: String,
+    /// Seed of the adapter draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Mean (training and default test) recurrence written to the config.
+    #[arg(long, default_value_t = 4)]
+    mean_recurrence: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the plan only; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -60,14 +98,20 @@ struct ModelArgs {
     /// Compute dtype: f32 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Recurrent models: iterations of the core (default: the config's mean_recurrence).
+    #[arg(long)]
+    recurrence: Option<usize>,
+    /// Seed of the initial latent state (recurrent models) and of sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(LlamaModel, Tokenizer)> {
+    fn load(&self) -> Result<(AnyModel, Tokenizer)> {
         let device = parse_device(&self.device)?;
         let dtype = parse_dtype(&self.dtype)?;
         let tokenizer = Tokenizer::from_path(&self.model)?;
-        let model = LlamaModel::load(&self.model, device, dtype)?;
+        let model = AnyModel::load(&self.model, device, dtype, self.recurrence, self.seed)?;
         Ok((model, tokenizer))
     }
 }
@@ -105,8 +149,6 @@ struct GenerateArgs {
     temperature: Option<f64>,
     #[arg(long)]
     top_p: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Stop when the generated text contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -157,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Score(args) => run_score(args)?,
         Command::Generate(args) => run_generate(args)?,
+        Command::Surgery(args) => run_surgery(args)?,
         Command::Inspect(args) => {
             let report = inspect::inspect(&args.dir)?;
             if args.json {
@@ -180,7 +223,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if let Some(max) = args.max_tokens {
         ids.truncate(max);
     }
-    let context = model.config.max_position_embeddings;
+    let context = model.max_context();
     let window = args.window.unwrap_or(context);
     if window > context {
         bail!("--window {window} is longer than the model's context ({context})");
@@ -213,8 +256,12 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
-        seed: args.seed,
-        eos_ids: model.config.eos_token_ids(),
+        seed: args.model.seed,
+        eos_ids: {
+            let mut ids = model.eos_token_ids();
+            ids.extend(tokenizer.eos_id());
+            ids
+        },
         stop_strings: args.stop,
         use_cache: !args.no_cache,
     };
@@ -226,5 +273,43 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         stdout.flush().ok();
     })?;
     println!();
+    Ok(())
+}
+
+fn run_surgery(args: SurgeryArgs) -> Result<()> {
+    use rr_surgery::{parse_indices, AdapterInit, LayerSelection, Surgery};
+    let source = rr_model::LlamaConfig::from_path(&args.model)?;
+    let n = source.num_hidden_layers;
+    let selection = match (&args.layers, &args.prelude, &args.core, &args.coda) {
+        (Some(layers), ..) => {
+            let parts: Vec<usize> = layers
+                .split(',')
+                .map(|p| p.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|v: &Vec<usize>| v.len() == 3)
+                .with_context(|| format!("--layers `{layers}`: expected three counts P,B,C"))?;
+            LayerSelection::paper(n, parts[0], parts[1], parts[2])?
+        }
+        (None, prelude, Some(core), coda) => LayerSelection::explicit(
+            n,
+            parse_indices(prelude.as_deref().unwrap_or("")).context("--prelude")?,
+            parse_indices(core).context("--core")?,
+            parse_indices(coda.as_deref().unwrap_or("")).context("--coda")?,
+        )?,
+        (None, _, None, _) => bail!("give --layers P,B,C or an explicit --core (with --prelude and --coda)"),
+    };
+    let adapter = AdapterInit::parse(&args.adapter, args.seed)?;
+    let surgery = Surgery::new(&args.model, selection, adapter, args.mean_recurrence)?;
+    if args.out.exists() && !args.force && !args.dry_run {
+        bail!("{}: output already exists (use --force to replace it)", args.out.display());
+    }
+    print!("{}", surgery.table());
+    if args.dry_run {
+        println!("dry run: nothing written");
+        return Ok(());
+    }
+    surgery.write(&args.out, args.force)?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -8,12 +8,18 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::LlamaConfig;
+use crate::recurrent::{is_recurrent_dir, RecurrentConfig};
 use crate::tokenizer::Tokenizer;
 use crate::weights::SafetensorsFiles;
 
 #[derive(Debug, Serialize)]
 pub struct Inspection {
+    /// The block hyperparameters (for a recurrent model, those of its blocks).
     pub config: LlamaConfig,
+    /// Present for recurrent checkpoints.
+    pub recurrent: Option<RecurrentConfig>,
+    /// Recurrent models: (r, N_p + N_c + r·N_core) for r = 1, 2, 4, ..., 32 (method.md §7).
+    pub effective_parameters: Vec<(usize, usize)>,
     /// Parameter counts per stack, from the tensors actually in the files.
     pub parameters: BTreeMap<String, usize>,
     pub total_parameters: usize,
@@ -41,13 +47,34 @@ fn stack_of(name: &str) -> &'static str {
         "final norm"
     } else if name.starts_with("lm_head") {
         "head"
+    } else if name.starts_with("transformer.wte") {
+        "embeddings"
+    } else if name.starts_with("transformer.prelude.") {
+        "prelude"
+    } else if name.starts_with("transformer.core_block.") {
+        "core"
+    } else if name.starts_with("transformer.coda.") {
+        "coda"
+    } else if name.starts_with("transformer.adapter") {
+        "adapter"
+    } else if name.starts_with("transformer.ln_f") {
+        "final norm"
     } else {
         "other"
     }
 }
 
 pub fn inspect(dir: &Path) -> Result<Inspection> {
-    let config = LlamaConfig::from_path(dir)?;
+    let (config, recurrent) = if is_recurrent_dir(dir) {
+        let rc = RecurrentConfig::from_path(dir)?;
+        (rc.block_config(), Some(rc))
+    } else {
+        (LlamaConfig::from_path(dir)?, None)
+    };
+    let effective_parameters = recurrent
+        .as_ref()
+        .map(|rc| [1, 2, 4, 8, 16, 32].iter().map(|&r| (r, rc.effective_parameters(r))).collect())
+        .unwrap_or_default();
     let files = SafetensorsFiles::open_dir(dir)?;
     let mut parameters = BTreeMap::new();
     let mut dtypes = BTreeMap::new();
@@ -70,13 +97,24 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     } else {
         None
     };
-    Ok(Inspection { config, parameters, total_parameters: total, dtypes, files: files.describe(), tokenizer })
+    Ok(Inspection { config, recurrent, effective_parameters, parameters, total_parameters: total, dtypes, files: files.describe(), tokenizer })
 }
 
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        writeln!(f, "architecture   {:?} ({} layers)", c.model_type, c.num_hidden_layers)?;
+        match &self.recurrent {
+            None => writeln!(f, "architecture   {:?} ({} layers)", c.model_type, c.num_hidden_layers)?,
+            Some(rc) => writeln!(
+                f,
+                "architecture   recurrent ({:?} blocks): prelude {}, core {} × r, coda {}; mean recurrence {}",
+                rc.block_type,
+                rc.n_layers_in_prelude,
+                rc.n_layers_in_recurrent_block,
+                rc.n_layers_in_coda,
+                rc.mean_recurrence
+            )?,
+        }
         writeln!(
             f,
             "shape          hidden {}, intermediate {}, heads {} (kv {}), head_dim {}",
@@ -98,6 +136,12 @@ impl fmt::Display for Inspection {
         }
         writeln!(f, "  {:<13}{:>15}", "total", group_digits(self.total_parameters))?;
         writeln!(f, "  {:<13}{:>15}", "per layer", group_digits(c.params_per_layer()))?;
+        if !self.effective_parameters.is_empty() {
+            writeln!(f, "effective parameters (blocks only, N_p + N_c + r·N_core)")?;
+            for (r, n) in &self.effective_parameters {
+                writeln!(f, "  r = {r:<9}{:>15}", group_digits(*n))?;
+            }
+        }
         match &self.tokenizer {
             Some(t) => write!(
                 f,

@@ -121,13 +121,30 @@ impl LayerKv {
     }
 }
 
+/// How a checkpoint names and shapes the block weights. The computation is the same; only
+/// the variable names (which mirror the file) and the q/k/v and gate/up fusion differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Hugging Face: `self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, named norms.
+    Hf,
+    /// Raven (Huginn): `attn.Wqkv` (rows q; k; v), `attn.proj`, `mlp.fc` (rows gate; up),
+    /// `mlp.proj`, `norm_1`, `norm_2`.
+    Raven,
+}
+
+/// The q, k and v projections: three matrices, or one with the rows stacked.
+#[derive(Debug)]
+pub enum QkvProj {
+    Separate { q_proj: Tensor, k_proj: Tensor, v_proj: Tensor },
+    Fused { wqkv: Tensor },
+}
+
 /// Causal self-attention with grouped-query heads.
 #[derive(Debug)]
 pub struct Attention {
-    pub q_proj: Tensor,
-    pub k_proj: Tensor,
-    pub v_proj: Tensor,
-    pub o_proj: Tensor,
+    pub qkv: QkvProj,
+    /// `o_proj` (HF) or `proj` (Raven).
+    pub out_proj: Tensor,
     /// OLMo-2 only: RMSNorm over the full q and k projections, before RoPE.
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
@@ -137,7 +154,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig, layout: Layout) -> Self {
         let h = cfg.hidden_size as i64;
         let d = cfg.head_dim() as i64;
         let nq = cfg.num_attention_heads as i64;
@@ -152,16 +169,37 @@ impl Attention {
                 Some(RmsNorm::new(&p / "k_norm", nkv * d, cfg.rms_norm_eps)),
             ),
         };
-        Self {
-            q_proj: weight("q_proj", nq * d, h),
-            k_proj: weight("k_proj", nkv * d, h),
-            v_proj: weight("v_proj", nkv * d, h),
-            o_proj: weight("o_proj", h, nq * d),
-            q_norm,
-            k_norm,
-            num_heads: nq,
-            num_kv_heads: nkv,
-            head_dim: d,
+        let (qkv, out_proj) = match layout {
+            Layout::Hf => (
+                QkvProj::Separate {
+                    q_proj: weight("q_proj", nq * d, h),
+                    k_proj: weight("k_proj", nkv * d, h),
+                    v_proj: weight("v_proj", nkv * d, h),
+                },
+                weight("o_proj", h, nq * d),
+            ),
+            Layout::Raven => {
+                (QkvProj::Fused { wqkv: weight("Wqkv", (nq + 2 * nkv) * d, h) }, weight("proj", h, nq * d))
+            }
+        };
+        Self { qkv, out_proj, q_norm, k_norm, num_heads: nq, num_kv_heads: nkv, head_dim: d }
+    }
+
+    fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        match &self.qkv {
+            QkvProj::Separate { q_proj, k_proj, v_proj } => (
+                x.linear::<&Tensor>(q_proj, None),
+                x.linear::<&Tensor>(k_proj, None),
+                x.linear::<&Tensor>(v_proj, None),
+            ),
+            QkvProj::Fused { wqkv } => {
+                let q = self.num_heads * self.head_dim;
+                let kv = self.num_kv_heads * self.head_dim;
+                let parts = x.linear::<&Tensor>(wqkv, None).split_with_sizes([q, kv, kv], -1);
+                let mut it = parts.into_iter();
+                let (q, k, v) = (it.next(), it.next(), it.next());
+                (q.expect("q"), k.expect("k"), v.expect("v"))
+            }
         }
     }
 
@@ -173,9 +211,7 @@ impl Attention {
         cache: Option<&mut LayerKv>,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input must be [B, T, H]");
-        let mut q = x.linear::<&Tensor>(&self.q_proj, None);
-        let mut k = x.linear::<&Tensor>(&self.k_proj, None);
-        let v = x.linear::<&Tensor>(&self.v_proj, None);
+        let (mut q, mut k, v) = self.project_qkv(x);
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q);
             k = kn.forward(&k);
@@ -203,67 +239,83 @@ impl Attention {
         y.transpose(1, 2)
             .contiguous()
             .view([b, t, self.num_heads * self.head_dim])
-            .linear::<&Tensor>(&self.o_proj, None)
+            .linear::<&Tensor>(&self.out_proj, None)
     }
+}
+
+/// The gate and up projections: two matrices, or one with the rows stacked.
+#[derive(Debug)]
+pub enum GateUpProj {
+    Separate { gate_proj: Tensor, up_proj: Tensor },
+    Fused { fc: Tensor },
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    pub gate_proj: Tensor,
-    pub up_proj: Tensor,
+    pub gate_up: GateUpProj,
+    /// `down_proj` (HF) or `proj` (Raven).
     pub down_proj: Tensor,
 }
 
 impl Mlp {
-    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig, layout: Layout) -> Self {
         let h = cfg.hidden_size as i64;
         let i = cfg.intermediate_size as i64;
         let weight = |name: &str, out: i64, inp: i64| {
             (&p / name).var("weight", &[out, inp], Init::Const(0.0))
         };
-        Self {
-            gate_proj: weight("gate_proj", i, h),
-            up_proj: weight("up_proj", i, h),
-            down_proj: weight("down_proj", h, i),
+        match layout {
+            Layout::Hf => Self {
+                gate_up: GateUpProj::Separate { gate_proj: weight("gate_proj", i, h), up_proj: weight("up_proj", i, h) },
+                down_proj: weight("down_proj", h, i),
+            },
+            Layout::Raven => Self { gate_up: GateUpProj::Fused { fc: weight("fc", 2 * i, h) }, down_proj: weight("proj", h, i) },
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let gate = x.linear::<&Tensor>(&self.gate_proj, None).silu();
-        (gate * x.linear::<&Tensor>(&self.up_proj, None)).linear::<&Tensor>(&self.down_proj, None)
+        let hidden = match &self.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => {
+                x.linear::<&Tensor>(gate_proj, None).silu() * x.linear::<&Tensor>(up_proj, None)
+            }
+            GateUpProj::Fused { fc } => {
+                let both = x.linear::<&Tensor>(fc, None).chunk(2, -1);
+                both[0].silu() * &both[1]
+            }
+        };
+        hidden.linear::<&Tensor>(&self.down_proj, None)
     }
 }
 
 /// One decoder layer, in its source model's form.
+///
+/// Llama (pre-norm): `h = x + attn(norm_1(x)); out = h + mlp(norm_2(h))`.
+/// OLMo-2 (post-norm): `h = x + norm_1(attn(x)); out = h + norm_2(mlp(h))`.
 #[derive(Debug)]
 pub struct Block {
     pub model_type: ModelType,
-    pub self_attn: Attention,
+    pub attn: Attention,
     pub mlp: Mlp,
-    /// Llama: before attention. OLMo-2: unused (None).
-    pub input_layernorm: Option<RmsNorm>,
-    /// Llama: before the MLP. OLMo-2: on the attention output.
-    pub post_attention_layernorm: RmsNorm,
-    /// OLMo-2 only: on the MLP output.
-    pub post_feedforward_layernorm: Option<RmsNorm>,
+    pub norm_1: RmsNorm,
+    pub norm_2: RmsNorm,
 }
 
 impl Block {
-    pub fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &LlamaConfig, layout: Layout) -> Self {
         let h = cfg.hidden_size as i64;
         let eps = cfg.rms_norm_eps;
-        let (input_layernorm, post_feedforward_layernorm) = match cfg.model_type {
-            ModelType::Llama => (Some(RmsNorm::new(&p / "input_layernorm", h, eps)), None),
-            ModelType::Olmo2 => (None, Some(RmsNorm::new(&p / "post_feedforward_layernorm", h, eps))),
+        let (attn_name, mlp_name, norm_1, norm_2) = match (layout, cfg.model_type) {
+            (Layout::Hf, ModelType::Llama) => ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"),
+            (Layout::Hf, ModelType::Olmo2) => ("self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"),
+            (Layout::Raven, _) => ("attn", "mlp", "norm_1", "norm_2"),
         };
         Self {
             model_type: cfg.model_type,
-            self_attn: Attention::new(&p / "self_attn", cfg),
-            mlp: Mlp::new(&p / "mlp", cfg),
-            input_layernorm,
-            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", h, eps),
-            post_feedforward_layernorm,
+            attn: Attention::new(&p / attn_name, cfg, layout),
+            mlp: Mlp::new(&p / mlp_name, cfg, layout),
+            norm_1: RmsNorm::new(&p / norm_1, h, eps),
+            norm_2: RmsNorm::new(&p / norm_2, h, eps),
         }
     }
 
@@ -274,19 +326,17 @@ impl Block {
         mask: &AttnMask,
         cache: Option<&mut LayerKv>,
     ) -> Tensor {
-        match (&self.input_layernorm, &self.post_feedforward_layernorm) {
-            (Some(pre_attn), _) => {
-                let h = x + self.self_attn.forward(&pre_attn.forward(x), cos_sin, mask, cache);
-                let pre_mlp = self.post_attention_layernorm.forward(&h);
-                &h + self.mlp.forward(&pre_mlp)
+        match self.model_type {
+            ModelType::Llama => {
+                let h = x + self.attn.forward(&self.norm_1.forward(x), cos_sin, mask, cache);
+                let mlp = self.mlp.forward(&self.norm_2.forward(&h));
+                h + mlp
             }
-            (None, Some(post_mlp)) => {
-                let attn = self.self_attn.forward(x, cos_sin, mask, cache);
-                let h = x + self.post_attention_layernorm.forward(&attn);
+            ModelType::Olmo2 => {
+                let h = x + self.norm_1.forward(&self.attn.forward(x, cos_sin, mask, cache));
                 let mlp = self.mlp.forward(&h);
-                &h + post_mlp.forward(&mlp)
+                h + self.norm_2.forward(&mlp)
             }
-            (None, None) => unreachable!("a block always has one of its norm layouts"),
         }
     }
 }
@@ -363,7 +413,7 @@ impl LlamaModel {
         let v = config.vocab_size as i64;
         let embed_tokens = (&model / "embed_tokens").var("weight", &[v, h], Init::Const(0.0));
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Block::new(&model / "layers" / i, &config))
+            .map(|i| Block::new(&model / "layers" / i, &config, Layout::Hf))
             .collect();
         let norm = RmsNorm::new(&model / "norm", h, config.rms_norm_eps);
         let lm_head = if config.tie_word_embeddings {

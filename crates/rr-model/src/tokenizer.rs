@@ -54,6 +54,28 @@ impl Tokenizer {
         u32::try_from(id).ok().and_then(|id| self.inner.id_to_token(id))
     }
 
+    /// The end-of-sequence id named by `tokenizer_config.json` beside `tokenizer.json`, or by
+    /// `generation_config.json` (recurrent checkpoints must not trust their model config).
+    pub fn eos_id(&self) -> Option<i64> {
+        let dir = self.path.parent()?;
+        let read = |name: &str| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+        };
+        if let Some(cfg) = read("tokenizer_config.json") {
+            let token = match &cfg["eos_token"] {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                _ => None,
+            };
+            if let Some(id) = token.and_then(|t| self.token_to_id(&t)) {
+                return Some(id);
+            }
+        }
+        let generation = read("generation_config.json")?;
+        let id = generation["eos_token_id"].as_i64()?;
+        (id >= 0 && (id as usize) < self.vocab_size()).then_some(id)
+    }
+
     /// The model family of the tokenizer (BPE, Unigram, WordPiece, ...).
     pub fn model_kind(&self) -> String {
         let json = serde_json::to_value(self.inner.get_model()).unwrap_or_default();
