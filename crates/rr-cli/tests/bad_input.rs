@@ -218,3 +218,67 @@ fn out_of_range_token_and_bad_device() {
     let err = rr_fails(&["generate", "--model", hf.to_str().unwrap(), "--prompt", "hi", "--temperature", "0", "--device", "cpu"]);
     assert!(err.contains("temperature"), "{err}");
 }
+
+#[test]
+fn surgery_bad_selections_and_existing_output() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let hf = hf.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rec");
+    let out_s = out.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--prelude", "0-1", "--core", "1-3", "--coda", "4"], "layer 1 is in both the prelude and the core"),
+        (&["--prelude", "0", "--core", "1-3", "--coda", "9"], "coda layer 9 is out of range"),
+        (&["--layers", "2,0,2"], "at least one layer"),
+        (&["--prelude", "0", "--core", "", "--coda", "4"], "at least one layer"),
+        (&["--layers", "3,2,2"], "needs 7 layers, but the source has 5"),
+        (&["--layers", "1,2"], "expected three counts"),
+        (&["--layers", "1,3,1", "--adapter", "fancy"], "unknown adapter mode `fancy`"),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["surgery", "--model", hf, "--out", out_s];
+        args.extend_from_slice(extra);
+        let err = rr_fails(&args);
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} left output behind");
+    }
+    // An existing output directory is never touched without --force.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let err = rr_fails(&["surgery", "--model", hf, "--out", out_s, "--layers", "1,3,1"]);
+    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    // --dry-run prints the plan and writes nothing.
+    let dry = tmp.path().join("dry");
+    let status = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(["surgery", "--model", hf, "--out", dry.to_str().unwrap(), "--layers", "1,3,1", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("transformer.core_block.2") && text.contains("r = 32"), "{text}");
+    assert!(!dry.exists());
+}
+
+#[test]
+fn recurrence_flag_is_checked() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text_file(tmp.path());
+    let mut args = score_args(hf.to_str().unwrap(), text.to_str().unwrap());
+    args.extend(["--recurrence", "4"]);
+    let err = rr_fails(&args);
+    assert!(err.contains("--recurrence applies only to recurrent models"), "{err}");
+    let rec = tmp.path().join("rec");
+    let ok = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(["surgery", "--model", hf.to_str().unwrap(), "--out", rec.to_str().unwrap(), "--layers", "1,3,1"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let mut args = score_args(rec.to_str().unwrap(), text.to_str().unwrap());
+    args.extend(["--recurrence", "0"]);
+    let err = rr_fails(&args);
+    assert!(err.contains("--recurrence must be at least 1"), "{err}");
+}

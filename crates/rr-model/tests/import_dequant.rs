@@ -11,7 +11,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 #[test]
 fn f32_is_copied() {
     let vals = [1.5f32, -2.0, 0.0, f32::MIN_POSITIVE, 3.0e38];
-    assert_eq!(dequantize(GgmlType::F32, &f32_bytes(&vals), 5).unwrap(), vals);
+    assert_eq!(
+        dequantize(GgmlType::F32, &f32_bytes(&vals), 5).unwrap(),
+        vals
+    );
 }
 
 #[test]
@@ -26,7 +29,10 @@ fn f16_values() {
 fn bf16_values() {
     // bf16 is the top half of an f32: 0x3F80 = 1.0, 0xC0A0 = -5.0, 0x4049 = 3.140625
     let bytes = [0x80, 0x3F, 0xA0, 0xC0, 0x49, 0x40];
-    assert_eq!(dequantize(GgmlType::BF16, &bytes, 3).unwrap(), [1.0, -5.0, 3.140625]);
+    assert_eq!(
+        dequantize(GgmlType::BF16, &bytes, 3).unwrap(),
+        [1.0, -5.0, 3.140625]
+    );
 }
 
 #[test]
@@ -61,7 +67,10 @@ fn q4_0_block_low_nibbles_first() {
     assert_eq!(got[17], -14.0);
     assert_eq!(got[15], -16.0);
     assert_eq!(got[31], 14.0);
-    assert!(got.iter().enumerate().all(|(i, &v)| [0, 1, 15, 16, 17, 31].contains(&i) || v == 0.0));
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| [0, 1, 15, 16, 17, 31].contains(&i) || v == 0.0));
 }
 
 #[test]
@@ -94,8 +103,13 @@ fn two_blocks_are_independent() {
 
 #[test]
 fn unsupported_type_is_a_clear_error() {
-    let err = dequantize(GgmlType(13), &[0u8; 176], 256).unwrap_err().to_string();
-    assert!(err.contains("Q5_K") && err.contains("not supported yet"), "{err}");
+    let err = dequantize(GgmlType(13), &[0u8; 176], 256)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Q5_K") && err.contains("not supported yet"),
+        "{err}"
+    );
     assert!(err.contains("F32, F16, BF16, Q8_0, Q4_0, Q4_1"), "{err}");
     let err = dequantize(GgmlType(999), &[], 0).unwrap_err().to_string();
     assert!(err.contains("unknown type 999"), "{err}");
@@ -133,7 +147,10 @@ fn llamacpp_permute(w: &[f32], n_head: usize, hd: usize, inp: usize) -> Vec<f32>
 fn permutation_hand_checked() {
     // One head of dim 4, one input: HF halves [x0, x1 | y0, y1] are stored interleaved as
     // [x0, y0, x1, y1]; rows 0..4 of the interleaved file are HF rows 0, 2, 1, 3.
-    assert_eq!(interleaved_to_halves(&[0., 1., 2., 3.], 1, 4, 1).unwrap(), [0., 2., 1., 3.]);
+    assert_eq!(
+        interleaved_to_halves(&[0., 1., 2., 3.], 1, 4, 1).unwrap(),
+        [0., 2., 1., 3.]
+    );
     // head dim 6: interleaved rows (a0 b0 a1 b1 a2 b2) -> (a0 a1 a2 b0 b1 b2)
     assert_eq!(
         interleaved_to_halves(&[0., 1., 2., 3., 4., 5.], 1, 6, 1).unwrap(),
@@ -144,17 +161,35 @@ fn permutation_hand_checked() {
     let got = interleaved_to_halves(&w, 2, 4, 2).unwrap();
     let rows: Vec<f32> = got.chunks(2).map(|r| r[0] / 2.0).collect();
     assert_eq!(rows, [0., 2., 1., 3., 4., 6., 5., 7.]);
-    assert!(got.chunks(2).all(|r| r[1] == r[0] + 1.0), "whole rows move together");
+    assert!(
+        got.chunks(2).all(|r| r[1] == r[0] + 1.0),
+        "whole rows move together"
+    );
 }
 
 #[test]
 fn permutation_inverts_llamacpp_converter() {
     for &(heads, hd, inp) in &[(1usize, 2usize, 1usize), (3, 8, 5), (9, 64, 3), (4, 16, 7)] {
-        let w: Vec<f32> = (0..heads * hd * inp).map(|i| (i as f32) * 0.5 - 7.0).collect();
+        let w: Vec<f32> = (0..heads * hd * inp)
+            .map(|i| (i as f32) * 0.5 - 7.0)
+            .collect();
         let gguf = llamacpp_permute(&w, heads, hd, inp);
-        assert_eq!(halves_to_interleaved(&w, heads, hd, inp).unwrap(), gguf, "forward matches llama.cpp");
-        assert_eq!(interleaved_to_halves(&gguf, heads, hd, inp).unwrap(), w, "inverse restores HF");
-        let back = halves_to_interleaved(&interleaved_to_halves(&w, heads, hd, inp).unwrap(), heads, hd, inp);
+        assert_eq!(
+            halves_to_interleaved(&w, heads, hd, inp).unwrap(),
+            gguf,
+            "forward matches llama.cpp"
+        );
+        assert_eq!(
+            interleaved_to_halves(&gguf, heads, hd, inp).unwrap(),
+            w,
+            "inverse restores HF"
+        );
+        let back = halves_to_interleaved(
+            &interleaved_to_halves(&w, heads, hd, inp).unwrap(),
+            heads,
+            hd,
+            inp,
+        );
         assert_eq!(back.unwrap(), w, "other composition is identity too");
         if hd > 2 {
             assert_ne!(gguf, w, "the permutation is not trivial for head_dim {hd}");
@@ -164,6 +199,12 @@ fn permutation_inverts_llamacpp_converter() {
 
 #[test]
 fn permutation_rejects_bad_shapes() {
-    assert!(interleaved_to_halves(&[0.; 6], 1, 3, 2).is_err(), "odd head_dim");
-    assert!(interleaved_to_halves(&[0.; 7], 1, 4, 2).is_err(), "wrong length");
+    assert!(
+        interleaved_to_halves(&[0.; 6], 1, 3, 2).is_err(),
+        "odd head_dim"
+    );
+    assert!(
+        interleaved_to_halves(&[0.; 7], 1, 4, 2).is_err(),
+        "wrong length"
+    );
 }

@@ -167,7 +167,9 @@ impl Enc {
 
     /// A deterministic value `i` of a tensor seeded by `seed`, exactly representable in `self`.
     fn value(self, seed: u64, i: usize) -> f32 {
-        let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 * 0xbf58_476d_1ce4_e5b9);
+        let mut z = seed
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add((i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9));
         z ^= z >> 31;
         z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 29;
@@ -186,8 +188,12 @@ impl Enc {
         let mut out = Vec::new();
         match self {
             Enc::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
-            Enc::F16 => values.iter().for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-            Enc::Bf16 => values.iter().for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
+            Enc::F16 => values
+                .iter()
+                .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
+            Enc::Bf16 => values
+                .iter()
+                .for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
             Enc::Q8(d) => {
                 for block in values.chunks(32) {
                     out.extend(f16::from_f32(d).to_le_bytes());
@@ -281,6 +287,9 @@ fn tiny_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
     (tokens, scores, types)
 }
 
+/// (gguf name, hf name, hf shape, encoding, heads when llama.cpp permuted the rows)
+type Spec = (String, String, Vec<usize>, Enc, Option<usize>);
+
 struct TinyModel {
     bytes: Vec<u8>,
     /// HF name -> (shape, values) the import must reproduce exactly.
@@ -300,7 +309,12 @@ struct TinyOpts {
 
 impl Default for TinyOpts {
     fn default() -> Self {
-        Self { architecture: "llama".into(), tied: true, q_type_override: None, extra_tensor: None }
+        Self {
+            architecture: "llama".into(),
+            tied: true,
+            q_type_override: None,
+            extra_tensor: None,
+        }
     }
 }
 
@@ -322,9 +336,18 @@ fn tiny_model(opts: &TinyOpts) -> TinyModel {
         (key("rope.freq_base"), Kv::F32(500000.0)),
         (key("rope.dimension_count"), Kv::U32(HEAD_DIM as u32)),
         ("tokenizer.ggml.model".into(), s("llama")),
-        ("tokenizer.ggml.tokens".into(), Kv::Arr(8, tokens.iter().map(|t| s(t)).collect())),
-        ("tokenizer.ggml.scores".into(), Kv::Arr(6, scores.iter().map(|&v| Kv::F32(v)).collect())),
-        ("tokenizer.ggml.token_type".into(), Kv::Arr(5, types.iter().map(|&v| Kv::I32(v)).collect())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Kv::Arr(8, tokens.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Kv::Arr(6, scores.iter().map(|&v| Kv::F32(v)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Kv::Arr(5, types.iter().map(|&v| Kv::I32(v)).collect()),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Kv::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Kv::U32(2)),
         ("tokenizer.ggml.unknown_token_id".into(), Kv::U32(0)),
@@ -338,12 +361,20 @@ fn tiny_model(opts: &TinyOpts) -> TinyModel {
         ("test.u64".into(), Kv::U64(1 << 40)),
         ("test.i64".into(), Kv::I64(-(1 << 40))),
         ("test.f64".into(), Kv::F64(0.125)),
-        ("test.nested".into(), Kv::Arr(9, vec![Kv::Arr(4, vec![Kv::U32(1), Kv::U32(2)]), Kv::Arr(4, vec![])])),
-        ("test.bools".into(), Kv::Arr(7, vec![Kv::Bool(true), Kv::Bool(false)])),
+        (
+            "test.nested".into(),
+            Kv::Arr(
+                9,
+                vec![Kv::Arr(4, vec![Kv::U32(1), Kv::U32(2)]), Kv::Arr(4, vec![])],
+            ),
+        ),
+        (
+            "test.bools".into(),
+            Kv::Arr(7, vec![Kv::Bool(true), Kv::Bool(false)]),
+        ),
     ];
 
-    // (gguf name, hf name, hf shape, encoding, permute heads)
-    let mut specs: Vec<(String, String, Vec<usize>, Enc, Option<usize>)> = vec![(
+    let mut specs: Vec<Spec> = vec![(
         "token_embd.weight".into(),
         "model.embed_tokens.weight".into(),
         vec![vocab, HIDDEN],
@@ -351,25 +382,107 @@ fn tiny_model(opts: &TinyOpts) -> TinyModel {
         None,
     )];
     let layer_encs = [
-        [Enc::Q8(0.5), Enc::Q40(0.125), Enc::Q41(0.25, -1.5), Enc::Bf16, Enc::F32, Enc::Q8(0.0625), Enc::Q41(0.5, -4.0)],
-        [Enc::Q41(0.125, -1.0), Enc::Q8(0.25), Enc::F16, Enc::Q40(0.5), Enc::Bf16, Enc::F16, Enc::Q8(1.0)],
+        [
+            Enc::Q8(0.5),
+            Enc::Q40(0.125),
+            Enc::Q41(0.25, -1.5),
+            Enc::Bf16,
+            Enc::F32,
+            Enc::Q8(0.0625),
+            Enc::Q41(0.5, -4.0),
+        ],
+        [
+            Enc::Q41(0.125, -1.0),
+            Enc::Q8(0.25),
+            Enc::F16,
+            Enc::Q40(0.5),
+            Enc::Bf16,
+            Enc::F16,
+            Enc::Q8(1.0),
+        ],
     ];
     for (i, e) in layer_encs.iter().enumerate() {
         let hf = |n: &str| format!("model.layers.{i}.{n}");
         let g = |n: &str| format!("blk.{i}.{n}");
-        specs.push((g("attn_norm.weight"), hf("input_layernorm.weight"), vec![HIDDEN], Enc::F32, None));
-        specs.push((g("attn_q.weight"), hf("self_attn.q_proj.weight"), vec![HEADS * HEAD_DIM, HIDDEN], e[0], Some(HEADS)));
-        specs.push((g("attn_k.weight"), hf("self_attn.k_proj.weight"), vec![KV_HEADS * HEAD_DIM, HIDDEN], e[1], Some(KV_HEADS)));
-        specs.push((g("attn_v.weight"), hf("self_attn.v_proj.weight"), vec![KV_HEADS * HEAD_DIM, HIDDEN], e[2], None));
-        specs.push((g("attn_output.weight"), hf("self_attn.o_proj.weight"), vec![HIDDEN, HEADS * HEAD_DIM], e[3], None));
-        specs.push((g("ffn_norm.weight"), hf("post_attention_layernorm.weight"), vec![HIDDEN], Enc::F32, None));
-        specs.push((g("ffn_gate.weight"), hf("mlp.gate_proj.weight"), vec![FFN, HIDDEN], e[4], None));
-        specs.push((g("ffn_up.weight"), hf("mlp.up_proj.weight"), vec![FFN, HIDDEN], e[5], None));
-        specs.push((g("ffn_down.weight"), hf("mlp.down_proj.weight"), vec![HIDDEN, FFN], e[6], None));
+        specs.push((
+            g("attn_norm.weight"),
+            hf("input_layernorm.weight"),
+            vec![HIDDEN],
+            Enc::F32,
+            None,
+        ));
+        specs.push((
+            g("attn_q.weight"),
+            hf("self_attn.q_proj.weight"),
+            vec![HEADS * HEAD_DIM, HIDDEN],
+            e[0],
+            Some(HEADS),
+        ));
+        specs.push((
+            g("attn_k.weight"),
+            hf("self_attn.k_proj.weight"),
+            vec![KV_HEADS * HEAD_DIM, HIDDEN],
+            e[1],
+            Some(KV_HEADS),
+        ));
+        specs.push((
+            g("attn_v.weight"),
+            hf("self_attn.v_proj.weight"),
+            vec![KV_HEADS * HEAD_DIM, HIDDEN],
+            e[2],
+            None,
+        ));
+        specs.push((
+            g("attn_output.weight"),
+            hf("self_attn.o_proj.weight"),
+            vec![HIDDEN, HEADS * HEAD_DIM],
+            e[3],
+            None,
+        ));
+        specs.push((
+            g("ffn_norm.weight"),
+            hf("post_attention_layernorm.weight"),
+            vec![HIDDEN],
+            Enc::F32,
+            None,
+        ));
+        specs.push((
+            g("ffn_gate.weight"),
+            hf("mlp.gate_proj.weight"),
+            vec![FFN, HIDDEN],
+            e[4],
+            None,
+        ));
+        specs.push((
+            g("ffn_up.weight"),
+            hf("mlp.up_proj.weight"),
+            vec![FFN, HIDDEN],
+            e[5],
+            None,
+        ));
+        specs.push((
+            g("ffn_down.weight"),
+            hf("mlp.down_proj.weight"),
+            vec![HIDDEN, FFN],
+            e[6],
+            None,
+        ));
     }
-    specs.push(("output_norm.weight".into(), "model.norm.weight".into(), vec![HIDDEN], Enc::F32, None));
+    specs.push((
+        "output_norm.weight".into(),
+        "model.norm.weight".into(),
+        vec![HIDDEN],
+        Enc::F32,
+        None,
+    ));
     if !opts.tied {
-        specs.push(("output.weight".into(), "lm_head.weight".into(), vec![vocab, HIDDEN], Enc::Q8(0.03125), None));
+        specs.push((
+            "output.weight".into(),
+            "lm_head.weight".into(),
+            vec![vocab, HIDDEN],
+            Enc::Q8(0.03125),
+            None,
+        ));
     }
     if let Some(extra) = &opts.extra_tensor {
         specs.push((extra.clone(), String::new(), vec![HIDDEN], Enc::F32, None));
@@ -400,7 +513,11 @@ fn tiny_model(opts: &TinyOpts) -> TinyModel {
             expected.insert(hname, (shape, hf_values));
         }
     }
-    TinyModel { bytes: gguf_bytes(&kvs, &tensors), expected, vocab: tokens }
+    TinyModel {
+        bytes: gguf_bytes(&kvs, &tensors),
+        expected,
+        vocab: tokens,
+    }
 }
 
 fn read_f32_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
@@ -410,7 +527,11 @@ fn read_f32_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(name, v)| {
             assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-            let vals = v.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let vals = v
+                .data()
+                .chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
             (name, (v.shape().to_vec(), vals))
         })
         .collect()
@@ -431,18 +552,31 @@ fn write_tiny(dir: &Path, name: &str, opts: &TinyOpts) -> (PathBuf, TinyModel) {
 fn tiny_gguf_imports_to_the_exact_hf_tensors() {
     let tmp = tempfile::tempdir().unwrap();
     for tied in [true, false] {
-        let (path, m) = write_tiny(tmp.path(), &format!("tiny_{tied}.gguf"), &TinyOpts { tied, ..Default::default() });
+        let (path, m) = write_tiny(
+            tmp.path(),
+            &format!("tiny_{tied}.gguf"),
+            &TinyOpts {
+                tied,
+                ..Default::default()
+            },
+        );
         let out = tmp.path().join(format!("out_{tied}"));
         let summary = import_gguf(&path, &out).unwrap();
 
         let got = read_f32_tensors(&out.join("model.safetensors"));
-        assert_eq!(got.keys().collect::<Vec<_>>(), m.expected.keys().collect::<Vec<_>>());
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            m.expected.keys().collect::<Vec<_>>()
+        );
         for (name, (shape, vals)) in &m.expected {
             assert_eq!(&got[name].0, shape, "{name} shape");
             assert!(got[name].1 == *vals, "{name} values differ");
         }
         assert_eq!(summary.num_tensors, m.expected.len());
-        assert_eq!(summary.num_parameters, m.expected.values().map(|(_, v)| v.len()).sum::<usize>());
+        assert_eq!(
+            summary.num_parameters,
+            m.expected.values().map(|(_, v)| v.len()).sum::<usize>()
+        );
         assert_eq!(summary.architecture, "llama");
 
         let cfg = read_json(&out.join("config.json"));
@@ -458,7 +592,10 @@ fn tiny_gguf_imports_to_the_exact_hf_tensors() {
             assert_eq!(&cfg[k], v, "config {k}");
         }
         let gen = read_json(&out.join("generation_config.json"));
-        assert_eq!((gen["bos_token_id"].as_u64(), gen["eos_token_id"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(
+            (gen["bos_token_id"].as_u64(), gen["eos_token_id"].as_u64()),
+            (Some(1), Some(2))
+        );
         let tcfg = read_json(&out.join("tokenizer_config.json"));
         assert_eq!(tcfg["chat_template"], "{{ messages }}");
         assert_eq!(tcfg["add_bos_token"], true);
@@ -471,7 +608,11 @@ fn tiny_gguf_sentencepiece_tokenizer_hand_checked() {
     let (path, m) = write_tiny(tmp.path(), "tiny.gguf", &TinyOpts::default());
     let out = tmp.path().join("out");
     let summary = import_gguf(&path, &out).unwrap();
-    assert!(summary.tokenizer.contains("SentencePiece") && summary.tokenizer.contains("277 tokens"), "{}", summary.tokenizer);
+    assert!(
+        summary.tokenizer.contains("SentencePiece") && summary.tokenizer.contains("277 tokens"),
+        "{}",
+        summary.tokenizer
+    );
     let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let id = |t: &str| m.vocab.iter().position(|v| v == t).unwrap() as u32;
     let enc = |text: &str| tok.encode(text, true).unwrap().get_ids().to_vec();
@@ -484,7 +625,10 @@ fn tiny_gguf_sentencepiece_tokenizer_hand_checked() {
     assert_eq!(enc("é"), [1, id("▁"), id("<0xC3>"), id("<0xA9>")]);
     // Control tokens in the text are matched as special tokens.
     assert_eq!(enc("</s>"), [1, 2]);
-    assert_eq!(tok.decode(&enc("hello world hex é"), true).unwrap(), "hello world hex é");
+    assert_eq!(
+        tok.decode(&enc("hello world hex é"), true).unwrap(),
+        "hello world hex é"
+    );
 }
 
 #[test]
@@ -501,16 +645,35 @@ fn metadata_of_every_type_is_read() {
     assert_eq!(g.get("test.u64"), Some(&Value::U64(1 << 40)));
     assert_eq!(g.get("test.i64"), Some(&Value::I64(-(1 << 40))));
     assert_eq!(g.get("test.f64"), Some(&Value::F64(0.125)));
-    assert_eq!(g.get("llama.attention.layer_norm_rms_epsilon"), Some(&Value::F32(1e-6)));
-    assert_eq!(g.get("tokenizer.ggml.add_bos_token"), Some(&Value::Bool(true)));
-    assert_eq!(g.get("general.name"), Some(&Value::String("tiny test model".into())));
+    assert_eq!(
+        g.get("llama.attention.layer_norm_rms_epsilon"),
+        Some(&Value::F32(1e-6))
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.add_bos_token"),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(
+        g.get("general.name"),
+        Some(&Value::String("tiny test model".into()))
+    );
     assert_eq!(
         g.get("test.nested"),
-        Some(&Value::Array(vec![Value::Array(vec![Value::U32(1), Value::U32(2)]), Value::Array(vec![])]))
+        Some(&Value::Array(vec![
+            Value::Array(vec![Value::U32(1), Value::U32(2)]),
+            Value::Array(vec![])
+        ]))
     );
-    assert_eq!(g.get("test.bools"), Some(&Value::Array(vec![Value::Bool(true), Value::Bool(false)])));
+    assert_eq!(
+        g.get("test.bools"),
+        Some(&Value::Array(vec![Value::Bool(true), Value::Bool(false)]))
+    );
     assert_eq!(g.tensors.len(), 1 + LAYERS * 9 + 1);
-    let q = g.tensors.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+    let q = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight")
+        .unwrap();
     assert_eq!(q.ne, [HIDDEN as u64, (HEADS * HEAD_DIM) as u64]);
     assert_eq!(q.hf_shape(), [HEADS * HEAD_DIM, HIDDEN]);
 }
@@ -532,7 +695,10 @@ fn assert_mentions(err: &str, needles: &[&str]) {
 
 /// Nothing but the listed files is in `dir` (no output, no temporary directories).
 fn assert_only(dir: &Path, files: &[&str]) {
-    let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     let mut want: Vec<String> = files.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -551,7 +717,10 @@ fn truncated_gguf_files_are_refused() {
         fs::write(&path, &m.bytes[..cut]).unwrap();
         let err = err_of(import_gguf(&path, &tmp.path().join("out")));
         assert_mentions(&err, &["cut.gguf"]);
-        assert!(err.contains("truncated") || err.contains("too short"), "cut at {cut}: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("too short"),
+            "cut at {cut}: {err}"
+        );
         assert_only(tmp.path(), &["cut.gguf"]);
     }
 }
@@ -566,7 +735,10 @@ fn absurd_counts_fail_before_allocating() {
     b.extend((1u64 << 60).to_le_bytes());
     let path = tmp.path().join("huge.gguf");
     fs::write(&path, &b).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["huge.gguf", "truncated"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["huge.gguf", "truncated"],
+    );
 
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
@@ -577,7 +749,10 @@ fn absurd_counts_fail_before_allocating() {
     b.extend(10u32.to_le_bytes());
     b.extend((1u64 << 62).to_le_bytes());
     fs::write(&path, &b).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["huge.gguf", "big.array", "truncated"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["huge.gguf", "big.array", "truncated"],
+    );
     // A string longer than the file.
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());
@@ -585,7 +760,63 @@ fn absurd_counts_fail_before_allocating() {
     b.extend(1u64.to_le_bytes());
     b.extend(u64::MAX.to_le_bytes());
     fs::write(&path, &b).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["huge.gguf", "truncated"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["huge.gguf", "truncated"],
+    );
+}
+
+/// A tiny deterministic generator for the corruption test.
+fn lcg(state: &mut u64) -> u64 {
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+#[test]
+fn corrupted_headers_never_panic() {
+    // Random byte changes anywhere in the header, metadata and tensor infos must give an error
+    // (or, if harmless, a valid import), never a panic or a huge allocation.
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny_model(&TinyOpts::default());
+    let header_len = GgufFile::open(&{
+        let p = tmp.path().join("ok.gguf");
+        fs::write(&p, &m.bytes).unwrap();
+        p
+    })
+    .unwrap()
+    .data_offset as usize;
+    let mut state = 42u64;
+    let path = tmp.path().join("corrupt.gguf");
+    let (mut ok, mut err) = (0, 0);
+    for round in 0..400 {
+        let mut bytes = m.bytes.clone();
+        for _ in 0..1 + round % 4 {
+            let pos = lcg(&mut state) as usize % header_len;
+            bytes[pos] = match lcg(&mut state) % 4 {
+                0 => 0xFF,
+                1 => 0x00,
+                2 => bytes[pos] ^ (1 << (lcg(&mut state) % 8)),
+                _ => lcg(&mut state) as u8,
+            };
+        }
+        fs::write(&path, &bytes).unwrap();
+        let out = tmp.path().join("out");
+        match import_gguf(&path, &out) {
+            Ok(_) => {
+                ok += 1;
+                fs::remove_dir_all(&out).unwrap();
+            }
+            Err(e) => {
+                err += 1;
+                let msg = format!("{e:#}");
+                assert!(msg.contains("corrupt.gguf"), "{msg}");
+                assert!(!out.exists());
+            }
+        }
+    }
+    eprintln!("corrupted GGUF headers: {ok} imported anyway, {err} refused");
+    assert!(err > 200, "most corruptions must be detected ({err} of 400)");
+    assert_only(tmp.path(), &["ok.gguf", "corrupt.gguf"]);
 }
 
 #[test]
@@ -595,22 +826,38 @@ fn bad_magic_and_versions_are_refused() {
     m[..4].copy_from_slice(b"GGUX");
     let path = tmp.path().join("magic.gguf");
     fs::write(&path, &m).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["magic.gguf", "bad magic"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["magic.gguf", "bad magic"],
+    );
 
     m[..4].copy_from_slice(b"GGUF");
     m[4..8].copy_from_slice(&1u32.to_le_bytes());
     fs::write(&path, &m).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["magic.gguf", "version 1"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["magic.gguf", "version 1"],
+    );
     m[4..8].copy_from_slice(&3u32.to_be_bytes());
     fs::write(&path, &m).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("o"))), &["magic.gguf", "big-endian"]);
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("o"))),
+        &["magic.gguf", "big-endian"],
+    );
     assert_only(tmp.path(), &["magic.gguf"]);
 }
 
 #[test]
 fn unsupported_tensor_type_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let (path, _) = write_tiny(tmp.path(), "q5k.gguf", &TinyOpts { q_type_override: Some(13), ..Default::default() });
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "q5k.gguf",
+        &TinyOpts {
+            q_type_override: Some(13),
+            ..Default::default()
+        },
+    );
     let err = err_of(import_gguf(&path, &tmp.path().join("out")));
     assert_mentions(
         &err,
@@ -625,14 +872,42 @@ fn unsupported_tensor_type_is_named() {
 #[test]
 fn other_architectures_and_unknown_tensors_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (path, _) = write_tiny(tmp.path(), "qwen.gguf", &TinyOpts { architecture: "qwen2".into(), ..Default::default() });
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("out"))), &["qwen.gguf", "architecture 'qwen2' is not supported"]);
-    let (path, _) =
-        write_tiny(tmp.path(), "extra.gguf", &TinyOpts { extra_tensor: Some("rope_freqs.weight".into()), ..Default::default() });
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("out"))), &["extra.gguf", "rope_freqs.weight"]);
-    let (path, _) =
-        write_tiny(tmp.path(), "layer.gguf", &TinyOpts { extra_tensor: Some("blk.7.attn_norm.weight".into()), ..Default::default() });
-    assert_mentions(&err_of(import_gguf(&path, &tmp.path().join("out"))), &["layer.gguf", "blk.7.attn_norm.weight"]);
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "qwen.gguf",
+        &TinyOpts {
+            architecture: "qwen2".into(),
+            ..Default::default()
+        },
+    );
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("out"))),
+        &["qwen.gguf", "architecture 'qwen2' is not supported"],
+    );
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "extra.gguf",
+        &TinyOpts {
+            extra_tensor: Some("rope_freqs.weight".into()),
+            ..Default::default()
+        },
+    );
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("out"))),
+        &["extra.gguf", "rope_freqs.weight"],
+    );
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "layer.gguf",
+        &TinyOpts {
+            extra_tensor: Some("blk.7.attn_norm.weight".into()),
+            ..Default::default()
+        },
+    );
+    assert_mentions(
+        &err_of(import_gguf(&path, &tmp.path().join("out"))),
+        &["layer.gguf", "blk.7.attn_norm.weight"],
+    );
     assert_only(tmp.path(), &["qwen.gguf", "extra.gguf", "layer.gguf"]);
 }
 
@@ -640,19 +915,35 @@ fn other_architectures_and_unknown_tensors_are_refused() {
 fn missing_input_and_existing_output_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing.gguf");
-    assert_mentions(&err_of(import_gguf(&missing, &tmp.path().join("o"))), &["missing.gguf", "does not exist"]);
+    assert_mentions(
+        &err_of(import_gguf(&missing, &tmp.path().join("o"))),
+        &["missing.gguf", "does not exist"],
+    );
     let (path, _) = write_tiny(tmp.path(), "tiny.gguf", &TinyOpts::default());
     let out = tmp.path().join("taken");
     fs::create_dir(&out).unwrap();
-    assert_mentions(&err_of(import_gguf(&path, &out)), &["taken", "already exists"]);
-    assert_eq!(fs::read_dir(&out).unwrap().count(), 0, "existing directory left alone");
+    assert_mentions(
+        &err_of(import_gguf(&path, &out)),
+        &["taken", "already exists"],
+    );
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        0,
+        "existing directory left alone"
+    );
     // Not a GGUF at all.
     let text = tmp.path().join("notes.txt");
     fs::write(&text, "hello").unwrap();
-    assert_mentions(&err_of(import_gguf(&text, &tmp.path().join("o"))), &["notes.txt", "bad magic"]);
+    assert_mentions(
+        &err_of(import_gguf(&text, &tmp.path().join("o"))),
+        &["notes.txt", "bad magic"],
+    );
     let empty = tmp.path().join("empty.gguf");
     fs::write(&empty, "").unwrap();
-    assert_mentions(&err_of(import_gguf(&empty, &tmp.path().join("o"))), &["empty.gguf", "too short"]);
+    assert_mentions(
+        &err_of(import_gguf(&empty, &tmp.path().join("o"))),
+        &["empty.gguf", "too short"],
+    );
 }
 
 #[test]
@@ -662,7 +953,10 @@ fn staging_dir_cleans_up_when_dropped() {
     {
         let staging = StagingDir::create(&out).unwrap();
         fs::write(staging.path().join("model.safetensors"), b"partial").unwrap();
-        assert!(staging.path().starts_with(tmp.path().join("new/parent")), "temporary dir is a sibling");
+        assert!(
+            staging.path().starts_with(tmp.path().join("new/parent")),
+            "temporary dir is a sibling"
+        );
         // dropped without commit, as on any error
     }
     assert_only(tmp.path(), &[]);
@@ -678,7 +972,10 @@ fn staging_dir_cleans_up_when_dropped() {
 
 /// GPT-2's byte -> printable character map.
 fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (u32::from('!')..=u32::from('~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (u32::from('!')..=u32::from('~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256 {
@@ -702,7 +999,9 @@ fn tiny_gpt2(pre: Option<&str>, add_bos: Option<bool>) -> (tokenizers::Tokenizer
     tokens.extend(["Ġt", "he", "Ġthe", "12", "Ġ1"].map(String::from));
     let mut kinds = vec![TokenKind::Control; 2];
     kinds.resize(tokens.len(), TokenKind::Normal);
-    let merges = ["Ġ t", "h e", "Ġt he", "1 2", "Ġ 1", "x y"].map(String::from).to_vec();
+    let merges = ["Ġ t", "h e", "Ġt he", "1 2", "Ġ 1", "x y"]
+        .map(String::from)
+        .to_vec();
     let built = gpt2_tokenizer(&Gpt2Vocab {
         tokens: tokens.clone(),
         kinds,
@@ -714,8 +1013,15 @@ fn tiny_gpt2(pre: Option<&str>, add_bos: Option<bool>) -> (tokenizers::Tokenizer
         add_eos: None,
     })
     .unwrap();
-    assert!(built.notes.iter().any(|n| n.contains("1 merges dropped")), "x y is outside the vocab: {:?}", built.notes);
-    let tok = serde_json::to_string(&built.json).unwrap().parse::<tokenizers::Tokenizer>().unwrap();
+    assert!(
+        built.notes.iter().any(|n| n.contains("1 merges dropped")),
+        "x y is outside the vocab: {:?}",
+        built.notes
+    );
+    let tok = serde_json::to_string(&built.json)
+        .unwrap()
+        .parse::<tokenizers::Tokenizer>()
+        .unwrap();
     (tok, tokens)
 }
 
@@ -723,14 +1029,22 @@ fn tiny_gpt2(pre: Option<&str>, add_bos: Option<bool>) -> (tokenizers::Tokenizer
 fn gpt2_tokenizer_follows_the_pre_tokenizer_type() {
     let (smol, tokens) = tiny_gpt2(Some("smollm"), None);
     let id = |t: &str| tokens.iter().position(|v| v == t).unwrap() as u32;
-    let enc = |tok: &tokenizers::Tokenizer, text: &str| tok.encode(text, true).unwrap().get_ids().to_vec();
+    let enc = |tok: &tokenizers::Tokenizer, text: &str| {
+        tok.encode(text, true).unwrap().get_ids().to_vec()
+    };
     // smollm isolates every digit first, so the "12" merge never applies.
-    assert_eq!(enc(&smol, "the 123"), [id("t"), id("he"), id("Ġ"), id("1"), id("2"), id("3")]);
+    assert_eq!(
+        enc(&smol, "the 123"),
+        [id("t"), id("he"), id("Ġ"), id("1"), id("2"), id("3")]
+    );
     assert_eq!(enc(&smol, " the"), [id("Ġthe")]);
     // gpt-2 keeps " 123" together: "Ġ1" first (rank 4 < ... no: "1 2" is rank 3), so Ġ 1 2 3
     // -> "12" (rank 3) merges before "Ġ 1" (rank 4): Ġ, 12, 3.
     let (gpt2, _) = tiny_gpt2(Some("gpt-2"), None);
-    assert_eq!(enc(&gpt2, "the 123"), [id("t"), id("he"), id("Ġ"), id("12"), id("3")]);
+    assert_eq!(
+        enc(&gpt2, "the 123"),
+        [id("t"), id("he"), id("Ġ"), id("12"), id("3")]
+    );
     // Control tokens are added tokens; no BOS unless asked (llama.cpp's BPE default), llama-bpe
     // adds it by default.
     assert_eq!(enc(&smol, "<|im_start|>the"), [1, id("t"), id("he")]);
@@ -796,25 +1110,37 @@ fn smollm2_imported() -> Option<&'static (PathBuf, ImportSummary)> {
 }
 
 fn fixture(name: &str) -> Json {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/import")
+        .join(name);
     read_json(&path)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The fixture must come from the very GGUF under test.
 fn check_fixture_source(fix: &Json) {
     let Some(gguf) = smollm2_gguf() else { return };
     let sha = sha256_hex(&fs::read(&gguf).unwrap());
-    assert_eq!(fix["gguf_sha256"].as_str(), Some(sha.as_str()), "fixture was made from a different GGUF than {}", gguf.display());
+    assert_eq!(
+        fix["gguf_sha256"].as_str(),
+        Some(sha.as_str()),
+        "fixture was made from a different GGUF than {}",
+        gguf.display()
+    );
 }
 
 #[test]
 fn smollm2_config_and_shapes() {
-    let Some((out, summary)) = smollm2_imported() else { return };
+    let Some((out, summary)) = smollm2_imported() else {
+        return;
+    };
     let cfg = read_json(&out.join("config.json"));
     let expect = serde_json::json!({
         "model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536,
@@ -825,9 +1151,16 @@ fn smollm2_config_and_shapes() {
     for (k, v) in expect.as_object().unwrap() {
         assert_eq!(&cfg[k], v, "config {k}");
     }
+    eprintln!("{summary:#?}");
     assert_eq!(summary.num_tensors, 272);
-    assert_eq!(summary.num_parameters, 134_515_008, "SmolLM2-135M parameter count");
-    assert_eq!(summary.tokenizer, "gpt2 BPE (pre-tokenizer smollm), 49152 tokens");
+    assert_eq!(
+        summary.num_parameters, 134_515_008,
+        "SmolLM2-135M parameter count"
+    );
+    assert_eq!(
+        summary.tokenizer,
+        "gpt2 BPE (pre-tokenizer smollm), 49152 tokens"
+    );
 
     let bytes = fs::read(out.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -844,23 +1177,40 @@ fn smollm2_config_and_shapes() {
     assert_eq!(shape("model.norm.weight"), [576]);
     for (name, view) in st.tensors() {
         assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-        let finite = view.data().chunks(4).all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite());
+        let finite = view
+            .data()
+            .chunks(4)
+            .all(|b| f32::from_le_bytes(b.try_into().unwrap()).is_finite());
         assert!(finite, "{name} has non-finite values");
     }
 
     let tcfg = read_json(&out.join("tokenizer_config.json"));
-    assert_eq!(tcfg["add_bos_token"], false, "SmolLM2's GGUF says add_bos_token = false");
-    assert!(tcfg["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+    assert_eq!(
+        tcfg["add_bos_token"], false,
+        "SmolLM2's GGUF says add_bos_token = false"
+    );
+    assert!(tcfg["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
     assert_eq!(tcfg["eos_token"], "<|im_end|>");
 }
 
 #[test]
 fn smollm2_tokenizer_matches_llamacpp() {
-    let Some((out, _)) = smollm2_imported() else { return };
+    let Some((out, _)) = smollm2_imported() else {
+        return;
+    };
     let fix = fixture("smollm2_llamacpp_tokens.json");
     check_fixture_source(&fix);
     let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
-    let ids = |v: &Json| -> Vec<u32> { v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &Json| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
 
     let cases = fix["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
@@ -876,13 +1226,20 @@ fn smollm2_tokenizer_matches_llamacpp() {
 
     // TinyStories lines (text from the shared data, ids from llama.cpp).
     let stories = fix["tinystories_validation_head"].as_array().unwrap();
-    let Some(data) = common::shared_data_dir() else { return };
-    let text = fs::read_to_string(data.join("tinystories/tinystories_validation_head.txt")).unwrap();
+    let Some(data) = common::shared_data_dir() else {
+        return;
+    };
+    let text =
+        fs::read_to_string(data.join("tinystories/tinystories_validation_head.txt")).unwrap();
     let lines: Vec<&str> = text.split('\n').collect();
     assert!(stories.len() >= 200);
     for s in stories {
         let line = lines[s["line"].as_u64().unwrap() as usize];
-        assert_eq!(Some(sha256_hex(line.as_bytes()).as_str()), s["sha256"].as_str(), "shared text changed");
+        assert_eq!(
+            Some(sha256_hex(line.as_bytes()).as_str()),
+            s["sha256"].as_str(),
+            "shared text changed"
+        );
         let got = tok.encode(line, true).unwrap().get_ids().to_vec();
         assert_eq!(got, ids(&s["ids"]), "token ids for line {}", s["line"]);
         assert_eq!(tok.decode(&got, false).unwrap(), line);
@@ -892,13 +1249,26 @@ fn smollm2_tokenizer_matches_llamacpp() {
 #[test]
 fn smollm2_logits_match_llamacpp() {
     use tch::{Device, Kind, Tensor};
-    let Some((out, _)) = smollm2_imported() else { return };
+    let Some((out, _)) = smollm2_imported() else {
+        return;
+    };
     let fix = fixture("smollm2_llamacpp_logits.json");
     check_fixture_source(&fix);
-    let ids: Vec<i64> = fix["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let ids: Vec<i64> = fix["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
     let prompt = fix["prompt"].as_str().unwrap();
-    let ours: Vec<i64> = tok.encode(prompt, true).unwrap().get_ids().iter().map(|&i| i as i64).collect();
+    let ours: Vec<i64> = tok
+        .encode(prompt, true)
+        .unwrap()
+        .get_ids()
+        .iter()
+        .map(|&i| i as i64)
+        .collect();
     assert_eq!(ours, ids, "prompt ids");
 
     let model = rr_model::LlamaModel::load(out, Device::Cpu, Kind::Float).unwrap();
@@ -907,24 +1277,50 @@ fn smollm2_logits_match_llamacpp() {
     let positions = fix["positions"].as_array().unwrap();
     assert_eq!(positions.len(), ids.len());
     let mut worst = 0f64;
+    let (mut sum_diff, mut n_diff) = (0f64, 0usize);
     let mut top1_agree = 0;
     for (p, pos) in positions.iter().enumerate() {
         let row = logits.get(p as i64);
-        let top_ids: Vec<i64> = pos["top_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        let top_logits: Vec<f64> = pos["top_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let top_ids: Vec<i64> = pos["top_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let top_logits: Vec<f64> = pos["top_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         for (&id, &want) in top_ids.iter().zip(&top_logits) {
             let got = row.double_value(&[id]);
             worst = worst.max((got - want).abs());
+            sum_diff += (got - want).abs();
+            n_diff += 1;
         }
         let ours_top = row.argmax(0, false).int64_value(&[]);
         top1_agree += usize::from(ours_top == top_ids[0]);
         // Our argmax must be among llama.cpp's best five (it quantises activations to 8 bits, so
         // near-ties may swap).
-        assert!(top_ids[..5].contains(&ours_top), "position {p}: our argmax {ours_top} not in llama.cpp's top 5 {top_ids:?}");
+        assert!(
+            top_ids[..5].contains(&ours_top),
+            "position {p}: our argmax {ours_top} not in llama.cpp's top 5 {top_ids:?}"
+        );
     }
-    eprintln!("SmolLM2 vs llama.cpp: max |logit diff| on llama.cpp's top-10 = {worst:.3}, top-1 agreement {top1_agree}/{}", ids.len());
-    // Same Q4_1 weights; differences only from llama.cpp's 8-bit activation quantisation and
-    // summation order. A wrong q/k permutation or dequantisation moves logits by several units.
-    assert!(worst < 1.0, "max logit difference {worst}");
-    assert!(top1_agree * 10 >= ids.len() * 9, "top-1 agreement {top1_agree}/{}", ids.len());
+    let mean = sum_diff / n_diff as f64;
+    eprintln!(
+        "SmolLM2 vs llama.cpp: |logit diff| on llama.cpp's top-10: max {worst:.3}, mean {mean:.3}; top-1 agreement {top1_agree}/{}",
+        ids.len()
+    );
+    // Same Q4_1 weights; the differences come from llama.cpp quantising activations to 8 bits
+    // for its Q4_1 dot products (measured: max 1.26, mean 0.23 on logits of magnitude ~25). Not
+    // undoing the q/k permutation already breaks the argmax check above at position 5.
+    assert!(worst < 2.0, "max logit difference {worst}");
+    assert!(mean < 0.5, "mean logit difference {mean}");
+    assert!(
+        top1_agree * 10 >= ids.len() * 9,
+        "top-1 agreement {top1_agree}/{}",
+        ids.len()
+    );
 }

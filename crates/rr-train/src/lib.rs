@@ -1,2 +1,4 @@
-//! Training: data, optimizers and the trainer.
-//! (Skeleton: this crate's content comes with a later issue.)
+//! Training: packed token data and its loader, optimizers (AdamW, Muon), and the trainer.
+
+pub mod data;
+pub mod optim;

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use half::{bf16, f16};
 
 use super::hf_dir::{self, LlamaHyper, StagingDir};
-use super::tokenizer_build::{self, Gpt2Vocab, SpmVocab, TokenKind};
+use super::tokenizer_build::{self, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
 use super::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -168,23 +168,40 @@ const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";
 /// `data` must hold exactly the bytes of `n` elements.
 pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let (block, block_bytes) = ty.block_layout().ok_or_else(|| {
-        anyhow::anyhow!("type {} is not supported yet (supported: {SUPPORTED_TYPES})", ty.name())
+        anyhow::anyhow!(
+            "type {} is not supported yet (supported: {SUPPORTED_TYPES})",
+            ty.name()
+        )
     })?;
-    if n % block != 0 {
-        anyhow::bail!("{n} elements is not a whole number of {}-element {} blocks", block, ty.name());
+    if !n.is_multiple_of(block) {
+        anyhow::bail!(
+            "{n} elements is not a whole number of {}-element {} blocks",
+            block,
+            ty.name()
+        );
     }
     let need = (n / block)
         .checked_mul(block_bytes)
         .ok_or_else(|| anyhow::anyhow!("tensor size overflows"))?;
     if data.len() != need {
-        anyhow::bail!("{n} {} elements need {need} bytes, got {}", ty.name(), data.len());
+        anyhow::bail!(
+            "{n} {} elements need {need} bytes, got {}",
+            ty.name(),
+            data.len()
+        );
     }
     let half = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     let mut out = Vec::with_capacity(n);
     match ty {
-        GgmlType::F32 => out.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        GgmlType::F32 => out.extend(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
         GgmlType::F16 => out.extend(data.chunks_exact(2).map(half)),
-        GgmlType::BF16 => out.extend(data.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::BF16 => out.extend(
+            data.chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
         GgmlType::Q8_0 => {
             // struct { ggml_half d; int8_t qs[32]; }: x = qs[j] * d
             for b in data.chunks_exact(block_bytes) {
@@ -331,7 +348,7 @@ impl<'a> Cursor<'a> {
                 let min_size: u64 = match elem_ty {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     8 | 10 | 11 | 12 => 8,
                     9 => 12,
                     t => anyhow::bail!("{what}: unknown array element type {t}"),
@@ -359,27 +376,38 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Opens and parses `path`; errors name the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = fs::File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+        let file = fs::File::open(path)
+            .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
         let map = if len == 0 {
             Mmap::Empty
         } else {
             // SAFETY: the map is read-only and private to this process; we only read it.
-            Mmap::Map(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?)
+            Mmap::Map(
+                unsafe { memmap2::Mmap::map(&file) }
+                    .with_context(|| format!("cannot map {}", path.display()))?,
+            )
         };
         Self::parse(map).with_context(|| format!("{}: not a valid GGUF file", path.display()))
     }
 
     fn parse(map: Mmap) -> Result<Self> {
         let mut c = Cursor { buf: &map, pos: 0 };
-        let magic = c.take(4, "magic").map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
+        let magic = c
+            .take(4, "magic")
+            .map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
         if magic != GGUF_MAGIC {
             anyhow::bail!("bad magic {:02x?} (expected \"GGUF\")", magic);
         }
         let version = c.u32("version")?;
         match version {
             2 | 3 => {}
-            1 => anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)"),
+            1 => {
+                anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)")
+            }
             v if v.swap_bytes() <= 3 => anyhow::bail!("big-endian GGUF files are not supported"),
             v => anyhow::bail!("unsupported GGUF version {v} (supported: 2, 3)"),
         }
@@ -421,7 +449,12 @@ impl GgufFile {
             }
             let ty = GgmlType(c.u32(&format!("tensor {name} type"))?);
             let offset = c.u64(&format!("tensor {name} offset"))?;
-            tensors.push(TensorInfo { name, ne, ty, offset });
+            tensors.push(TensorInfo {
+                name,
+                ne,
+                ty,
+                offset,
+            });
         }
         let header_end = c.pos as u64;
         let data_offset = header_end.div_ceil(alignment) * alignment;
@@ -429,7 +462,14 @@ impl GgufFile {
         if data_offset > file_len && n_tensors > 0 {
             anyhow::bail!("file is truncated: tensor data would start at byte {data_offset}, file has {file_len}");
         }
-        let gguf = Self { version, metadata, tensors, alignment, data_offset, map };
+        let gguf = Self {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            map,
+        };
         for t in &gguf.tensors {
             gguf.tensor_range(t)?;
         }
@@ -445,8 +485,13 @@ impl GgufFile {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| anyhow::anyhow!("tensor {} dimensions {:?} overflow", t.name, t.ne))?;
-        if t.offset % self.alignment != 0 {
-            anyhow::bail!("tensor {} offset {} is not aligned to {}", t.name, t.offset, self.alignment);
+        if !t.offset.is_multiple_of(self.alignment) {
+            anyhow::bail!(
+                "tensor {} offset {} is not aligned to {}",
+                t.name,
+                t.offset,
+                self.alignment
+            );
         }
         let start = self
             .data_offset
@@ -454,11 +499,14 @@ impl GgufFile {
             .ok_or_else(|| anyhow::anyhow!("tensor {} offset overflows", t.name))?;
         let Some((block, block_bytes)) = t.ty.block_layout() else {
             if start > file_len {
-                anyhow::bail!("file is truncated: tensor {} starts at byte {start}, file has {file_len}", t.name);
+                anyhow::bail!(
+                    "file is truncated: tensor {} starts at byte {start}, file has {file_len}",
+                    t.name
+                );
             }
             return Ok(start as usize..start as usize);
         };
-        if t.ne[0] % block as u64 != 0 {
+        if !t.ne[0].is_multiple_of(block as u64) {
             anyhow::bail!(
                 "tensor {} first dimension {} is not a multiple of the {}-element {} block",
                 t.name,
@@ -501,7 +549,8 @@ impl GgufFile {
             );
         }
         let data = self.tensor_data(t)?;
-        dequantize(t.ty, data, t.n_elements() as usize).with_context(|| format!("tensor {}", t.name))
+        dequantize(t.ty, data, t.n_elements() as usize)
+            .with_context(|| format!("tensor {}", t.name))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -511,10 +560,9 @@ impl GgufFile {
     fn get_str(&self, key: &str) -> Result<Option<&str>> {
         match self.metadata.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| anyhow::anyhow!("metadata {key} is a {}, expected a string", v.type_name())),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| {
+                anyhow::anyhow!("metadata {key} is a {}, expected a string", v.type_name())
+            }),
         }
     }
 
@@ -529,16 +577,16 @@ impl GgufFile {
     }
 
     fn require_usize(&self, key: &str) -> Result<usize> {
-        self.get_usize(key)?.ok_or_else(|| anyhow::anyhow!("metadata {key} is missing"))
+        self.get_usize(key)?
+            .ok_or_else(|| anyhow::anyhow!("metadata {key} is missing"))
     }
 
     fn get_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.metadata.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_float()
-                .map(Some)
-                .ok_or_else(|| anyhow::anyhow!("metadata {key} is a {}, expected a number", v.type_name())),
+            Some(v) => v.as_float().map(Some).ok_or_else(|| {
+                anyhow::anyhow!("metadata {key} is a {}, expected a number", v.type_name())
+            }),
         }
     }
 
@@ -602,13 +650,17 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<ImportSummary> {
         anyhow::bail!("GGUF file {} does not exist", path.display());
     }
     if out.exists() {
-        anyhow::bail!("output directory {} already exists; choose another --out or remove it", out.display());
+        anyhow::bail!(
+            "output directory {} already exists; choose another --out or remove it",
+            out.display()
+        );
     }
     let gguf = GgufFile::open(path)?;
     let ctx = || format!("{}", path.display());
     let (hyper, sources, tokenizer, notes) = plan(&gguf).with_context(ctx)?;
     let staging = StagingDir::create(out)?;
-    let summary = write_dir(&gguf, &hyper, &sources, tokenizer, notes, staging.path()).with_context(ctx)?;
+    let summary =
+        write_dir(&gguf, &hyper, &sources, tokenizer, notes, staging.path()).with_context(ctx)?;
     staging.commit()?;
     Ok(summary)
 }
@@ -647,7 +699,9 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
     let ffn = gguf.require_usize("llama.feed_forward_length")?;
     let layers = gguf.require_usize("llama.block_count")?;
     let heads = gguf.require_usize("llama.attention.head_count")?;
-    let kv_heads = gguf.get_usize("llama.attention.head_count_kv")?.unwrap_or(heads);
+    let kv_heads = gguf
+        .get_usize("llama.attention.head_count_kv")?
+        .unwrap_or(heads);
     if heads == 0 {
         anyhow::bail!("llama.attention.head_count is 0");
     }
@@ -660,7 +714,9 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
     };
     if let Some(v) = gguf.get_usize("llama.attention.value_length")? {
         if v != head_dim {
-            anyhow::bail!("value head size {v} differs from key head size {head_dim} (not a Llama layout)");
+            anyhow::bail!(
+                "value head size {v} differs from key head size {head_dim} (not a Llama layout)"
+            );
         }
     }
     if let Some(rot) = gguf.get_usize("llama.rope.dimension_count")? {
@@ -668,17 +724,23 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             anyhow::bail!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported");
         }
     }
-    let eps = gguf.get_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+    let eps = gguf
+        .get_f64("llama.attention.layer_norm_rms_epsilon")?
+        .unwrap_or(1e-5);
     let theta = gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
     let ctx_len = gguf.get_usize("llama.context_length")?.unwrap_or(2048);
 
-    let by_name: HashMap<&str, &TensorInfo> = gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: HashMap<&str, &TensorInfo> =
+        gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     if by_name.len() != gguf.tensors.len() {
         anyhow::bail!("the file lists some tensor names twice");
     }
     for t in &gguf.tensors {
         if hf_name(&t.name).is_none() {
-            anyhow::bail!("tensor {} has no Hugging Face Llama counterpart (not supported)", t.name);
+            anyhow::bail!(
+                "tensor {} has no Hugging Face Llama counterpart (not supported)",
+                t.name
+            );
         }
         if t.ty.block_layout().is_none() {
             anyhow::bail!(
@@ -696,12 +758,19 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
 
     // Tokenizer first: the vocabulary size and special ids go into the config.
     let tokenizer = build_tokenizer(gguf, vocab_size, ctx_len)?;
-    let token_count = gguf.get_array("tokenizer.ggml.tokens")?.map(|a| a.len()).unwrap_or(0);
+    let token_count = gguf
+        .get_array("tokenizer.ggml.tokens")?
+        .map(|a| a.len())
+        .unwrap_or(0);
     if token_count > vocab_size {
-        anyhow::bail!("the tokenizer has {token_count} tokens but the embedding only {vocab_size} rows");
+        anyhow::bail!(
+            "the tokenizer has {token_count} tokens but the embedding only {vocab_size} rows"
+        );
     }
     if token_count < vocab_size {
-        notes.push(format!("embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)"));
+        notes.push(format!(
+            "embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)"
+        ));
     }
 
     let hyper = LlamaHyper {
@@ -722,12 +791,20 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
     hyper.validate(Path::new("GGUF metadata"))?;
 
     // Every planned Hugging Face tensor must come from exactly one GGUF tensor of the right shape.
-    let hf_to_gguf: HashMap<String, &TensorInfo> =
-        gguf.tensors.iter().filter_map(|t| hf_name(&t.name).map(|n| (n, t))).collect();
+    let hf_to_gguf: HashMap<String, &TensorInfo> = gguf
+        .tensors
+        .iter()
+        .filter_map(|t| hf_name(&t.name).map(|n| (n, t)))
+        .collect();
     let plan = hyper.tensor_plan();
     if plan.len() != gguf.tensors.len() {
-        let planned: std::collections::HashSet<&str> = plan.iter().map(|p| p.name.as_str()).collect();
-        if let Some(extra) = gguf.tensors.iter().find(|t| hf_name(&t.name).is_some_and(|n| !planned.contains(n.as_str()))) {
+        let planned: std::collections::HashSet<&str> =
+            plan.iter().map(|p| p.name.as_str()).collect();
+        if let Some(extra) = gguf
+            .tensors
+            .iter()
+            .find(|t| hf_name(&t.name).is_some_and(|n| !planned.contains(n.as_str())))
+        {
             anyhow::bail!("tensor {} does not fit a {layers}-layer model", extra.name);
         }
     }
@@ -753,7 +830,10 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
         } else {
             None
         };
-        sources.push(Source { info, unpermute_heads });
+        sources.push(Source {
+            info,
+            unpermute_heads,
+        });
     }
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -761,7 +841,11 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
         *counts.entry(t.ty.name()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    notes.push(format!("GGUF v{}: dequantized {} tensors to F32", gguf.version, counts.join(", ")));
+    notes.push(format!(
+        "GGUF v{}: dequantized {} tensors to F32",
+        gguf.version,
+        counts.join(", ")
+    ));
     notes.push("undid llama.cpp's q/k rotary row permutation".into());
     if tied {
         notes.push("no output.weight: lm_head tied to embed_tokens".into());
@@ -786,7 +870,10 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
         })
         .collect::<Result<_>>()?;
     if tokens.len() > vocab_size {
-        anyhow::bail!("the tokenizer has {} tokens but the embedding only {vocab_size} rows", tokens.len());
+        anyhow::bail!(
+            "the tokenizer has {} tokens but the embedding only {vocab_size} rows",
+            tokens.len()
+        );
     }
     let n = tokens.len();
     let kinds: Vec<TokenKind> = match gguf.get_array("tokenizer.ggml.token_type")? {
@@ -796,7 +883,10 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
             .map(|v| v.as_int().map(|c| TokenKind::from_code(c as i64)))
             .collect::<Option<_>>()
             .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.token_type holds non-integers"))?,
-        Some(a) => anyhow::bail!("tokenizer.ggml.token_type has {} entries for {n} tokens", a.len()),
+        Some(a) => anyhow::bail!(
+            "tokenizer.ggml.token_type has {} entries for {n} tokens",
+            a.len()
+        ),
     };
     let bos = gguf.get_token_id("tokenizer.ggml.bos_token_id")?;
     let eos = gguf.get_token_id("tokenizer.ggml.eos_token_id")?;
@@ -809,7 +899,11 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
         "gpt2" => {
             let merges: Vec<String> = gguf
                 .get_array("tokenizer.ggml.merges")?
-                .ok_or_else(|| anyhow::anyhow!("metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)"
+                    )
+                })?
                 .iter()
                 .map(|v| v.as_str().map(str::to_string))
                 .collect::<Option<_>>()
@@ -836,7 +930,10 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
                     })
                     .collect::<Option<_>>()
                     .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.scores holds non-numbers"))?,
-                Some(a) => anyhow::bail!("tokenizer.ggml.scores has {} entries for {n} tokens", a.len()),
+                Some(a) => anyhow::bail!(
+                    "tokenizer.ggml.scores has {} entries for {n} tokens",
+                    a.len()
+                ),
             };
             tokenizer_build::spm_tokenizer(&SpmVocab {
                 pieces: tokens.clone(),
@@ -848,24 +945,43 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
                 unk_id: unk.or(Some(0)).filter(|&u| (u as usize) < n),
                 add_bos: add_bos.unwrap_or(true),
                 add_eos: add_eos.unwrap_or(false),
-                add_space_prefix: gguf.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true),
+                add_space_prefix: gguf
+                    .get_bool("tokenizer.ggml.add_space_prefix")?
+                    .unwrap_or(true),
                 remove_extra_whitespaces: gguf
                     .get_bool("tokenizer.ggml.remove_extra_whitespaces")?
                     .unwrap_or(false),
             })?
         }
-        other => anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)"),
+        other => {
+            anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)")
+        }
     };
     let chat_template = gguf.get_str("tokenizer.chat_template")?;
-    let config = tokenizer_build::tokenizer_config_json(&tokens, &built, bos, eos, unk, pad, ctx_len, chat_template);
+    let config = tokenizer_build::tokenizer_config_json(
+        &tokens,
+        &built,
+        SpecialIds { bos, eos, unk, pad },
+        ctx_len,
+        chat_template,
+    );
     let mut notes = built.notes.clone();
     notes.push(format!(
         "tokenizer adds BOS: {}, adds EOS: {}{}",
         built.add_bos,
         built.add_eos,
-        if chat_template.is_some() { "; chat template written to tokenizer_config.json" } else { "" }
+        if chat_template.is_some() {
+            "; chat template written to tokenizer_config.json"
+        } else {
+            ""
+        }
     ));
-    Ok(TokenizerFiles { json: built.json, config, description: built.description, notes })
+    Ok(TokenizerFiles {
+        json: built.json,
+        config,
+        description: built.description,
+        notes,
+    })
 }
 
 fn write_dir(
@@ -889,7 +1005,10 @@ fn write_dir(
         }
     })?;
     hf_dir::write_json(&dir.join("config.json"), &hyper.config_json())?;
-    hf_dir::write_json(&dir.join("generation_config.json"), &hyper.generation_config_json())?;
+    hf_dir::write_json(
+        &dir.join("generation_config.json"),
+        &hyper.generation_config_json(),
+    )?;
     hf_dir::write_json(&dir.join("tokenizer.json"), &tokenizer.json)?;
     hf_dir::write_json(&dir.join("tokenizer_config.json"), &tokenizer.config)?;
     notes.extend(tokenizer.notes);

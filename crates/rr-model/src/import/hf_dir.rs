@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+/// Upper bounds accepted for any width (hidden, heads, vocabulary, ...) and for the layer count.
+pub const MAX_DIM: usize = 1 << 24;
+pub const MAX_LAYERS: usize = 1 << 14;
+
 /// Hyperparameters of a Llama model, as written to `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaHyper {
@@ -49,21 +53,39 @@ impl LlamaHyper {
             if v == 0 {
                 return Err(ctx(format!("{name} is 0")));
             }
+            // Far above any real model; keeps every size product below 2^64 and refuses
+            // corrupt headers before anything is allocated from them.
+            let limit = if name == "num_hidden_layers" { MAX_LAYERS } else { MAX_DIM };
+            if v > limit {
+                return Err(ctx(format!("{name} = {v} is implausibly large (limit {limit})")));
+            }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(ctx(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(ctx(format!("head_dim {} is odd (rotary embeddings need it even)", self.head_dim)));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(ctx(format!(
+                "head_dim {} is odd (rotary embeddings need it even)",
+                self.head_dim
+            )));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(ctx(format!("rms_norm_eps {} is not a positive number", self.rms_norm_eps)));
+            return Err(ctx(format!(
+                "rms_norm_eps {} is not a positive number",
+                self.rms_norm_eps
+            )));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(ctx(format!("rope_theta {} is not a positive number", self.rope_theta)));
+            return Err(ctx(format!(
+                "rope_theta {} is not a positive number",
+                self.rope_theta
+            )));
         }
         Ok(())
     }
@@ -104,18 +126,48 @@ impl LlamaHyper {
         let (h, f) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let mut plan = vec![TensorPlan::new("model.embed_tokens.weight", vec![self.vocab_size, h])];
+        let mut plan = vec![TensorPlan::new(
+            "model.embed_tokens.weight",
+            vec![self.vocab_size, h],
+        )];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            plan.push(TensorPlan::new(format!("{p}.input_layernorm.weight"), vec![h]));
-            plan.push(TensorPlan::new(format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-            plan.push(TensorPlan::new(format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-            plan.push(TensorPlan::new(format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-            plan.push(TensorPlan::new(format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-            plan.push(TensorPlan::new(format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            plan.push(TensorPlan::new(format!("{p}.mlp.gate_proj.weight"), vec![f, h]));
-            plan.push(TensorPlan::new(format!("{p}.mlp.up_proj.weight"), vec![f, h]));
-            plan.push(TensorPlan::new(format!("{p}.mlp.down_proj.weight"), vec![h, f]));
+            plan.push(TensorPlan::new(
+                format!("{p}.input_layernorm.weight"),
+                vec![h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![q, h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, q],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![f, h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![f, h],
+            ));
+            plan.push(TensorPlan::new(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, f],
+            ));
         }
         plan.push(TensorPlan::new("model.norm.weight", vec![h]));
         if !self.tie_word_embeddings {
@@ -134,7 +186,10 @@ pub struct TensorPlan {
 
 impl TensorPlan {
     pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Self {
-        Self { name: name.into(), shape }
+        Self {
+            name: name.into(),
+            shape,
+        }
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -167,14 +222,16 @@ pub fn write_safetensors(
     }
     let mut header_bytes = serde_json::to_vec(&Value::Object(header))?;
     // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-    while (header_bytes.len() + 8) % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
 
-    let file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let werr = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
-    w.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(werr)?;
+    w.write_all(&(header_bytes.len() as u64).to_le_bytes())
+        .map_err(werr)?;
     w.write_all(&header_bytes).map_err(werr)?;
     let mut params = 0usize;
     let mut buf: Vec<u8> = Vec::new();
@@ -226,7 +283,10 @@ impl StagingDir {
     /// Refuses an existing `out`; creates missing parent directories.
     pub fn create(out: &Path) -> Result<Self> {
         if out.exists() || out.symlink_metadata().is_ok() {
-            anyhow::bail!("output directory {} already exists; choose another --out or remove it", out.display());
+            anyhow::bail!(
+                "output directory {} already exists; choose another --out or remove it",
+                out.display()
+            );
         }
         let name = out
             .file_name()
@@ -247,16 +307,29 @@ impl StagingDir {
                 None => break,
             }
         }
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create parent directory {} of the output", parent.display()))?;
+        fs::create_dir_all(&parent).with_context(|| {
+            format!(
+                "cannot create parent directory {} of the output",
+                parent.display()
+            )
+        })?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let tmp = parent.join(format!(".{name}.import-tmp-{}-{stamp}", std::process::id()));
-        let staging = Self { tmp, out: out.to_path_buf(), created_parents, committed: false };
-        fs::create_dir(&staging.tmp)
-            .with_context(|| format!("cannot create temporary directory {}", staging.tmp.display()))?;
+        let staging = Self {
+            tmp,
+            out: out.to_path_buf(),
+            created_parents,
+            committed: false,
+        };
+        fs::create_dir(&staging.tmp).with_context(|| {
+            format!(
+                "cannot create temporary directory {}",
+                staging.tmp.display()
+            )
+        })?;
         Ok(staging)
     }
 
@@ -268,10 +341,17 @@ impl StagingDir {
     /// Renames the finished directory to its final name.
     pub fn commit(mut self) -> Result<()> {
         if self.out.exists() {
-            anyhow::bail!("output directory {} appeared while importing; not replacing it", self.out.display());
+            anyhow::bail!(
+                "output directory {} appeared while importing; not replacing it",
+                self.out.display()
+            );
         }
         fs::rename(&self.tmp, &self.out).with_context(|| {
-            format!("cannot rename {} to {}", self.tmp.display(), self.out.display())
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.out.display()
+            )
         })?;
         self.committed = true;
         Ok(())

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::hf_dir::{self, LlamaHyper, StagingDir, TensorPlan};
-use super::tokenizer_build::{self, BuiltTokenizer, SentencePieceModel, SpmVocab, TokenKind};
+use super::tokenizer_build::{
+    self, BuiltTokenizer, SentencePieceModel, SpecialIds, SpmVocab, TokenKind,
+};
 use super::{interleaved_to_halves, ImportSummary};
 
 const V1_MAGIC: u32 = 0x616b_3432;
@@ -69,9 +71,17 @@ impl Llama2cHeader {
     /// The f32 arrays in file order: `(what, count)`; `what` is a Hugging Face tensor name, or a
     /// label starting with `#` for data that is skipped (RoPE tables).
     fn layout(&self) -> Vec<(String, Vec<usize>)> {
-        let (d, h, l, v, kv) = (self.dim, self.hidden_dim, self.n_layers, self.vocab_size, self.kv_dim());
+        let (d, h, l, v, kv) = (
+            self.dim,
+            self.hidden_dim,
+            self.n_layers,
+            self.vocab_size,
+            self.kv_dim(),
+        );
         let per_layer = |field: &str, shape: Vec<usize>| -> Vec<(String, Vec<usize>)> {
-            (0..l).map(|i| (format!("model.layers.{i}.{field}"), shape.clone())).collect()
+            (0..l)
+                .map(|i| (format!("model.layers.{i}.{field}"), shape.clone()))
+                .collect()
         };
         let mut out = Vec::new();
         let attn_norms = per_layer("input_layernorm.weight", vec![d]);
@@ -115,12 +125,20 @@ impl Llama2cHeader {
         out
     }
 
-    /// Total file size the header implies, or `None` on overflow.
+    /// Total file size the header implies, computed from the sizes alone (before any per-layer
+    /// bookkeeping is allocated), or `None` on overflow.
     fn expected_file_size(&self) -> Option<u64> {
-        self.layout().iter().try_fold(self.data_start(), |acc, (_, shape)| {
-            let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64))?;
-            acc.checked_add(n.checked_mul(4)?)
-        })
+        let [d, h, l, v, kv, seq] = [self.dim, self.hidden_dim, self.n_layers, self.vocab_size, self.kv_dim(), self.seq_len]
+            .map(|x| x as u128);
+        let per_layer = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+        let mut floats = v * d + l * per_layer + d;
+        if self.version == 0 {
+            floats += 2 * (seq * (self.head_dim() as u128) / 2);
+        }
+        if !self.shared_classifier {
+            floats += v * d;
+        }
+        u64::try_from(floats * 4 + self.data_start() as u128).ok()
     }
 
     fn hyper(&self) -> LlamaHyper {
@@ -146,9 +164,11 @@ impl Llama2cHeader {
 /// Parses and validates the header of a llama2.c model file of `file_len` bytes.
 pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
     let word = |i: usize| -> Result<i32> {
-        let b = bytes
-            .get(i * 4..i * 4 + 4)
-            .ok_or_else(|| anyhow::anyhow!("file is truncated: {file_len} bytes is too short for a llama2.c header"))?;
+        let b = bytes.get(i * 4..i * 4 + 4).ok_or_else(|| {
+            anyhow::anyhow!(
+                "file is truncated: {file_len} bytes is too short for a llama2.c header"
+            )
+        })?;
         Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     let (version, first) = if word(0)? as u32 == V1_MAGIC {
@@ -172,13 +192,33 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
             Some(0) => false,
             Some(1) => true,
             Some(b) => anyhow::bail!("invalid shared_classifier flag {b} in the v1 header"),
-            None => anyhow::bail!("file is truncated: {file_len} bytes is too short for a v1 header"),
+            None => {
+                anyhow::bail!("file is truncated: {file_len} bytes is too short for a v1 header")
+            }
         }
     };
-    let names = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"];
-    for (name, v) in names.iter().zip([dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab.saturating_abs(), seq_len]) {
+    let names = [
+        "dim",
+        "hidden_dim",
+        "n_layers",
+        "n_heads",
+        "n_kv_heads",
+        "vocab_size",
+        "seq_len",
+    ];
+    for (name, v) in names.iter().zip([
+        dim,
+        hidden_dim,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        vocab.saturating_abs(),
+        seq_len,
+    ]) {
         if v <= 0 {
-            anyhow::bail!("header field {name} = {v} is not positive (is this a llama2.c model file?)");
+            anyhow::bail!(
+                "header field {name} = {v} is not positive (is this a llama2.c model file?)"
+            );
         }
     }
     if version == 1 && vocab < 0 {
@@ -195,13 +235,17 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
         seq_len: seq_len as usize,
         shared_classifier,
     };
-    if h.dim % h.n_heads != 0 {
+    if !h.dim.is_multiple_of(h.n_heads) {
         anyhow::bail!("dim {} is not a multiple of n_heads {}", h.dim, h.n_heads);
     }
-    if h.n_heads % h.n_kv_heads != 0 {
-        anyhow::bail!("n_heads {} is not a multiple of n_kv_heads {}", h.n_heads, h.n_kv_heads);
+    if !h.n_heads.is_multiple_of(h.n_kv_heads) {
+        anyhow::bail!(
+            "n_heads {} is not a multiple of n_kv_heads {}",
+            h.n_heads,
+            h.n_kv_heads
+        );
     }
-    if h.head_dim() % 2 != 0 {
+    if !h.head_dim().is_multiple_of(2) {
         anyhow::bail!("head dimension {} is odd", h.head_dim());
     }
     let expected = h
@@ -226,7 +270,10 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Converts llama2.c `model` plus `tokenizer` into a Hugging Face Llama directory at `out`.
@@ -238,15 +285,24 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
         anyhow::bail!("tokenizer file {} does not exist", tokenizer.display());
     }
     if out.exists() {
-        anyhow::bail!("output directory {} already exists; choose another --out or remove it", out.display());
+        anyhow::bail!(
+            "output directory {} already exists; choose another --out or remove it",
+            out.display()
+        );
     }
     let file = fs::File::open(model).with_context(|| format!("cannot open {}", model.display()))?;
-    let file_len = file.metadata().with_context(|| format!("cannot stat {}", model.display()))?.len();
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", model.display()))?
+        .len();
     let map = if file_len == 0 {
         None
     } else {
         // SAFETY: read-only private map; we only read it.
-        Some(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", model.display()))?)
+        Some(
+            unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("cannot map {}", model.display()))?,
+        )
     };
     let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
     let header = read_header(bytes, file_len)
@@ -265,6 +321,9 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
         offsets.insert(name, pos..pos + n * 4);
         pos += n * 4;
     }
+    if pos as u64 != file_len {
+        anyhow::bail!("internal error: layout of {} ends at byte {pos}, file has {file_len}", model.display());
+    }
     let plan: Vec<TensorPlan> = hyper.tensor_plan();
     let head_dim = header.head_dim();
 
@@ -272,10 +331,9 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
     let dir = staging.path().to_path_buf();
     let params = hf_dir::write_safetensors(&dir.join("model.safetensors"), &plan, |i| {
         let p = &plan[i];
-        let range = offsets
-            .get(&p.name)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("internal error: {} has no place in the file layout", p.name))?;
+        let range = offsets.get(&p.name).cloned().ok_or_else(|| {
+            anyhow::anyhow!("internal error: {} has no place in the file layout", p.name)
+        })?;
         let values = f32s(&bytes[range]);
         if p.name.ends_with("q_proj.weight") {
             interleaved_to_halves(&values, header.n_heads, head_dim, header.dim)
@@ -287,7 +345,10 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
     })
     .with_context(|| format!("{}: cannot convert", model.display()))?;
     hf_dir::write_json(&dir.join("config.json"), &hyper.config_json())?;
-    hf_dir::write_json(&dir.join("generation_config.json"), &hyper.generation_config_json())?;
+    hf_dir::write_json(
+        &dir.join("generation_config.json"),
+        &hyper.generation_config_json(),
+    )?;
     let (tokenizer_desc, mut notes) = tok.write(&dir, &hyper)?;
     staging.commit()?;
 
@@ -316,7 +377,13 @@ enum TokenizerSource {
     /// A Hugging Face `tokenizer.json`, copied as is.
     HfJson { bytes: Vec<u8>, vocab: usize },
     /// Built from llama2.c `tokenizer.bin` or a SentencePiece `.model`.
-    Built { built: BuiltTokenizer, pieces: Vec<String>, bos: Option<u32>, eos: Option<u32>, unk: Option<u32> },
+    Built {
+        built: BuiltTokenizer,
+        pieces: Vec<String>,
+        bos: Option<u32>,
+        eos: Option<u32>,
+        unk: Option<u32>,
+    },
 }
 
 impl TokenizerSource {
@@ -337,14 +404,21 @@ impl TokenizerSource {
         }
         let (vocab, mut notes, source) = if ext == "model" {
             let sp = tokenizer_build::read_sentencepiece_model(&bytes)?;
-            (spm_vocab_from_model(&sp)?, Vec::new(), "SentencePiece model")
+            (
+                spm_vocab_from_model(&sp)?,
+                Vec::new(),
+                "SentencePiece model",
+            )
         } else {
             let pieces = read_tokenizer_bin(&bytes, model_vocab)?;
             let (vocab, notes) = spm_vocab_from_bin(pieces, path)?;
             (vocab, notes, "llama2.c tokenizer.bin")
         };
         if vocab.pieces.len() != model_vocab {
-            anyhow::bail!("tokenizer has {} tokens but the model has {model_vocab}", vocab.pieces.len());
+            anyhow::bail!(
+                "tokenizer has {} tokens but the model has {model_vocab}",
+                vocab.pieces.len()
+            );
         }
         let mut built = tokenizer_build::spm_tokenizer(&vocab)?;
         built.description = format!("{} (from {source})", built.description);
@@ -364,18 +438,27 @@ impl TokenizerSource {
         match self {
             TokenizerSource::HfJson { bytes, vocab } => {
                 let path = dir.join("tokenizer.json");
-                fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+                fs::write(&path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 Ok((format!("copied tokenizer.json, {vocab} tokens"), Vec::new()))
             }
-            TokenizerSource::Built { built, pieces, bos, eos, unk } => {
+            TokenizerSource::Built {
+                built,
+                pieces,
+                bos,
+                eos,
+                unk,
+            } => {
                 hf_dir::write_json(&dir.join("tokenizer.json"), &built.json)?;
                 let cfg = tokenizer_build::tokenizer_config_json(
                     &pieces,
                     &built,
-                    bos,
-                    eos,
-                    unk,
-                    None,
+                    SpecialIds {
+                        bos,
+                        eos,
+                        unk,
+                        pad: None,
+                    },
                     hyper.max_position_embeddings,
                     None,
                 );
@@ -407,16 +490,21 @@ pub fn read_tokenizer_bin(bytes: &[u8], expected: usize) -> Result<Vec<(Vec<u8>,
         let len = i32::from_le_bytes(rd(pos + 4, &format!("length of token {i}"))?);
         pos += 8;
         if len < 0 || len > max_len {
-            anyhow::bail!("token {i} has length {len}, outside 0..={max_len} (not a llama2.c tokenizer.bin?)");
+            anyhow::bail!(
+                "token {i} has length {len}, outside 0..={max_len} (not a llama2.c tokenizer.bin?)"
+            );
         }
-        let piece = bytes
-            .get(pos..pos + len as usize)
-            .ok_or_else(|| anyhow::anyhow!("tokenizer.bin is truncated in the text of token {i}"))?;
+        let piece = bytes.get(pos..pos + len as usize).ok_or_else(|| {
+            anyhow::anyhow!("tokenizer.bin is truncated in the text of token {i}")
+        })?;
         out.push((piece.to_vec(), score));
         pos += len as usize;
     }
     if out.len() != expected {
-        anyhow::bail!("tokenizer.bin holds {} tokens but the model's vocabulary is {expected}", out.len());
+        anyhow::bail!(
+            "tokenizer.bin holds {} tokens but the model's vocabulary is {expected}",
+            out.len()
+        );
     }
     Ok(out)
 }
@@ -433,7 +521,8 @@ fn spm_vocab_from_bin(pieces: Vec<(Vec<u8>, f32)>, path: &Path) -> Result<(SpmVo
     let mut scores = Vec::with_capacity(pieces.len());
     let mut kinds = Vec::with_capacity(pieces.len());
     for (i, (bytes, score)) in pieces.into_iter().enumerate() {
-        let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("token {i} is not valid UTF-8"))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("token {i} is not valid UTF-8"))?;
         let text = match text.as_str() {
             "\n<s>\n" => "<s>".to_string(),
             "\n</s>\n" => "</s>".to_string(),
@@ -493,7 +582,10 @@ fn sibling_sentencepiece(path: &Path, texts: &[String]) -> Option<(PathBuf, Sent
 }
 
 fn is_byte_piece(t: &str) -> bool {
-    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+    t.len() == 6
+        && t.starts_with("<0x")
+        && t.ends_with('>')
+        && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn spm_vocab_from_model(sp: &SentencePieceModel) -> Result<SpmVocab> {

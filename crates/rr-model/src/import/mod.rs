@@ -55,7 +55,9 @@ pub fn interleaved_to_halves(
     head_dim: usize,
     in_dim: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| (t * half + j, 2 * j + t))
+    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
+        (t * half + j, 2 * j + t)
+    })
 }
 
 /// The forward permutation (Hugging Face halves → interleaved), i.e. what llama.cpp's converter
@@ -66,7 +68,9 @@ pub fn halves_to_interleaved(
     head_dim: usize,
     in_dim: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| (2 * j + t, t * half + j))
+    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
+        (2 * j + t, t * half + j)
+    })
 }
 
 /// Moves row `src(j, t)` of every head to row `dst(j, t)`; `map` returns `(dst, src)` offsets
@@ -78,7 +82,7 @@ fn permute_rows(
     in_dim: usize,
     map: impl Fn(usize, usize, usize) -> (usize, usize),
 ) -> anyhow::Result<Vec<f32>> {
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         anyhow::bail!("head_dim {head_dim} is odd: rotary embeddings need an even head dimension");
     }
     let expected = n_heads

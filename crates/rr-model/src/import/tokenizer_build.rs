@@ -113,7 +113,12 @@ fn pre_tokenizer_for(pre: Option<&str>) -> Result<PreTokenizer> {
     };
     Ok(match pre.unwrap_or("default") {
         "default" => p(
-            vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]"],
+            vec![
+                r"[\p{P}\$\+<=>\^~\|]+",
+                GPT2_SPLIT,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
             false,
             false,
         ),
@@ -234,7 +239,9 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
     let mut notes = Vec::new();
     let (vocab, index, duplicates) = vocab_map(&v.pieces);
     if duplicates > 0 {
-        notes.push(format!("{duplicates} duplicate token strings kept their first id only"));
+        notes.push(format!(
+            "{duplicates} duplicate token strings kept their first id only"
+        ));
     }
 
     // Merges: every way of splitting a mergeable piece into two vocabulary pieces, ranked by the
@@ -264,8 +271,11 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
 
     let mut normalizers = Vec::new();
     if v.remove_extra_whitespaces {
-        normalizers.push(json!({ "type": "Replace", "pattern": { "Regex": r"\A +| +\z" }, "content": "" }));
-        normalizers.push(json!({ "type": "Replace", "pattern": { "Regex": " {2,}" }, "content": " " }));
+        normalizers.push(
+            json!({ "type": "Replace", "pattern": { "Regex": r"\A +| +\z" }, "content": "" }),
+        );
+        normalizers
+            .push(json!({ "type": "Replace", "pattern": { "Regex": " {2,}" }, "content": " " }));
     }
     if v.add_space_prefix {
         normalizers.push(json!({ "type": "Prepend", "prepend": "▁" }));
@@ -282,9 +292,14 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
     }
     let has_bytes = v.kinds.contains(&TokenKind::Byte);
     if !has_bytes {
-        notes.push("the vocabulary has no <0xXX> byte tokens: unknown characters map to <unk>".into());
+        notes.push(
+            "the vocabulary has no <0xXX> byte tokens: unknown characters map to <unk>".into(),
+        );
     }
-    let unk = v.unk_id.map(|id| Value::String(v.pieces[id as usize].clone())).unwrap_or(Value::Null);
+    let unk = v
+        .unk_id
+        .map(|id| Value::String(v.pieces[id as usize].clone()))
+        .unwrap_or(Value::Null);
 
     let json = json!({
         "version": "1.0",
@@ -345,7 +360,9 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
     }
     let (vocab, index, duplicates) = vocab_map(&v.tokens);
     if duplicates > 0 {
-        notes.push(format!("{duplicates} duplicate token strings kept their first id only"));
+        notes.push(format!(
+            "{duplicates} duplicate token strings kept their first id only"
+        ));
     }
 
     // llama.cpp splits each merge at the first space after the first character.
@@ -353,7 +370,11 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
     let mut seen = HashSet::new();
     let mut dropped = 0usize;
     for m in &v.merges {
-        let split = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
+        let split = m
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| c == ' ')
+            .map(|(i, _)| i);
         let Some(split) = split else {
             dropped += 1;
             continue;
@@ -362,7 +383,8 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
         let merged = format!("{l}{r}");
         // Hugging Face refuses merges whose parts or result are not in the vocabulary; such
         // merges can never fire in llama.cpp either (the result could not become a token).
-        if !index.contains_key(l) || !index.contains_key(r) || !index.contains_key(merged.as_str()) {
+        if !index.contains_key(l) || !index.contains_key(r) || !index.contains_key(merged.as_str())
+        {
             dropped += 1;
             continue;
         }
@@ -373,7 +395,9 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
         merges.push(json!([l, r]));
     }
     if dropped > 0 {
-        notes.push(format!("{dropped} merges dropped (malformed, duplicated or outside the vocabulary)"));
+        notes.push(format!(
+            "{dropped} merges dropped (malformed, duplicated or outside the vocabulary)"
+        ));
     }
 
     let mut pretokenizers: Vec<Value> = pre
@@ -431,20 +455,34 @@ pub fn check_loadable(json: &Value) -> Result<tokenizers::Tokenizer> {
         .map_err(|e| anyhow::anyhow!("the built tokenizer.json does not load: {e}"))
 }
 
+/// Ids of the special tokens named in `tokenizer_config.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+}
+
 /// `tokenizer_config.json` for `transformers`-style consumers: special tokens, BOS/EOS flags and
 /// the chat template when the source has one.
 pub fn tokenizer_config_json(
     tokens: &[String],
     built: &BuiltTokenizer,
-    bos_id: Option<u32>,
-    eos_id: Option<u32>,
-    unk_id: Option<u32>,
-    pad_id: Option<u32>,
+    special: SpecialIds,
     model_max_length: usize,
     chat_template: Option<&str>,
 ) -> Value {
+    let SpecialIds {
+        bos: bos_id,
+        eos: eos_id,
+        unk: unk_id,
+        pad: pad_id,
+    } = special;
     let tok = |id: Option<u32>| -> Value {
-        id.and_then(|id| tokens.get(id as usize)).map(|t| Value::String(t.clone())).unwrap_or(Value::Null)
+        id.and_then(|id| tokens.get(id as usize))
+            .map(|t| Value::String(t.clone()))
+            .unwrap_or(Value::Null)
     };
     let mut cfg = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -503,7 +541,10 @@ impl<'a> Proto<'a> {
     fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or_else(|| anyhow::anyhow!("truncated varint at byte {}", self.pos))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| anyhow::anyhow!("truncated varint at byte {}", self.pos))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
@@ -514,9 +555,17 @@ impl<'a> Proto<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            anyhow::anyhow!("field of {n} bytes at byte {} runs past the end ({} bytes)", self.pos, self.buf.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "field of {n} bytes at byte {} runs past the end ({} bytes)",
+                    self.pos,
+                    self.buf.len()
+                )
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -602,7 +651,9 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
                 let mut p = Proto::new(normalizer);
                 while let Some((f, v)) = p.next()? {
                     match (f, v) {
-                        (1, Field::Bytes(b)) => m.normalization_rule = String::from_utf8_lossy(b).into_owned(),
+                        (1, Field::Bytes(b)) => {
+                            m.normalization_rule = String::from_utf8_lossy(b).into_owned()
+                        }
                         (3, Field::Varint(t)) => m.add_dummy_prefix = t != 0,
                         (4, Field::Varint(t)) => m.remove_extra_whitespaces = t != 0,
                         _ => {}
@@ -621,6 +672,8 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
 impl SentencePieceModel {
     /// The id as an `Option`, `None` for SentencePiece's "disabled" (-1) or out of range.
     pub fn id(&self, id: i64) -> Option<u32> {
-        u32::try_from(id).ok().filter(|&i| (i as usize) < self.pieces.len())
+        u32::try_from(id)
+            .ok()
+            .filter(|&i| (i as usize) < self.pieces.len())
     }
 }

@@ -288,3 +288,243 @@ pub fn write_hf_model_dir(cfg: &Value) -> Result<tempfile::TempDir> {
 pub fn write_fixture_model_dir(fixture: &Value) -> Result<tempfile::TempDir> {
     write_hf_model_dir(&fixture["config"])
 }
+
+// ----------------------------------------------------------------------------------------------
+// Raven (recurrent) parity fixtures: `tests/fixtures/raven/<case>.json`, made by
+// `scripts/make_raven_fixtures.py`, read by `tests/raven_parity.rs`.
+//
+// Weight formula "rr-raven-fixture-v1": the "rr-hf-fixture-v1" generator ([`uniform01`]) with a
+// classifier for the Raven names (the HF one, `ends_with("norm.weight")`, misses norm_1/norm_2/ln_f):
+//
+// ```text
+// transformer.ln_f.weight, *norm_1.weight, *norm_2.weight, *q_norm.weight, *k_norm.weight:
+//                                      w_i = 1 + 0.1 * v_i
+// transformer.wte.weight:              w_i = v_i
+// other 2-D weights [out, in]:         w_i = sqrt(3.0 / in) * v_i
+// ```
+//
+// The fixtures' initial state is `v_i` of the name `raven_fixture.initial_state` over [1, T, h].
+
+pub const RAVEN_WEIGHT_FORMULA: &str = "rr-raven-fixture-v1";
+pub const RAVEN_STATE_NAME: &str = "raven_fixture.initial_state";
+
+pub fn raven_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/raven")
+}
+
+/// Reads `tests/fixtures/raven/<case>.json` and checks its weight-formula version.
+pub fn load_raven_fixture(case: &str) -> Result<Value> {
+    let path = raven_fixture_dir().join(format!("{case}.json"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let formula = v["weight_formula"].as_str().unwrap_or("");
+    if formula != RAVEN_WEIGHT_FORMULA {
+        bail!(
+            "{}: weight_formula {formula:?}, this helper implements {RAVEN_WEIGHT_FORMULA:?}",
+            path.display()
+        );
+    }
+    Ok(v)
+}
+
+/// Whether a Raven tensor name gets the norm-weight formula.
+pub fn raven_is_norm(name: &str) -> bool {
+    name == "transformer.ln_f.weight"
+        || [
+            "norm_1.weight",
+            "norm_2.weight",
+            "q_norm.weight",
+            "k_norm.weight",
+        ]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
+/// `v_i = 2 u_i - 1` of `name`, cast to f32 (exact in f64 before the cast).
+pub fn signed_f32(name: &str, n: usize) -> Vec<f32> {
+    uniform01(name, n)
+        .into_iter()
+        .map(|u| (2.0 * u - 1.0) as f32)
+        .collect()
+}
+
+/// The "rr-raven-fixture-v1" weights of Raven tensor `name` with `shape`, row-major, f32.
+pub fn raven_formula_tensor(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let u = uniform01(name, n);
+    let f: Box<dyn Fn(f64) -> f64> = if raven_is_norm(name) {
+        assert_eq!(shape.len(), 1, "{name}: expected a 1-D norm weight");
+        Box::new(|v| 1.0 + 0.1 * v)
+    } else if name == "transformer.wte.weight" {
+        Box::new(|v| v)
+    } else {
+        assert_eq!(shape.len(), 2, "{name}: expected a 2-D weight");
+        let scale = (3.0 / shape[1] as f64).sqrt();
+        Box::new(move |v| scale * v)
+    };
+    u.into_iter().map(|u| f(2.0 * u - 1.0) as f32).collect()
+}
+
+/// Tensor names and shapes of a Raven checkpoint for a `config.json` (as JSON), in the order of
+/// the tables of `shared/spec/raven-format.md`.
+pub fn raven_tensor_shapes(cfg: &Value) -> Vec<(String, Vec<usize>)> {
+    let h = cfg_usize(cfg, "n_embd");
+    let nq = cfg_usize(cfg, "n_heads");
+    let nkv = cfg["num_key_value_heads"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(nq);
+    let d = cfg["head_dim"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(h / nq);
+    let inter = cfg_usize(cfg, "intermediate_size");
+    let vocab = cfg["padded_vocab_size"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or_else(|| cfg_usize(cfg, "vocab_size"));
+    let olmo = cfg["block_type"].as_str() == Some("olmo2");
+    let mut out: Vec<(String, Vec<usize>)> = vec![
+        ("transformer.wte.weight".into(), vec![vocab, h]),
+        ("lm_head.weight".into(), vec![vocab, h]),
+        ("transformer.ln_f.weight".into(), vec![h]),
+        ("transformer.adapter.weight".into(), vec![h, 2 * h]),
+    ];
+    for (stack, key) in [
+        ("prelude", "n_layers_in_prelude"),
+        ("core_block", "n_layers_in_recurrent_block"),
+        ("coda", "n_layers_in_coda"),
+    ] {
+        for i in 0..cfg_usize(cfg, key) {
+            let p = format!("transformer.{stack}.{i}.");
+            out.push((format!("{p}norm_1.weight"), vec![h]));
+            out.push((format!("{p}attn.Wqkv.weight"), vec![(nq + 2 * nkv) * d, h]));
+            out.push((format!("{p}attn.proj.weight"), vec![h, nq * d]));
+            if olmo {
+                out.push((format!("{p}attn.q_norm.weight"), vec![nq * d]));
+                out.push((format!("{p}attn.k_norm.weight"), vec![nkv * d]));
+            }
+            out.push((format!("{p}norm_2.weight"), vec![h]));
+            out.push((format!("{p}mlp.fc.weight"), vec![2 * inter, h]));
+            out.push((format!("{p}mlp.proj.weight"), vec![h, inter]));
+        }
+    }
+    out
+}
+
+/// All formula tensors of a Raven config.
+pub fn raven_formula_weights(cfg: &Value) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    raven_tensor_shapes(cfg)
+        .into_iter()
+        .map(|(n, shape)| {
+            let data = raven_formula_tensor(&n, &shape);
+            (n, shape, data)
+        })
+        .collect()
+}
+
+/// Checks one generated tensor against a fixture record `{shape, first, sum}`.
+pub fn check_tensor_record(name: &str, shape: &[usize], data: &[f32], r: &Value) -> Result<()> {
+    let rshape: Vec<usize> = r["shape"]
+        .as_array()
+        .with_context(|| format!("{name}: record has no shape"))?
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    if rshape != shape {
+        bail!("{name}: shape {shape:?}, fixture {rshape:?}");
+    }
+    for (k, x) in r["first"].as_array().unwrap().iter().enumerate() {
+        let want = x.as_f64().unwrap() as f32;
+        if data[k].to_bits() != want.to_bits() {
+            bail!("{name}[{k}]: generated {:e}, fixture {want:e}", data[k]);
+        }
+    }
+    let sum: f64 = data.iter().map(|&x| x as f64).sum();
+    let want = r["sum"].as_f64().unwrap();
+    if (sum - want).abs() > 1e-9 * (1.0 + want.abs()) {
+        bail!("{name}: sum {sum}, fixture {want}");
+    }
+    Ok(())
+}
+
+/// Checks the generated Raven weights (names, shapes, first values, sums) and the initial state
+/// against the fixture, so a generator mismatch is reported as such, not as bad logits.
+pub fn check_raven_fixture_weights(fixture: &Value) -> Result<()> {
+    let record = fixture["tensors"]
+        .as_object()
+        .context("fixture has no `tensors`")?;
+    let weights = raven_formula_weights(&fixture["config"]);
+    let mut ours: Vec<&str> = weights.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut theirs: Vec<&str> = record.keys().map(|k| k.as_str()).collect();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    if ours != theirs {
+        bail!("tensor names differ:\n ours   {ours:?}\n python {theirs:?}");
+    }
+    for (name, shape, data) in &weights {
+        check_tensor_record(name, shape, data, &record[name])?;
+    }
+    let st = &fixture["initial_state"];
+    if st["name"].as_str() != Some(RAVEN_STATE_NAME) {
+        bail!(
+            "initial_state.name is {:?}, expected {RAVEN_STATE_NAME:?}",
+            st["name"]
+        );
+    }
+    let shape: Vec<usize> = st["shape"]
+        .as_array()
+        .context("initial_state.shape")?
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let state = signed_f32(RAVEN_STATE_NAME, shape.iter().product());
+    check_tensor_record("initial_state", &shape, &state, st)
+}
+
+/// Writes F32 tensors (row-major data) into one safetensors file.
+pub fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, shape, data)| {
+            (
+                n.clone(),
+                shape.clone(),
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?;
+            Ok((n.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(metadata), path)?;
+    Ok(())
+}
+
+/// Writes `config.json` (the given Raven config verbatim) and `model.safetensors` (formula
+/// weights, F32, Raven names) into a fresh temporary directory.
+pub fn write_raven_model_dir(cfg: &Value) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("rr-raven-fixture-")
+        .tempdir()?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string_pretty(cfg)?,
+    )?;
+    write_f32_safetensors(
+        &dir.path().join("model.safetensors"),
+        &raven_formula_weights(cfg),
+    )?;
+    Ok(dir)
+}

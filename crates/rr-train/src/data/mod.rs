@@ -1,0 +1,1 @@
+//! Packed token data: tokenisation and packing, memory-mapped shards, a resumable loader.
