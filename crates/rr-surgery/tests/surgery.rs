@@ -164,3 +164,47 @@ fn default_adapter_is_seeded_uniform_and_identity_is_zero_then_eye() {
     let y = x.linear::<&Tensor>(&id, None);
     assert!(y.equal(&Tensor::from_slice(&[5f32, 6., 7., 8.]).view([1, 4])));
 }
+
+/// The imported SmolLM2-135M-Instruct (made by `cargo xtask fetch-model smollm2`, which
+/// `cargo xtask test` runs first): `$RR_CACHE/models/smollm2-135m-instruct`.
+fn smollm2_dir() -> Option<std::path::PathBuf> {
+    let cache = std::env::var_os("RR_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| common::workspace_root().join(".cache"));
+    let dir = cache.join("models/smollm2-135m-instruct");
+    if dir.join("config.json").exists() {
+        return Some(dir);
+    }
+    let msg = format!("SmolLM2 not found at {} (run `cargo xtask fetch-model smollm2`)", dir.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// Retrofitted SmolLM2 (2,4,2 and 4,8,4; untrained) scores real text at r = 1, 2, 4, 8. Before
+/// training the dropped layers and random adapter make it far worse than the source.
+#[test]
+fn retrofitted_smollm2_scores_text_at_several_recurrences() {
+    let Some(source) = smollm2_dir() else { return };
+    let Some(shared) = common::shared_data_dir() else { return };
+    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt")).unwrap();
+    let tokenizer = rr_model::Tokenizer::from_path(&source).unwrap();
+    let ids: Vec<i64> = tokenizer.encode(&text[..2000], true).unwrap();
+    let base = rr_model::AnyModel::load(&source, Device::Cpu, Kind::Float, None, 0).unwrap();
+    let base_nll = rr_model::score::score_ids(&base, &ids, 1024).unwrap().mean_nll;
+    assert!(base_nll < 3.0, "source SmolLM2 NLL {base_nll}");
+    for (p, b, c) in [(2, 4, 2), (4, 8, 4)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("rec");
+        let sel = LayerSelection::paper(30, p, b, c).unwrap();
+        Surgery::new(&source, sel, AdapterInit::Default { seed: 0 }, 4).unwrap().write(&out, false).unwrap();
+        for r in [1, 2, 4, 8] {
+            let model = rr_model::AnyModel::load(&out, Device::Cpu, Kind::Float, Some(r), 0).unwrap();
+            let nll = rr_model::score::score_ids(&model, &ids, 1024).unwrap().mean_nll;
+            eprintln!("SmolLM2 ({p},{b},{c}) r={r}: NLL {nll:.3} (source {base_nll:.3})");
+            assert!(nll.is_finite() && nll > base_nll, "({p},{b},{c}) r={r}: NLL {nll}");
+        }
+    }
+}
