@@ -768,7 +768,9 @@ fn absurd_counts_fail_before_allocating() {
 
 /// A tiny deterministic generator for the corruption test.
 fn lcg(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *state >> 33
 }
 
@@ -815,7 +817,10 @@ fn corrupted_headers_never_panic() {
         }
     }
     eprintln!("corrupted GGUF headers: {ok} imported anyway, {err} refused");
-    assert!(err > 200, "most corruptions must be detected ({err} of 400)");
+    assert!(
+        err > 200,
+        "most corruptions must be detected ({err} of 400)"
+    );
     assert_only(tmp.path(), &["ok.gguf", "corrupt.gguf"]);
 }
 

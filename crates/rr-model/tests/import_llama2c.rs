@@ -399,7 +399,9 @@ fn corrupted_headers_never_panic() {
     let bin = tmp.path().join("corrupt.bin");
     let mut state = 7u64;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         state >> 33
     };
     for round in 0..60 {

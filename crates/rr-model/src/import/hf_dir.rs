@@ -55,9 +55,15 @@ impl LlamaHyper {
             }
             // Far above any real model; keeps every size product below 2^64 and refuses
             // corrupt headers before anything is allocated from them.
-            let limit = if name == "num_hidden_layers" { MAX_LAYERS } else { MAX_DIM };
+            let limit = if name == "num_hidden_layers" {
+                MAX_LAYERS
+            } else {
+                MAX_DIM
+            };
             if v > limit {
-                return Err(ctx(format!("{name} = {v} is implausibly large (limit {limit})")));
+                return Err(ctx(format!(
+                    "{name} = {v} is implausibly large (limit {limit})"
+                )));
             }
         }
         if !self

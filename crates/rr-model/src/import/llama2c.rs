@@ -128,8 +128,15 @@ impl Llama2cHeader {
     /// Total file size the header implies, computed from the sizes alone (before any per-layer
     /// bookkeeping is allocated), or `None` on overflow.
     fn expected_file_size(&self) -> Option<u64> {
-        let [d, h, l, v, kv, seq] = [self.dim, self.hidden_dim, self.n_layers, self.vocab_size, self.kv_dim(), self.seq_len]
-            .map(|x| x as u128);
+        let [d, h, l, v, kv, seq] = [
+            self.dim,
+            self.hidden_dim,
+            self.n_layers,
+            self.vocab_size,
+            self.kv_dim(),
+            self.seq_len,
+        ]
+        .map(|x| x as u128);
         let per_layer = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
         let mut floats = v * d + l * per_layer + d;
         if self.version == 0 {
@@ -322,7 +329,10 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
         pos += n * 4;
     }
     if pos as u64 != file_len {
-        anyhow::bail!("internal error: layout of {} ends at byte {pos}, file has {file_len}", model.display());
+        anyhow::bail!(
+            "internal error: layout of {} ends at byte {pos}, file has {file_len}",
+            model.display()
+        );
     }
     let plan: Vec<TensorPlan> = hyper.tensor_plan();
     let head_dim = header.head_dim();
