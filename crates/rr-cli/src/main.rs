@@ -31,6 +31,62 @@ enum Command {
     Inspect(InspectArgs),
     /// Turn a pretrained model into a recurrent one: prelude / recurrent core / coda.
     Surgery(SurgeryArgs),
+    /// Make training data: pack tokenised text, or generate synthetic math problems.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a recurrent model (or a static baseline) from a TOML recipe.
+    Train(TrainArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Tokenise documents and pack them into rows of T+1 tokens (train and held-out splits).
+    Pack {
+        /// Model directory or tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// text, jsonl, gsm8k or math.
+        #[arg(long)]
+        format: String,
+        #[arg(long)]
+        seq_len: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of documents held out.
+        #[arg(long, default_value_t = rr_train::data::DEFAULT_HELDOUT_FRACTION)]
+        heldout_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Multi-step arithmetic word problems with step-by-step solutions (GSM8K format).
+    SynthMath {
+        #[arg(long)]
+        problems: usize,
+        #[arg(long)]
+        max_steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The recipe (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (default: runs/<name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue from the last complete checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: accept a changed config. Without: start over in an existing run directory.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -200,6 +256,41 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => run_score(args)?,
         Command::Generate(args) => run_generate(args)?,
         Command::Surgery(args) => run_surgery(args)?,
+        Command::Data(DataCommand::Pack { tokenizer, input, format, seq_len, out, heldout_fraction, seed }) => {
+            let mut opts = rr_train::data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
+            opts.heldout_fraction = heldout_fraction;
+            opts.seed = seed;
+            let summary = rr_train::data::pack(&opts)?;
+            for w in summary.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let m = &summary.manifest;
+            println!(
+                "packed into {}: {} train rows, {} held-out rows of {} tokens",
+                summary.out.display(),
+                m.splits.train.rows,
+                m.splits.heldout.rows,
+                m.seq_len + 1
+            );
+        }
+        Command::Data(DataCommand::SynthMath { problems, max_steps, seed, out }) => {
+            let generated = rr_train::data::synth_math(problems, max_steps, seed);
+            rr_train::data::write_synth_math(&out, &generated)?;
+            println!("wrote {} problems (1-{max_steps} steps) to {}", generated.len(), out.display());
+        }
+        Command::Train(args) => {
+            let cfg = rr_train::TrainConfig::from_path(&args.config)?;
+            let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+            let summary = rr_train::train(&cfg, &rr_train::TrainOptions { run_dir: run_dir.clone(), resume: args.resume, force: args.force })?;
+            println!(
+                "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
+                summary.name,
+                summary.steps,
+                summary.wall_seconds,
+                summary.final_loss,
+                run_dir.join("summary.md").display()
+            );
+        }
         Command::Inspect(args) => {
             let report = inspect::inspect(&args.dir)?;
             if args.json {

@@ -466,6 +466,30 @@ impl LlamaModel {
         self.embed_tokens.kind()
     }
 
+    /// Every parameter by its checkpoint name, sorted (a tied head is not listed).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Writes `config.json` and `model.safetensors` (Hugging Face layout) into the existing
+    /// directory `dir`.
+    pub fn save_weights_and_config(&self, dir: &Path) -> Result<()> {
+        let mut config = self.config.clone();
+        config.torch_dtype = Some(crate::recurrent::dtype_name(self.dtype()).to_string());
+        let mut value = serde_json::to_value(&config)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+            obj.retain(|_, v| !v.is_null());
+        }
+        let path = dir.join("config.json");
+        let mut text = serde_json::to_string_pretty(&value)?;
+        text.push('\n');
+        std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+        crate::weights::write_safetensors(&self.named_tensors(), &dir.join("model.safetensors"))
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }

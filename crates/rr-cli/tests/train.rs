@@ -1,0 +1,199 @@
+//! Training through the real `rr` binary: exact resumption after `kill -9`, and bad recipes
+//! refused before any compute with nothing written.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("RR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if dir.join("models/stories260K/hf/config.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    }
+    eprintln!("skipping: shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    None
+}
+
+fn rr(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rr")).current_dir(dir).args(args).output().expect("run rr")
+}
+
+fn rr_ok(dir: &Path, args: &[&str]) {
+    let out = rr(dir, args);
+    assert!(out.status.success(), "rr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn rr_err(dir: &Path, args: &[&str]) -> String {
+    let out = rr(dir, args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "rr {args:?} should fail: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    err
+}
+
+/// A stories260K retrofit, packed TinyStories and a recipe, in a fresh directory.
+fn setup(shared: &Path, steps: usize) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let hf = shared.join("models/stories260K/hf");
+    rr_ok(d, &["surgery", "--model", hf.to_str().unwrap(), "--layers", "1,3,1", "--out", "rec"]);
+    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt")).unwrap();
+    std::fs::write(d.join("stories.txt"), &text[..60_000]).unwrap();
+    rr_ok(d, &["data", "pack", "--tokenizer", "rec", "--input", "stories.txt", "--format", "text", "--seq-len", "32", "--out", "packed", "--heldout-fraction", "0.05"]);
+    std::fs::write(d.join("cfg.toml"), recipe(steps, "packed", "rec")).unwrap();
+    tmp
+}
+
+fn recipe(steps: usize, data: &str, init: &str) -> String {
+    format!(
+        r#"name = "resume"
+seed = 7
+
+[model]
+init = "{init}"
+
+[data]
+train = [{{ path = "{data}" }}]
+
+[training]
+steps = {steps}
+micro_batch_size = 2
+grad_accum = 2
+device = "cpu"
+checkpoint_every = 10
+keep_last = 2
+eval_recurrences = [1, 2]
+eval_rows = 2
+
+[curriculum.mean]
+shape = "linear"
+target = 3
+ramp_fraction = 0.5
+
+[lr]
+kind = "warmup_stable_decay"
+peak = 1.0
+warmup_steps = 3
+decay_fraction = 0.5
+floor_ratio = 0.1
+
+[optimizer]
+kind = "muon"
+"#
+    )
+}
+
+/// (step, loss) of every training line in a run's metrics.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_and_resume_gives_bit_identical_losses() {
+    let Some(shared) = shared_data() else { return };
+    // The spec's check: 20 steps straight vs 10 steps, kill -9, and --resume for 10 more.
+    let steps = 20;
+    let tmp = setup(&shared, steps);
+    let d = tmp.path();
+    rr_ok(d, &["train", "--config", "cfg.toml", "--run-dir", "straight"]);
+    let straight = losses(&d.join("straight"));
+    assert_eq!(straight.len(), steps);
+
+    // The same run, really killed (SIGKILL) once its first checkpoint is complete.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .current_dir(d)
+        .args(["train", "--config", "cfg.toml", "--run-dir", "killed"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = d.join("killed/checkpoints/step-000010");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training ended early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = losses(&d.join("killed"));
+    assert!(partial.len() < steps, "the run finished before it was killed; nothing was tested");
+
+    rr_ok(d, &["train", "--config", "cfg.toml", "--run-dir", "killed", "--resume"]);
+    let resumed = losses(&d.join("killed"));
+    assert_eq!(resumed.len(), steps);
+    for (a, b) in straight.iter().zip(&resumed) {
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1.to_bits(), b.1.to_bits(), "step {}: {} vs {}", a.0, a.1, b.1);
+    }
+    // Only the newest K checkpoints are kept, and each is a usable model.
+    let ckpts: Vec<String> = std::fs::read_dir(d.join("killed/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(ckpts.len(), 2, "{ckpts:?}");
+    let text = d.join("stories.txt");
+    rr_ok(d, &["score", "--model", "killed/checkpoints/step-000020", "--text-file", text.to_str().unwrap(), "--max-tokens", "64", "--recurrence", "2", "--device", "cpu"]);
+    for f in ["summary.md", "loss.svg", "heldout.svg"] {
+        assert!(d.join("killed").join(f).exists(), "{f} missing");
+    }
+
+    // A changed recipe is refused on resume unless forced.
+    std::fs::write(d.join("cfg.toml"), recipe(steps, "packed", "rec").replace("seed = 7", "seed = 8")).unwrap();
+    let err = rr_err(d, &["train", "--config", "cfg.toml", "--run-dir", "killed", "--resume"]);
+    assert!(err.contains("config changed"), "{err}");
+}
+
+#[test]
+fn bad_recipes_are_refused_before_any_compute() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 4);
+    let d = tmp.path();
+    let good = recipe(4, "packed", "rec");
+    let cases: Vec<(String, &str)> = vec![
+        (good.replace("seed = 7", "seed = 7\nlearning_rate = 3"), "unknown field `learning_rate`"),
+        (good.replace("steps = 4", "steps = 0"), "must be at least 1"),
+        (good.replace("shape = \"linear\"", "shape = \"cubic\""), "unknown variant `cubic`"),
+        (recipe(4, "missing", "rec"), "missing"),
+        (recipe(4, "packed", "nowhere"), "nowhere"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        std::fs::write(d.join("bad.toml"), text).unwrap();
+        let run = format!("run{i}");
+        let err = rr_err(d, &["train", "--config", "bad.toml", "--run-dir", &run]);
+        assert!(err.contains(expected), "case {i}: {err}");
+        assert!(!d.join(&run).exists(), "case {i} wrote a run directory");
+    }
+    // Packed with another tokenizer (Llama 2's).
+    let llama2 = shared.join("tokenizers/llama2/tokenizer.json");
+    rr_ok(d, &["data", "pack", "--tokenizer", llama2.to_str().unwrap(), "--input", "stories.txt", "--format", "text", "--seq-len", "32", "--out", "packed-llama2"]);
+    std::fs::write(d.join("bad.toml"), recipe(4, "packed-llama2", "rec")).unwrap();
+    let err = rr_err(d, &["train", "--config", "bad.toml", "--run-dir", "run-tok"]);
+    assert!(err.contains("tokenizer"), "{err}");
+    assert!(!d.join("run-tok").exists());
+    // Rows longer than the model's context (stories260K: 512).
+    rr_ok(d, &["data", "pack", "--tokenizer", "rec", "--input", "stories.txt", "--format", "text", "--seq-len", "600", "--out", "packed-long"]);
+    std::fs::write(d.join("bad.toml"), recipe(4, "packed-long", "rec")).unwrap();
+    let err = rr_err(d, &["train", "--config", "bad.toml", "--run-dir", "run-long"]);
+    assert!(err.contains("beyond the model's context"), "{err}");
+    assert!(!d.join("run-long").exists());
+    // Empty input data.
+    std::fs::write(d.join("empty.txt"), "\n\n").unwrap();
+    let err = rr_err(d, &["data", "pack", "--tokenizer", "rec", "--input", "empty.txt", "--format", "text", "--seq-len", "32", "--out", "packed-empty"]);
+    assert!(err.contains("empty.txt"), "{err}");
+    assert!(!d.join("packed-empty").exists());
+}

@@ -1,0 +1,282 @@
+//! Training recipes: one TOML file per run, unknown keys rejected.
+//!
+//! ```toml
+//! name = "default"
+//! seed = 74
+//!
+//! [model]
+//! init = "runs/default/retrofit"  # a recurrent (Raven) directory, or an ordinary one = static baseline
+//!
+//! [data]
+//! train = [{ path = "runs/default/data/synth", weight = 1.0 }]
+//! # phases = [{ until_step = 100, train = [...] }, { train = [...] }]   # optional
+//!
+//! [training]
+//! steps = 60
+//! micro_batch_size = 4
+//! ...
+//!
+//! [curriculum.mean]   # recurrent models only
+//! shape = "one_minus_sqrt"
+//! target = 4
+//! ramp_fraction = 0.75
+//!
+//! [lr]                # the schedule's shape; the optimizer's lr values are the peaks
+//! kind = "warmup_stable_decay"
+//! ...
+//!
+//! [optimizer]
+//! kind = "muon"
+//! ```
+//!
+//! Relative paths are resolved against the directory the command runs in. `[prepare]` and
+//! `[baseline]` describe how `cargo xtask train` builds the inputs and the static baseline; the
+//! trainer itself does not read them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rr_curriculum::{Curriculum, LrSchedule};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub training: TrainingSection,
+    /// Required for recurrent models; ignored by the static baseline.
+    #[serde(default)]
+    pub curriculum: Option<Curriculum>,
+    pub lr: LrSchedule,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub prepare: Option<PrepareSection>,
+    #[serde(default)]
+    pub baseline: Option<BaselineSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The model directory training starts from.
+    pub init: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// A packed data directory (`rr data pack`).
+    pub path: PathBuf,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// The phase runs for optimizer steps `< until_step`; the last phase has none.
+    #[serde(default)]
+    pub until_step: Option<usize>,
+    pub train: Vec<DataSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// One mixture for the whole run (ignored when `phases` is given).
+    #[serde(default)]
+    pub train: Vec<DataSource>,
+    /// Mixtures by phase, e.g. healing then math.
+    #[serde(default)]
+    pub phases: Vec<Phase>,
+    /// Where the held-out rows come from (default: the first training source).
+    #[serde(default)]
+    pub heldout: Option<PathBuf>,
+}
+
+impl DataSection {
+    /// Phases as given, or the single `train` mixture as one phase.
+    pub fn phases(&self) -> Vec<Phase> {
+        if self.phases.is_empty() {
+            vec![Phase { until_step: None, train: self.train.clone() }]
+        } else {
+            self.phases.clone()
+        }
+    }
+}
+
+fn default_grad_accum() -> usize {
+    1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_log_every() -> usize {
+    1
+}
+fn default_keep_last() -> usize {
+    2
+}
+fn default_eval_recurrences() -> Vec<usize> {
+    vec![1, 2, 4, 8]
+}
+fn default_eval_rows() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Rows per micro-batch.
+    pub micro_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "default_grad_accum")]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// cpu, cuda, cuda:N or auto.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Compute dtype: `f32` (default on CPU) or `bf16`. Master weights and optimizer state are
+    /// always fp32.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Checkpoint every N optimizer steps (0 = only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (the newest K).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// Held-out evaluation every N steps (0 = only before and after training).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Test recurrences of the held-out evaluation (recurrent models).
+    #[serde(default = "default_eval_recurrences")]
+    pub eval_recurrences: Vec<usize>,
+    /// Held-out rows evaluated each time.
+    #[serde(default = "default_eval_rows")]
+    pub eval_rows: usize,
+}
+
+/// Inputs that `cargo xtask train` prepares before training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSection {
+    /// `smollm2` (fetched and imported) or a model directory.
+    pub source: String,
+    /// Surgery split P,B,C.
+    pub layers: [usize; 3],
+    #[serde(default = "default_adapter")]
+    pub adapter: String,
+    pub mean_recurrence: usize,
+    /// Synthetic multi-step arithmetic problems to generate (0 = none).
+    #[serde(default)]
+    pub synth_problems: usize,
+    #[serde(default = "default_synth_steps")]
+    pub synth_max_steps: usize,
+    /// Extra files to pack, and their format (text, jsonl, gsm8k, math).
+    #[serde(default)]
+    pub inputs: Vec<PathBuf>,
+    #[serde(default)]
+    pub format: Option<String>,
+    pub seq_len: usize,
+}
+
+fn default_adapter() -> String {
+    "default".into()
+}
+fn default_synth_steps() -> usize {
+    4
+}
+
+/// The static baseline that `cargo xtask train` runs on the same data with equal FLOPs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Optimizer of the baseline (default: AdamW with the spec's constants).
+    #[serde(default)]
+    pub optimizer: Option<OptimizerConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TrainConfig {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.training;
+        if self.name.is_empty() || self.name.contains('/') {
+            bail!("name must be a plain, non-empty directory name");
+        }
+        if t.steps == 0 || t.micro_batch_size == 0 || t.grad_accum == 0 {
+            bail!("training.steps, micro_batch_size and grad_accum must be at least 1");
+        }
+        if !(t.max_grad_norm > 0.0) {
+            bail!("training.max_grad_norm must be positive");
+        }
+        if t.log_every == 0 {
+            bail!("training.log_every must be at least 1");
+        }
+        if t.keep_last == 0 {
+            bail!("training.keep_last must be at least 1");
+        }
+        if t.eval_recurrences.iter().any(|&r| r == 0) {
+            bail!("training.eval_recurrences must be at least 1");
+        }
+        if let Some(c) = &self.curriculum {
+            c.validate().map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
+        }
+        self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
+        let phases = self.data.phases();
+        if phases.iter().any(|p| p.train.is_empty()) {
+            bail!("data: give at least one training source (data.train or each phase's train)");
+        }
+        for (i, p) in phases.iter().enumerate() {
+            if p.train.iter().any(|s| !(s.weight > 0.0)) {
+                bail!("data: source weights must be positive");
+            }
+            if i + 1 < phases.len() && p.until_step.is_none() {
+                bail!("data.phases: every phase but the last needs until_step");
+            }
+        }
+        Ok(())
+    }
+
+    /// A stable hash of everything that changes the numbers of a run, to refuse resuming with
+    /// a changed config.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = serde_json::to_string(&(&self.seed, &self.model, &self.data, &self.training, &self.curriculum, &self.lr, &self.optimizer))
+            .unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+}

@@ -1,0 +1,421 @@
+//! Synthetic multi-step arithmetic word problems in GSM8K style, for curricula by difficulty.
+//!
+//! A problem follows one person's count of one kind of object through `steps` operations, each a
+//! single integer step: buy / find / receive (`+`), give / lose / sell (`-`), doubling and the
+//! like (`*`, factor 2–4) and sharing into equal groups (`/`, always exact). Counts never go
+//! below 1 and stay below 10,000. Difficulty (`steps`) is uniform over `1..=max_steps`.
+//!
+//! ```text
+//! question: Mia has 7 shells. She finds 5 more shells. Then the number of shells she has triples.
+//!           How many shells does Mia have now?
+//! answer:   Mia has 7 shells and finds 5 more, so she has 7 + 5 = 12 shells.
+//!           Mia has 12 shells and the number triples, so she has 12 * 3 = 36 shells.
+//!           #### 36
+//! ```
+//!
+//! Problem `i` of a seed depends only on `(seed, i)`, so `synth_math(n, k, s)` is a prefix of
+//! `synth_math(n + m, k, s)`. [`verify`] re-evaluates every step of the answer.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::pack::Staging;
+use super::rng::{self, SplitMix64};
+
+const SYNTH_TAG: u64 = 0x7379_6e74_686d_6174; // "synthmat"
+/// Multiplication only while the product stays at most this.
+const MAX_MUL_RESULT: i64 = 1_000;
+
+/// One generated problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynthProblem {
+    pub question: String,
+    /// One line per step (`... a op b = c ...`), then `#### <final_answer>`.
+    pub answer: String,
+    /// Difficulty: the number of arithmetic steps.
+    pub steps: usize,
+    pub final_answer: i64,
+}
+
+struct Person {
+    name: &'static str,
+    subject: &'static str,
+    object: &'static str,
+    possessive: &'static str,
+}
+
+const fn he(name: &'static str) -> Person {
+    Person {
+        name,
+        subject: "he",
+        object: "him",
+        possessive: "his",
+    }
+}
+
+const fn she(name: &'static str) -> Person {
+    Person {
+        name,
+        subject: "she",
+        object: "her",
+        possessive: "her",
+    }
+}
+
+const PEOPLE: [Person; 16] = [
+    he("Tom"),
+    she("Anna"),
+    he("Liam"),
+    she("Mia"),
+    he("Noah"),
+    she("Emma"),
+    he("Lucas"),
+    she("Sofia"),
+    he("Ben"),
+    she("Olivia"),
+    he("Jack"),
+    she("Ava"),
+    he("Leo"),
+    she("Zoe"),
+    he("Omar"),
+    she("Lily"),
+];
+
+/// (singular, plural)
+const OBJECTS: [(&str, &str); 14] = [
+    ("apple", "apples"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("pencil", "pencils"),
+    ("cookie", "cookies"),
+    ("shell", "shells"),
+    ("card", "cards"),
+    ("coin", "coins"),
+    ("balloon", "balloons"),
+    ("toy car", "toy cars"),
+    ("stamp", "stamps"),
+    ("crayon", "crayons"),
+    ("orange", "oranges"),
+];
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn noun(n: i64, (one, many): (&'static str, &'static str)) -> &'static str {
+    if n == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+fn count(n: i64, obj: (&'static str, &'static str)) -> String {
+    format!("{n} {}", noun(n, obj))
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Add(i64),
+    Sub(i64),
+    Mul(i64),
+    Div(i64),
+}
+
+/// `n` problems with `1..=max_steps` steps each (`max_steps` 0 is taken as 1).
+pub fn synth_math(problems: usize, max_steps: usize, seed: u64) -> Vec<SynthProblem> {
+    let max_steps = max_steps.max(1);
+    (0..problems as u64)
+        .map(|i| {
+            generate(
+                &mut SplitMix64::new(rng::hash(&[seed, SYNTH_TAG, i])),
+                max_steps,
+            )
+        })
+        .collect()
+}
+
+fn generate(rng: &mut SplitMix64, max_steps: usize) -> SynthProblem {
+    let steps = rng.range(1, max_steps as u64) as usize;
+    let person = rng.pick(&PEOPLE);
+    let other = loop {
+        let o = rng.pick(&PEOPLE);
+        if o.name != person.name {
+            break o;
+        }
+    };
+    let obj = *rng.pick(&OBJECTS);
+    let (name, p, him, his) = (
+        person.name,
+        person.subject,
+        person.object,
+        person.possessive,
+    );
+    let plural = obj.1;
+
+    let mut x = rng.range(2, 20) as i64;
+    let mut question = format!("{name} has {}.", count(x, obj));
+    let mut answer = String::new();
+    for step in 0..steps {
+        let divisors: Vec<i64> = (2..=6).filter(|d| x % d == 0).collect();
+        let mut kinds = vec![0u8];
+        if x >= 2 {
+            kinds.push(1);
+        }
+        if x * 4 <= MAX_MUL_RESULT {
+            kinds.push(2);
+        }
+        if !divisors.is_empty() {
+            kinds.push(3);
+        }
+        let op = match *rng.pick(&kinds) {
+            0 => Op::Add(rng.range(1, 20) as i64),
+            1 => Op::Sub(rng.range(1, (x - 1) as u64) as i64),
+            2 => Op::Mul(rng.range(2, 4) as i64),
+            _ => Op::Div(*rng.pick(&divisors)),
+        };
+        let then = step > 0 && rng.below(2) == 0;
+        let subject = if then {
+            format!("Then {p}")
+        } else {
+            capitalize(p)
+        };
+        let the = if then { "Then the" } else { "The" };
+        let variant = rng.below(3);
+        let (sentence, y, line) = match op {
+            Op::Add(k) => {
+                let y = x + k;
+                let (q, how) = match variant {
+                    0 => (
+                        format!("{subject} buys {k} more {}.", noun(k, obj)),
+                        format!("buys {k} more"),
+                    ),
+                    1 => (
+                        format!("{subject} finds {k} more {}.", noun(k, obj)),
+                        format!("finds {k} more"),
+                    ),
+                    _ => (
+                        format!("{} gives {him} {}.", other.name, count(k, obj)),
+                        format!("gets {k} more from {}", other.name),
+                    ),
+                };
+                let line = format!(
+                    "{name} has {} and {how}, so {p} has {x} + {k} = {}.",
+                    count(x, obj),
+                    count(y, obj)
+                );
+                (q, y, line)
+            }
+            Op::Sub(k) => {
+                let y = x - k;
+                let (q, how) = match variant {
+                    0 => (
+                        format!("{subject} gives {} to {}.", count(k, obj), other.name),
+                        format!("gives {k} to {}", other.name),
+                    ),
+                    1 => (
+                        format!("{subject} loses {}.", count(k, obj)),
+                        format!("loses {k}"),
+                    ),
+                    _ => (
+                        format!("{subject} sells {}.", count(k, obj)),
+                        format!("sells {k}"),
+                    ),
+                };
+                let line = format!(
+                    "{name} has {} and {how}, so {p} has {x} - {k} = {} left.",
+                    count(x, obj),
+                    count(y, obj)
+                );
+                (q, y, line)
+            }
+            Op::Mul(m) => {
+                let y = x * m;
+                let verb = ["doubles", "triples", "quadruples"][(m - 2) as usize];
+                let (q, how) = match variant {
+                    0 => (
+                        format!("{the} number of {plural} {p} has {verb}."),
+                        format!("the number {verb}"),
+                    ),
+                    _ => (
+                        format!("{subject} ends up with {m} times as many {plural} as before."),
+                        format!("ends up with {m} times as many"),
+                    ),
+                };
+                let line = format!(
+                    "{name} has {} and {how}, so {p} has {x} * {m} = {}.",
+                    count(x, obj),
+                    count(y, obj)
+                );
+                (q, y, line)
+            }
+            Op::Div(d) => {
+                let y = x / d;
+                let (q, how) = match variant {
+                    0 => (
+                        format!("{subject} splits {his} {plural} into {d} equal piles and keeps one pile."),
+                        format!("splits them into {d} equal piles and keeps one"),
+                    ),
+                    _ => (
+                        format!(
+                            "{subject} shares {his} {plural} equally with {}, so that everyone, {p} included, gets the same number.",
+                            if d == 2 { "1 friend".to_string() } else { format!("{} friends", d - 1) }
+                        ),
+                        format!("shares them equally among {d} people"),
+                    ),
+                };
+                let line = format!(
+                    "{name} has {} and {how}, so {p} has {x} / {d} = {}.",
+                    count(x, obj),
+                    count(y, obj)
+                );
+                (q, y, line)
+            }
+        };
+        question.push(' ');
+        question.push_str(&sentence);
+        answer.push_str(&line);
+        answer.push('\n');
+        x = y;
+    }
+    question.push_str(&format!(" How many {plural} does {name} have now?"));
+    answer.push_str(&format!("#### {x}"));
+    SynthProblem {
+        question,
+        answer,
+        steps,
+        final_answer: x,
+    }
+}
+
+/// One `a op b = c` equation in a line, if there is exactly one.
+fn equation(line: &str) -> Option<(i64, char, i64, i64)> {
+    let words: Vec<&str> = line
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(['.', ',', ';', ':']))
+        .collect();
+    let int = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut found = None;
+    for w in words.windows(5) {
+        let (Some(a), Some(b), Some(c)) = (int(w[0]), int(w[2]), int(w[4])) else {
+            continue;
+        };
+        if w[3] != "=" || w[1].chars().count() != 1 {
+            continue;
+        }
+        let op = w[1].chars().next()?;
+        if !"+-*/".contains(op) {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some((a, op, b, c));
+    }
+    found
+}
+
+/// Re-evaluates a problem's answer: exactly `steps` equation lines, each correct, chained (each
+/// starts from the previous result, the first from the count in the question's first sentence),
+/// no negative count, exact divisions, and a last line `#### <final_answer>` equal to the last
+/// result.
+pub fn verify(problem: &SynthProblem) -> bool {
+    let lines: Vec<&str> = problem.answer.lines().collect();
+    let Some((last, steps)) = lines.split_last() else {
+        return false;
+    };
+    if *last != format!("#### {}", problem.final_answer)
+        || steps.len() != problem.steps
+        || steps.is_empty()
+    {
+        return false;
+    }
+    let first_sentence = problem.question.split('.').next().unwrap_or("");
+    let Some(mut value) = first_sentence
+        .split_whitespace()
+        .find_map(|w| w.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    for line in steps {
+        let Some((a, op, b, c)) = equation(line) else {
+            return false;
+        };
+        if a != value {
+            return false;
+        }
+        let expected = match op {
+            '+' => a.checked_add(b),
+            '-' => a.checked_sub(b),
+            '*' => a.checked_mul(b),
+            '/' => (b != 0 && a % b == 0).then(|| a / b),
+            _ => None,
+        };
+        match expected {
+            Some(e) if e == c && c >= 0 => value = c,
+            _ => return false,
+        }
+    }
+    value == problem.final_answer
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    question: &'a str,
+    answer: &'a str,
+    steps: usize,
+}
+
+/// Writes `problems` as JSONL (`{"question", "answer", "steps"}` per line, the GSM8K schema plus
+/// `steps`), atomically: a temporary sibling renamed into place; an existing `path` is refused.
+pub fn write_synth_math(path: &Path, problems: &[SynthProblem]) -> Result<()> {
+    let staging = Staging::file(path)?;
+    let tmp = staging.dir().to_path_buf();
+    let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let mut w = BufWriter::new(file);
+    for p in problems {
+        serde_json::to_writer(
+            &mut w,
+            &Record {
+                question: &p.question,
+                answer: &p.answer,
+                steps: p.steps,
+            },
+        )?;
+        w.write_all(b"\n")?;
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("{}: write error ({})", tmp.display(), e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+    staging.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equation_parsing() {
+        assert_eq!(
+            equation("so he has 3 + 5 = 8 apples."),
+            Some((3, '+', 5, 8))
+        );
+        assert_eq!(equation("no equation here"), None);
+        assert_eq!(equation("1 + 1 = 2 and 2 + 2 = 4"), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! Muon (momentum + Newton–Schulz orthogonalisation) for the 2-D weights, with an auxiliary
+//! AdamW for everything else (embeddings, head, norms).
+//!
+//! For each Muon parameter `p` (shape `rows × cols`) with a defined gradient `g`, learning
+//! rate `lr`, momentum `μ`:
+//!
+//! ```text
+//! buf    = μ·buf + g                        (fp32)
+//! u      = g + μ·buf                        (Nesterov; `buf` itself when nesterov = false)
+//! X      = newton_schulz(u)                 (bf16, see [`newton_schulz`])
+//! update = f32(X) · max(1, rows/cols)^0.5   (fp32)
+//! p     *= 1 - lr·wd                        (decoupled weight decay, skipped if wd = 0)
+//! p     += update · (-lr)
+//! ```
+//!
+//! This is the formulation of Keller Jordan's Muon as the spec gives it (`buf.mul_(μ).add_(g)`,
+//! `g.add(buf, alpha=μ)`). His later version keeps an EMA instead (`buf.lerp_(g, 1-μ)`,
+//! `g.lerp_(buf, μ)`), which is exactly `(1-μ)` times the same `u`; Newton–Schulz divides by
+//! the Frobenius norm first, so the two differ only through the `1e-7` in that division and
+//! rounding.
+//!
+//! The Newton–Schulz iteration runs in bf16 on every device, CPU included (libtorch has bf16
+//! matmul on CPU), so that CPU tests exercise the arithmetic a GPU run uses; the momentum, the
+//! scaling and the parameter update are fp32.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use rr_model::weights::SafetensorsFiles;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::adamw::{AdamW, AdamWConfig};
+use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
+use super::Optimizer;
+
+/// Which parameters Muon updates: exactly the 2-D ones, except the token embedding and the
+/// output head (`wte`, `embed_tokens`, `lm_head` as a component of the dotted name). So the
+/// attention, MLP and adapter matrices of the prelude, core block and coda go to Muon, and
+/// embeddings, head and all 1-D norm weights (and any bias) go to the auxiliary Adam.
+pub fn muon_eligible(name: &str, shape: &[i64]) -> bool {
+    shape.len() == 2
+        && !name.split('.').any(|c| matches!(c, "wte" | "lm_head" | "embed_tokens"))
+}
+
+/// Muon's shape factor `max(1, rows/cols)^0.5`: `sqrt(2)` for a 4×2 matrix, `1` for 2×4.
+pub fn muon_scale(rows: i64, cols: i64) -> f64 {
+    (1f64).max(rows as f64 / cols as f64).sqrt()
+}
+
+/// The quintic Newton–Schulz iteration of Muon, in bf16, on a 2-D tensor `g` (any float
+/// kind; cast to bf16 first). Returns a bf16 tensor of `g`'s shape (possibly non-contiguous).
+///
+/// ```text
+/// X = bf16(G); if rows > cols { X = Xᵀ }
+/// X = X / (‖X‖_F + 1e-7)
+/// repeat steps: A = X·Xᵀ;  B = b·A + (c·A)·A;  X = a·X + B·X
+/// if rows > cols { X = Xᵀ }
+/// ```
+///
+/// The grouping `(c·A)·A` is Python's for `c * A @ A`, as in the reference. With the
+/// coefficients (3.4445, −4.7750, 2.0315) and 5 steps the result is not exactly orthogonal:
+/// its singular values lie roughly in [0.68, 1.13].
+pub fn newton_schulz(g: &Tensor, steps: usize, coefficients: (f64, f64, f64)) -> Tensor {
+    let size = g.size();
+    assert_eq!(size.len(), 2, "newton_schulz needs a 2-D tensor, got shape {size:?}");
+    let (a, b, c) = coefficients;
+    let tall = size[0] > size[1];
+    let mut x = g.to_kind(Kind::BFloat16);
+    if tall {
+        x = x.transpose(0, 1);
+    }
+    x = &x / (x.norm() + 1e-7);
+    for _ in 0..steps {
+        let am = x.matmul(&x.transpose(0, 1));
+        let bm = am.g_mul_scalar(b) + am.g_mul_scalar(c).matmul(&am);
+        x = x.g_mul_scalar(a) + bm.matmul(&x);
+    }
+    if tall {
+        x = x.transpose(0, 1);
+    }
+    x
+}
+
+/// Muon hyperparameters, defaulting to the spec's constants. The auxiliary Adam's settings
+/// are flat `adam_*` fields (not a nested AdamW config) so that a partial JSON config can
+/// never pick up AdamW's different default `eps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MuonConfig {
+    /// Peak Muon learning rate (1e-3).
+    pub lr: f64,
+    /// Momentum μ (0.95).
+    pub momentum: f64,
+    /// Nesterov momentum (true).
+    pub nesterov: bool,
+    /// Newton–Schulz iterations (5).
+    pub ns_steps: usize,
+    /// Newton–Schulz coefficients (a, b, c) = (3.4445, −4.7750, 2.0315).
+    pub ns_coefficients: (f64, f64, f64),
+    /// Decoupled weight decay of the Muon parameters (1e-4).
+    pub weight_decay: f64,
+    /// Peak learning rate of the auxiliary Adam (5e-5).
+    pub adam_lr: f64,
+    /// Betas of the auxiliary Adam ((0.9, 0.95)).
+    pub adam_betas: (f64, f64),
+    /// Eps of the auxiliary Adam (1e-10).
+    pub adam_eps: f64,
+    /// Decoupled weight decay of the auxiliary Adam (1e-4).
+    pub adam_weight_decay: f64,
+}
+
+impl Default for MuonConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+            ns_coefficients: (3.4445, -4.7750, 2.0315),
+            weight_decay: 1e-4,
+            adam_lr: 5e-5,
+            adam_betas: (0.9, 0.95),
+            adam_eps: 1e-10,
+            adam_weight_decay: 1e-4,
+        }
+    }
+}
+
+impl MuonConfig {
+    /// The auxiliary Adam's configuration.
+    pub fn aux_adam(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.adam_lr,
+            betas: self.adam_betas,
+            eps: self.adam_eps,
+            weight_decay: self.adam_weight_decay,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            bail!("muon: lr must be finite and >= 0, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("muon: momentum must lie in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("muon: weight_decay must be finite and >= 0, got {}", self.weight_decay);
+        }
+        let (a, b, c) = self.ns_coefficients;
+        if ![a, b, c].iter().all(|x| x.is_finite()) {
+            bail!("muon: ns_coefficients must be finite, got ({a}, {b}, {c})");
+        }
+        self.aux_adam().validate()
+    }
+}
+
+struct MuonParam {
+    name: String,
+    param: Tensor,
+    momentum: Tensor,
+    /// `max(1, rows/cols)^0.5`
+    scale: f64,
+}
+
+/// Muon for the parameters accepted by [`muon_eligible`], AdamW for the rest.
+pub struct Muon {
+    config: MuonConfig,
+    params: Vec<MuonParam>,
+    adam: AdamW,
+    steps: u64,
+}
+
+impl std::fmt::Debug for Muon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muon")
+            .field("config", &self.config)
+            .field("muon_params", &self.muon_param_names())
+            .field("adam", &self.adam)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl Muon {
+    /// Splits `params` with [`muon_eligible`]; momentum buffers and Adam moments start at zero.
+    pub fn new(params: Vec<(String, Tensor)>, config: MuonConfig) -> Result<Self> {
+        config.validate()?;
+        let (muon, adam): (Vec<_>, Vec<_>) = check_params(params)?
+            .into_iter()
+            .partition(|(name, p)| muon_eligible(name, &p.size()));
+        let adam = AdamW::new(adam, config.aux_adam())?;
+        let params = muon
+            .into_iter()
+            .map(|(name, param)| {
+                let size = param.size();
+                let momentum = Tensor::zeros_like(&param).detach();
+                MuonParam { name, param, momentum, scale: muon_scale(size[0], size[1]) }
+            })
+            .collect();
+        Ok(Self { config, params, adam, steps: 0 })
+    }
+
+    /// Muon over every trainable variable of `vs`.
+    pub fn from_var_store(vs: &tch::nn::VarStore, config: MuonConfig) -> Result<Self> {
+        Self::new(state::trainable_variables(vs), config)
+    }
+
+    pub fn config(&self) -> &MuonConfig {
+        &self.config
+    }
+
+    /// Names of the parameters updated by Muon, sorted.
+    pub fn muon_param_names(&self) -> Vec<String> {
+        self.params.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Names of the parameters updated by the auxiliary Adam, sorted.
+    pub fn adam_param_names(&self) -> Vec<String> {
+        self.adam.param_names()
+    }
+
+    /// Number of steps taken (saved as `muon.step`).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One step with absolute learning rates for the Muon group and the auxiliary Adam.
+    pub fn step_with_lrs(&mut self, muon_lr: f64, adam_lr: f64) {
+        {
+            let _guard = tch::no_grad_guard();
+            let mu = self.config.momentum;
+            let wd = self.config.weight_decay;
+            for st in &mut self.params {
+                let g = st.param.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let _ = st.momentum.g_mul_scalar_(mu);
+                let _ = st.momentum.g_add_(&g);
+                let u = if self.config.nesterov {
+                    &g + st.momentum.g_mul_scalar(mu)
+                } else {
+                    st.momentum.shallow_clone()
+                };
+                let x = newton_schulz(&u, self.config.ns_steps, self.config.ns_coefficients);
+                let update = x.to_kind(Kind::Float).g_mul_scalar(st.scale);
+                if wd != 0.0 {
+                    let _ = st.param.g_mul_scalar_(1.0 - muon_lr * wd);
+                }
+                let _ = st.param.g_add_(&update.g_mul_scalar(-muon_lr));
+            }
+        }
+        self.adam.step_with_lr(adam_lr);
+        self.steps += 1;
+    }
+
+    const PREFIXES: [&'static str; 2] = ["muon.momentum.", "muon.step"];
+    const STEP: &'static str = "muon.step";
+}
+
+impl Optimizer for Muon {
+    /// Muon lr = `config.lr · lr_multiplier`, auxiliary Adam lr = `config.adam_lr · lr_multiplier`.
+    fn step(&mut self, lr_multiplier: f64) {
+        self.step_with_lrs(self.config.lr * lr_multiplier, self.config.adam_lr * lr_multiplier);
+    }
+
+    fn zero_grad(&mut self) {
+        for st in &self.params {
+            state::zero_grad(&st.param);
+        }
+        self.adam.zero_grad();
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|st| (format!("muon.momentum.{}", st.name), st.momentum.shallow_clone()))
+            .collect();
+        out.push((Self::STEP.to_string(), step_tensor(self.steps)));
+        out.extend(self.adam.state_tensors());
+        out
+    }
+
+    fn load_state(&mut self, files: &SafetensorsFiles) -> Result<()> {
+        let mut expected = BTreeSet::new();
+        let mut loaded = Vec::with_capacity(self.params.len());
+        for st in &self.params {
+            let name = format!("muon.momentum.{}", st.name);
+            loaded.push(read_checked(files, &name, Kind::Float, &st.param.size())?);
+            expected.insert(name);
+        }
+        let steps = read_step(files, Self::STEP)?;
+        expected.insert(Self::STEP.to_string());
+        reject_unexpected(files, &Self::PREFIXES, &expected)?;
+        // The Adam half validates everything before it copies anything; ours is validated
+        // already, so a failure there leaves both halves untouched.
+        self.adam.load_state(files)?;
+        let _guard = tch::no_grad_guard();
+        for (st, t) in self.params.iter_mut().zip(loaded) {
+            st.momentum.copy_(&t);
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        let mut names = self.muon_param_names();
+        names.extend(self.adam.param_names());
+        names.sort();
+        names
+    }
+}

@@ -1,0 +1,252 @@
+//! Muon: Newton–Schulz quality, one step against a reference built from plain tch ops,
+//! Nesterov momentum, the shape factor, the parameter split and the auxiliary Adam.
+
+use rr_train::optim::{
+    muon_eligible, muon_scale, newton_schulz, AdamW, Muon, MuonConfig, Optimizer, OptimizerConfig,
+};
+use tch::{Device, Kind, Tensor};
+
+const COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
+
+fn randn(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu))
+}
+
+/// Makes `p.grad()` exactly `g` (d/dp sum(p·g) = g).
+fn set_grad(p: &Tensor, g: &Tensor) {
+    (p * g).sum(Kind::Float).backward();
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    f64::try_from((a - b).abs().max()).unwrap()
+}
+
+/// Smallest and largest singular value, as square roots of the eigenvalues of the smaller
+/// Gram matrix, in f64 (`linalg_svdvals` through tch passes a `driver` that CPU rejects).
+fn singular_values(x: &Tensor) -> (f64, f64) {
+    let x = x.to_kind(Kind::Double);
+    let (r, c) = (x.size()[0], x.size()[1]);
+    let gram = if r <= c { x.matmul(&x.transpose(0, 1)) } else { x.transpose(0, 1).matmul(&x) };
+    let ev = gram.linalg_eigvalsh("L").clamp_min(0.0).sqrt();
+    (f64::try_from(ev.min()).unwrap(), f64::try_from(ev.max()).unwrap())
+}
+
+/// The quintic iteration maps every singular value of the normalised input into roughly
+/// [0.68, 1.13] (it is not exactly orthogonal). The input's normalised spectrum spans
+/// about a factor 6 for a Gaussian 64×32 matrix.
+#[test]
+fn newton_schulz_output_is_nearly_orthogonal() {
+    tch::manual_seed(7);
+    for shape in [[64i64, 32], [32, 64]] {
+        let g = randn(&shape);
+        let (in_min, in_max) = singular_values(&g);
+        let x = newton_schulz(&g, 5, COEFFS);
+        assert_eq!(x.kind(), Kind::BFloat16);
+        assert_eq!(x.size(), shape.to_vec());
+        let (lo, hi) = singular_values(&x);
+        eprintln!(
+            "{shape:?}: input singular values [{in_min:.3}, {in_max:.3}] (ratio {:.2}), \
+             output [{lo:.4}, {hi:.4}] (ratio {:.3})",
+            in_max / in_min,
+            hi / lo
+        );
+        assert!(in_max / in_min > 3.0, "the test input should have a wide spectrum");
+        assert!(lo >= 0.6 && hi <= 1.2, "{shape:?}: output singular values [{lo}, {hi}]");
+        assert!(hi / lo < 2.0);
+    }
+}
+
+/// A low-rank input stays low-rank (zero singular values are fixed points), the output of
+/// a zero matrix is zero (no NaN from the 1e-7 guard), and 0 steps is just the normalisation.
+#[test]
+fn newton_schulz_edge_cases() {
+    let z = newton_schulz(&Tensor::zeros([3, 5], (Kind::Float, Device::Cpu)), 5, COEFFS);
+    assert_eq!(f64::try_from(z.abs().sum(Kind::Float)).unwrap(), 0.0);
+    let g = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2]);
+    let x0 = newton_schulz(&g, 0, COEFFS).to_kind(Kind::Float);
+    // ‖g‖_F = 5: X = g/5 = [[0.6, 0], [0, 0.8]] (bf16: 0.6 -> 0.6015625, 0.8 -> 0.80078125)
+    let want = Tensor::from_slice(&[0.6015625f32, 0.0, 0.0, 0.80078125]).view([2, 2]);
+    assert!(max_abs_diff(&x0, &want) < 1e-6, "{x0}");
+}
+
+/// The reference Muon step, written out with plain tch ops in the documented order.
+fn reference_step(p0: &Tensor, buf: &Tensor, g: &Tensor, lr: f64, wd: f64) -> (Tensor, Tensor) {
+    let mu = 0.95;
+    let buf = buf * mu + g; // buf = μ·buf + g
+    let u = g + &buf * mu; // Nesterov: u = g + μ·buf
+    let (rows, cols) = (u.size()[0], u.size()[1]);
+    let mut x = u.to_kind(Kind::BFloat16);
+    if rows > cols {
+        x = x.transpose(0, 1);
+    }
+    x = &x / (x.norm() + 1e-7);
+    let (a, b, c) = COEFFS;
+    for _ in 0..5 {
+        let am = x.matmul(&x.transpose(0, 1));
+        let bm = &am * b + (&am * c).matmul(&am);
+        x = &x * a + bm.matmul(&x);
+    }
+    if rows > cols {
+        x = x.transpose(0, 1);
+    }
+    let scale = (rows as f64 / cols as f64).max(1.0).sqrt();
+    let update = x.to_kind(Kind::Float) * scale;
+    let p = p0 * (1.0 - lr * wd) - update * lr;
+    (p, buf)
+}
+
+/// Two default-config steps (lr 1e-3, wd 1e-4) on 6×4 and 4×6 matrices equal the reference.
+#[test]
+fn muon_steps_match_reference() {
+    tch::manual_seed(11);
+    for shape in [[6i64, 4], [4, 6]] {
+        let p0 = randn(&shape);
+        let p = p0.copy().set_requires_grad(true);
+        let name = "transformer.core_block.0.attn.Wqkv.weight".to_string();
+        let mut opt = Muon::new(vec![(name, p.shallow_clone())], MuonConfig::default()).unwrap();
+        assert_eq!(opt.adam_param_names(), Vec::<String>::new());
+        let (mut p_ref, mut buf_ref) = (p0.copy(), Tensor::zeros_like(&p0));
+        for _ in 0..2 {
+            let g = randn(&shape);
+            opt.zero_grad();
+            set_grad(&p, &g);
+            opt.step(1.0);
+            (p_ref, buf_ref) = reference_step(&p_ref, &buf_ref, &g, 1e-3, 1e-4);
+            let d = max_abs_diff(&p.detach(), &p_ref);
+            assert!(d <= 1e-6, "{shape:?}: |p - p_ref| = {d:e}");
+        }
+        // The test can fail: the parameter did move by about lr per element.
+        let moved = max_abs_diff(&p.detach(), &p0);
+        assert!(moved > 1e-4, "{shape:?}: moved only {moved:e}");
+        let d = max_abs_diff(&opt.state_tensors()[0].1, &buf_ref);
+        assert!(d <= 1e-6, "momentum buffer differs by {d:e}");
+    }
+}
+
+/// buf₁ = g₁; buf₂ = 0.95·g₁ + g₂.
+///   g₁ = [[1, 2], [3, 4]], g₂ = [[0.5, -1], [2, 0]]
+///   buf₂ = [[0.95 + 0.5, 1.9 - 1], [2.85 + 2, 3.8 + 0]] = [[1.45, 0.9], [4.85, 3.8]]
+#[test]
+fn nesterov_buffer_after_two_steps() {
+    let p = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let mut opt = Muon::new(vec![("adapter.weight".into(), p.shallow_clone())], MuonConfig::default())
+        .unwrap();
+    let g1 = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+    let g2 = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0]).view([2, 2]);
+    set_grad(&p, &g1);
+    opt.step(1.0);
+    let buf = |o: &Muon| {
+        let s = o.state_tensors();
+        s.iter().find(|(n, _)| n == "muon.momentum.adapter.weight").unwrap().1.copy()
+    };
+    assert!(max_abs_diff(&buf(&opt), &g1) == 0.0);
+    opt.zero_grad();
+    set_grad(&p, &g2);
+    opt.step(1.0);
+    let want = Tensor::from_slice(&[1.45f32, 0.9, 4.85, 3.8]).view([2, 2]);
+    let d = max_abs_diff(&buf(&opt), &want);
+    assert!(d < 1e-6, "buffer {} differs by {d:e}", buf(&opt));
+    assert_eq!(opt.steps(), 2);
+}
+
+/// max(1, rows/cols)^0.5: √2 for 4×2, 1 for 2×4. Checked on the applied update too (lr 1,
+/// wd 0): ‖Δp‖ / ‖NS(u)‖ is the factor, with u = g + 0.95·g = 1.95·g on the first step.
+#[test]
+fn shape_scale_factor() {
+    assert_eq!(muon_scale(4, 2), 2f64.sqrt());
+    assert_eq!(muon_scale(2, 4), 1.0);
+    assert_eq!(muon_scale(3, 3), 1.0);
+    tch::manual_seed(3);
+    let cfg = MuonConfig { lr: 1.0, weight_decay: 0.0, ..MuonConfig::default() };
+    for (shape, factor) in [([4i64, 2], 2f64.sqrt()), ([2, 4], 1.0)] {
+        let p = Tensor::zeros(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut opt = Muon::new(vec![("w".into(), p.shallow_clone())], cfg.clone()).unwrap();
+        let g = randn(&shape);
+        set_grad(&p, &g);
+        opt.step(1.0);
+        let ns = newton_schulz(&(&g * 1.95), 5, COEFFS).to_kind(Kind::Float);
+        let want = &ns * (-factor);
+        let d = max_abs_diff(&p.detach(), &want);
+        assert!(d < 1e-6, "{shape:?}: update differs from -{factor}·NS(u) by {d:e}");
+        let ratio = f64::try_from(p.detach().norm()).unwrap() / f64::try_from(ns.norm()).unwrap();
+        assert!((ratio - factor).abs() < 1e-5, "{shape:?}: ratio {ratio}");
+    }
+}
+
+#[test]
+fn eligibility_split() {
+    let cases: &[(&str, &[i64], bool)] = &[
+        ("transformer.core_block.0.attn.Wqkv.weight", &[96, 32], true),
+        ("transformer.prelude.1.mlp.proj.weight", &[32, 64], true),
+        ("transformer.adapter.weight", &[32, 64], true),
+        ("model.layers.0.self_attn.q_proj.weight", &[32, 32], true),
+        ("transformer.wte.weight", &[100, 32], false),
+        ("lm_head.weight", &[100, 32], false),
+        ("model.embed_tokens.weight", &[100, 32], false),
+        ("transformer.ln_f.weight", &[32], false),
+        ("transformer.core_block.0.norm_1.weight", &[32], false),
+        ("conv.weight", &[4, 4, 3, 3], false),
+    ];
+    for &(name, shape, want) in cases {
+        assert_eq!(muon_eligible(name, shape), want, "{name} {shape:?}");
+    }
+}
+
+/// The non-eligible parameters get AdamW with the auxiliary config, and `step(k)` scales
+/// both groups' base learning rates by k.
+#[test]
+fn aux_adam_and_lr_multiplier() {
+    tch::manual_seed(5);
+    let mk = |t: &Tensor| t.copy().set_requires_grad(true);
+    let (w0, e0, n0) = (randn(&[4, 3]), randn(&[10, 3]), randn(&[3]));
+    let (gw, ge, gn) = (randn(&[4, 3]), randn(&[10, 3]), randn(&[3]));
+    let (w, e, n) = (mk(&w0), mk(&e0), mk(&n0));
+    let cfg = MuonConfig::default();
+    let mut opt = Muon::new(
+        vec![
+            ("transformer.adapter.weight".into(), w.shallow_clone()),
+            ("transformer.wte.weight".into(), e.shallow_clone()),
+            ("transformer.ln_f.weight".into(), n.shallow_clone()),
+        ],
+        cfg.clone(),
+    )
+    .unwrap();
+    assert_eq!(opt.muon_param_names(), vec!["transformer.adapter.weight"]);
+    assert_eq!(opt.adam_param_names(), vec!["transformer.ln_f.weight", "transformer.wte.weight"]);
+    set_grad(&w, &gw);
+    set_grad(&e, &ge);
+    set_grad(&n, &gn);
+    opt.step(0.5);
+
+    // Reference: AdamW with the aux config at lr 0.5·5e-5, Muon reference at lr 0.5·1e-3.
+    let (e2, n2) = (mk(&e0), mk(&n0));
+    let mut adam = AdamW::new(
+        vec![("e".into(), e2.shallow_clone()), ("n".into(), n2.shallow_clone())],
+        cfg.aux_adam(),
+    )
+    .unwrap();
+    assert_eq!(cfg.aux_adam().eps, 1e-10);
+    set_grad(&e2, &ge);
+    set_grad(&n2, &gn);
+    adam.step_with_lr(0.5 * 5e-5);
+    assert!(e.equal(&e2) && n.equal(&n2));
+    let (w_ref, _) = reference_step(&w0, &Tensor::zeros_like(&w0), &gw, 0.5e-3, 1e-4);
+    assert!(max_abs_diff(&w.detach(), &w_ref) <= 1e-7);
+    assert!(max_abs_diff(&e.detach(), &e0) > 1e-6, "the embedding moved");
+}
+
+#[test]
+fn config_defaults_and_serde() {
+    let d = MuonConfig::default();
+    assert_eq!((d.lr, d.momentum, d.nesterov, d.ns_steps), (1e-3, 0.95, true, 5));
+    assert_eq!(d.ns_coefficients, COEFFS);
+    assert_eq!(d.weight_decay, 1e-4);
+    assert_eq!((d.adam_lr, d.adam_betas, d.adam_eps, d.adam_weight_decay), (5e-5, (0.9, 0.95), 1e-10, 1e-4));
+    // A partial config keeps the aux Adam's eps 1e-10 (not AdamW's 1e-8).
+    let c: OptimizerConfig =
+        serde_json::from_str(r#"{"kind": "muon", "lr": 0.002, "adam_lr": 1e-4}"#).unwrap();
+    assert_eq!(c, OptimizerConfig::Muon(MuonConfig { lr: 0.002, adam_lr: 1e-4, ..d.clone() }));
+    assert_eq!(OptimizerConfig::default(), OptimizerConfig::Muon(d));
+    assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "muon", "adam": {}}"#).is_err());
+    assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd"}"#).is_err());
+}
