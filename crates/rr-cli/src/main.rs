@@ -36,6 +36,15 @@ enum Command {
     Data(DataCommand),
     /// Train a recurrent model (or a static baseline) from a TOML recipe.
     Train(TrainArgs),
+    /// A markdown report with plots comparing a run with its static baseline.
+    Report {
+        run_dir: PathBuf,
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Output directory (default: the run's parent directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +96,12 @@ struct TrainArgs {
     /// With --resume: accept a changed config. Without: start over in an existing run directory.
     #[arg(long)]
     force: bool,
+    /// Train the recipe's static baseline (the `[baseline]` source model, AdamW, no curriculum).
+    #[arg(long)]
+    baseline: bool,
+    /// Set the number of steps so the FLOPs equal those of this finished run.
+    #[arg(long)]
+    match_flops: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -278,10 +293,20 @@ fn run(cli: Cli) -> Result<()> {
             rr_train::data::write_synth_math(&out, &generated)?;
             println!("wrote {} problems (1-{max_steps} steps) to {}", generated.len(), out.display());
         }
+        Command::Report { run_dir, baseline, out } => {
+            let out = out.unwrap_or_else(|| run_dir.parent().map(PathBuf::from).unwrap_or_default());
+            let path = rr_train::report::write_comparison(&run_dir, baseline.as_deref(), &out)?;
+            println!("wrote {}", path.display());
+        }
         Command::Train(args) => {
-            let cfg = rr_train::TrainConfig::from_path(&args.config)?;
+            let mut cfg = rr_train::TrainConfig::from_path(&args.config)?;
+            if args.baseline {
+                cfg = cfg.baseline_variant().with_context(|| args.config.display().to_string())?;
+            }
+            let match_flops = args.match_flops.as_deref().map(rr_train::trainer::run_flops).transpose()?;
             let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-            let summary = rr_train::train(&cfg, &rr_train::TrainOptions { run_dir: run_dir.clone(), resume: args.resume, force: args.force })?;
+            let opts = rr_train::TrainOptions { run_dir: run_dir.clone(), resume: args.resume, force: args.force, match_flops };
+            let summary = rr_train::train(&cfg, &opts)?;
             println!(
                 "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
                 summary.name,

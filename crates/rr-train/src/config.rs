@@ -208,19 +208,17 @@ fn default_synth_steps() -> usize {
     4
 }
 
-/// The static baseline that `cargo xtask train` runs on the same data with equal FLOPs.
+/// The static baseline: the unmodified source model trained on the same data and schedule
+/// (`rr train --baseline`), with as many steps as make its FLOPs equal to the retrofit's when
+/// `--match-flops` names the retrofit's run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaselineSection {
-    #[serde(default = "yes")]
-    pub enabled: bool,
+    /// The source model directory.
+    pub init: PathBuf,
     /// Optimizer of the baseline (default: AdamW with the spec's constants).
     #[serde(default)]
     pub optimizer: Option<OptimizerConfig>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl TrainConfig {
@@ -269,6 +267,18 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The static-baseline recipe: same data, schedule and seed; the source model; AdamW
+    /// unless `[baseline]` names an optimizer; no curriculum.
+    pub fn baseline_variant(&self) -> Result<TrainConfig> {
+        let b = self.baseline.as_ref().context("this recipe has no [baseline] section")?;
+        let mut cfg = self.clone();
+        cfg.name = format!("{}-baseline", self.name);
+        cfg.model.init = b.init.clone();
+        cfg.optimizer = b.optimizer.clone().unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()));
+        cfg.curriculum = None;
+        Ok(cfg)
     }
 
     /// A stable hash of everything that changes the numbers of a run, to refuse resuming with

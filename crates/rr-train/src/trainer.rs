@@ -26,7 +26,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::config::TrainConfig;
 use crate::data::{Loader, Mixture, PackedSet, Phases, PhasesState, Split};
-use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer, OptimizerConfig};
+use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 
 /// The model being trained: a retrofitted recurrent model, or the unmodified source model
 /// (the static baseline).
@@ -124,6 +124,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Resume despite a changed config, or start over in an existing run directory.
     pub force: bool,
+    /// Train for as many steps as spend these FLOPs (compute-matched baselines).
+    pub match_flops: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +148,8 @@ const METRICS: &str = "metrics.jsonl";
 /// Runs (or resumes) training as `cfg` describes, writing everything under `opts.run_dir`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let started = Instant::now();
+    let mut cfg = cfg.clone();
+    let cfg = &mut cfg;
     let run_dir = &opts.run_dir;
     let device = parse_device(&cfg.training.device)?;
     if let Some(dtype) = &cfg.training.dtype {
@@ -190,6 +194,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if heldout.vocab_size() > model.vocab_size() {
         bail!("data: packed with a vocabulary of {} but the model has {}", heldout.vocab_size(), model.vocab_size());
     }
+    if let Some(flops) = opts.match_flops {
+        let tokens = (cfg.training.micro_batch_size * cfg.training.grad_accum * seq_len) as u64;
+        let per_step = static_training_flops(model.stack_params().prelude + model.stack_params().core + model.stack_params().coda, tokens);
+        cfg.training.steps = ((flops / per_step).round() as usize).max(1);
+    }
+    let cfg: &TrainConfig = cfg;
     let curriculum = match (&model, &cfg.curriculum) {
         (TrainModel::Recurrent(_), Some(c)) => Some(*c),
         (TrainModel::Recurrent(_), None) => bail!("a recurrent model needs a [curriculum] section"),
@@ -535,10 +545,10 @@ fn progress_bar(total: u64, done: u64) -> ProgressBar {
     bar
 }
 
-/// Default optimizer of the static baseline: AdamW with the spec's constants.
-pub fn baseline_optimizer(cfg: &TrainConfig) -> OptimizerConfig {
-    cfg.baseline
-        .as_ref()
-        .and_then(|b| b.optimizer.clone())
-        .unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()))
+/// Total training FLOPs recorded in a finished run's `summary.json`.
+pub fn run_flops(run_dir: &Path) -> Result<f64> {
+    let path = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+    v["flops"].as_f64().with_context(|| format!("{}: no `flops`", path.display()))
 }

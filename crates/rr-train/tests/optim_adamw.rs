@@ -21,11 +21,19 @@ fn values(t: &Tensor) -> Vec<f64> {
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "{what}[{i}]: got {g:.10}, want {w:.10} (tol {tol:e})");
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}[{i}]: got {g:.10}, want {w:.10} (tol {tol:e})"
+        );
     }
 }
 
-const CFG: AdamWConfig = AdamWConfig { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
+const CFG: AdamWConfig = AdamWConfig {
+    lr: 0.01,
+    betas: (0.9, 0.999),
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
 
 /// Two steps, lr 0.01, betas (0.9, 0.999), eps 1e-8, wd 0.1 (so 1 - lr·wd = 0.999),
 /// p0 = [0.25, -0.125], g1 = [0.5, -1.0], g2 = [-0.5, 3.0].
@@ -55,18 +63,40 @@ fn two_steps_match_hand_computation() {
 
     set_grad(&p, &[0.5, -1.0]);
     opt.step(1.0); // lr = 0.01 · 1.0
-    assert_close(&values(&p), &[0.2397500002, -0.1148750001], 1e-7, "p after step 1");
+    assert_close(
+        &values(&p),
+        &[0.2397500002, -0.1148750001],
+        1e-7,
+        "p after step 1",
+    );
 
     opt.zero_grad();
     set_grad(&p, &[-0.5, 3.0]);
     opt.step(1.0);
-    assert_close(&values(&p), &[0.2400365659787474, -0.1197020234107744], 1e-7, "p after step 2");
+    assert_close(
+        &values(&p),
+        &[0.2400365659787474, -0.1197020234107744],
+        1e-7,
+        "p after step 2",
+    );
 
     // The saved state matches the hand values too.
     let state = opt.state_tensors();
-    let get = |n: &str| state.iter().find(|(name, _)| name == n).unwrap().1.shallow_clone();
+    let get = |n: &str| {
+        state
+            .iter()
+            .find(|(name, _)| name == n)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
     assert_close(&values(&get("adam.m.w")), &[-0.005, 0.21], 1e-8, "m");
-    assert_close(&values(&get("adam.v.w")), &[0.00049975, 0.009999], 1e-9, "v");
+    assert_close(
+        &values(&get("adam.v.w")),
+        &[0.00049975, 0.009999],
+        1e-9,
+        "v",
+    );
     assert_eq!(i64::try_from(&get("adam.step.w")).unwrap(), 2);
     assert_eq!(get("adam.m.w").kind(), Kind::Float);
 }
@@ -95,7 +125,12 @@ fn weight_decay_is_decoupled() {
 #[test]
 fn eps_is_added_after_bias_correction() {
     let p = param(&[1.0]);
-    let cfg = AdamWConfig { lr: 0.1, betas: (0.5, 0.75), eps: 0.5, weight_decay: 0.0 };
+    let cfg = AdamWConfig {
+        lr: 0.1,
+        betas: (0.5, 0.75),
+        eps: 0.5,
+        weight_decay: 0.0,
+    };
     let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
     set_grad(&p, &[2.0]);
     opt.step(1.0);
@@ -132,7 +167,10 @@ fn parameters_without_gradient_are_skipped() {
     let p = param(&[0.25, -0.125]);
     let q = param(&[1.0, 2.0]);
     let mut opt = AdamW::new(
-        vec![("p".into(), p.shallow_clone()), ("q".into(), q.shallow_clone())],
+        vec![
+            ("p".into(), p.shallow_clone()),
+            ("q".into(), q.shallow_clone()),
+        ],
         CFG,
     )
     .unwrap();
@@ -148,21 +186,49 @@ fn parameters_without_gradient_are_skipped() {
 #[test]
 fn rejects_bad_parameters_and_config() {
     let p = param(&[1.0]);
-    let dup = vec![("a".into(), p.shallow_clone()), ("a".into(), p.shallow_clone())];
-    assert!(AdamW::new(dup, CFG).unwrap_err().to_string().contains("twice"));
-    let half = Tensor::from_slice(&[1.0f32]).to_kind(Kind::BFloat16).set_requires_grad(true);
-    let err = AdamW::new(vec![("h".into(), half)], CFG).unwrap_err().to_string();
+    let dup = vec![
+        ("a".into(), p.shallow_clone()),
+        ("a".into(), p.shallow_clone()),
+    ];
+    assert!(AdamW::new(dup, CFG)
+        .unwrap_err()
+        .to_string()
+        .contains("twice"));
+    let half = Tensor::from_slice(&[1.0f32])
+        .to_kind(Kind::BFloat16)
+        .set_requires_grad(true);
+    let err = AdamW::new(vec![("h".into(), half)], CFG)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("fp32"), "{err}");
-    let bad = AdamWConfig { betas: (0.9, 1.0), ..CFG };
+    let bad = AdamWConfig {
+        betas: (0.9, 1.0),
+        ..CFG
+    };
     assert!(AdamW::new(vec![("a".into(), p)], bad).is_err());
 }
 
 #[test]
 fn config_defaults_and_serde() {
     let d = AdamWConfig::default();
-    assert_eq!(d, AdamWConfig { lr: 5e-5, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 1e-4 });
+    assert_eq!(
+        d,
+        AdamWConfig {
+            lr: 5e-5,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 1e-4
+        }
+    );
     let c: AdamWConfig = serde_json::from_str(r#"{"lr": 1e-4, "betas": [0.8, 0.9]}"#).unwrap();
-    assert_eq!(c, AdamWConfig { lr: 1e-4, betas: (0.8, 0.9), ..d });
+    assert_eq!(
+        c,
+        AdamWConfig {
+            lr: 1e-4,
+            betas: (0.8, 0.9),
+            ..d
+        }
+    );
     assert!(serde_json::from_str::<AdamWConfig>(r#"{"lrr": 1}"#).is_err());
     let o: OptimizerConfig = serde_json::from_str(r#"{"kind": "adamw", "eps": 1e-6}"#).unwrap();
     assert_eq!(o, OptimizerConfig::AdamW(AdamWConfig { eps: 1e-6, ..d }));
@@ -199,17 +265,28 @@ const PYTORCH_BITS: [u32; 64] = [
 fn matches_pytorch_adamw() {
     let p0: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) / 64.0).collect();
     let p = param(&p0);
-    let cfg = AdamWConfig { lr: 3e-3, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 0.1 };
+    let cfg = AdamWConfig {
+        lr: 3e-3,
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], cfg).unwrap();
     for t in 0..5 {
-        let g: Vec<f32> = (0..64).map(|i| ((7 * i + 13 * t) % 17 - 8) as f32 / 4.0).collect();
+        let g: Vec<f32> = (0..64)
+            .map(|i| ((7 * i + 13 * t) % 17 - 8) as f32 / 4.0)
+            .collect();
         opt.zero_grad();
         set_grad(&p, &g);
         opt.step(1.0);
     }
     let got = Vec::<f32>::try_from(p.detach()).unwrap();
     let want: Vec<f32> = PYTORCH_BITS.iter().map(|&b| f32::from_bits(b)).collect();
-    let exact = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+    let exact = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a.to_bits() == b.to_bits())
+        .count();
     eprintln!("{exact} of 64 elements bit-identical to PyTorch");
     let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
     let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();

@@ -31,7 +31,12 @@ fn norm_and_scaling() {
     let norm = clip_grad_norm(&ps, 6.5);
     assert!((norm - 13.0).abs() < 1e-6, "norm {norm}");
     let coef = 6.5 / (13.0 + 1e-6);
-    for (got, want) in grad(&ps[0]).iter().chain(&grad(&ps[1])).zip([3.0 * coef, 4.0 * coef, 12.0 * coef]) {
+    for (got, want) in
+        grad(&ps[0])
+            .iter()
+            .chain(&grad(&ps[1]))
+            .zip([3.0 * coef, 4.0 * coef, 12.0 * coef])
+    {
         assert!((got - want).abs() < 1e-6, "grad {got} want {want}");
     }
     assert!((grad(&ps[1])[0] - 6.0).abs() < 1e-5);

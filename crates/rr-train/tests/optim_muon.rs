@@ -26,9 +26,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn singular_values(x: &Tensor) -> (f64, f64) {
     let x = x.to_kind(Kind::Double);
     let (r, c) = (x.size()[0], x.size()[1]);
-    let gram = if r <= c { x.matmul(&x.transpose(0, 1)) } else { x.transpose(0, 1).matmul(&x) };
+    let gram = if r <= c {
+        x.matmul(&x.transpose(0, 1))
+    } else {
+        x.transpose(0, 1).matmul(&x)
+    };
     let ev = gram.linalg_eigvalsh("L").clamp_min(0.0).sqrt();
-    (f64::try_from(ev.min()).unwrap(), f64::try_from(ev.max()).unwrap())
+    (
+        f64::try_from(ev.min()).unwrap(),
+        f64::try_from(ev.max()).unwrap(),
+    )
 }
 
 /// The quintic iteration maps every singular value of the normalised input into roughly
@@ -50,8 +57,14 @@ fn newton_schulz_output_is_nearly_orthogonal() {
             in_max / in_min,
             hi / lo
         );
-        assert!(in_max / in_min > 3.0, "the test input should have a wide spectrum");
-        assert!(lo >= 0.6 && hi <= 1.2, "{shape:?}: output singular values [{lo}, {hi}]");
+        assert!(
+            in_max / in_min > 3.0,
+            "the test input should have a wide spectrum"
+        );
+        assert!(
+            lo >= 0.6 && hi <= 1.2,
+            "{shape:?}: output singular values [{lo}, {hi}]"
+        );
         assert!(hi / lo < 2.0);
     }
 }
@@ -60,7 +73,11 @@ fn newton_schulz_output_is_nearly_orthogonal() {
 /// a zero matrix is zero (no NaN from the 1e-7 guard), and 0 steps is just the normalisation.
 #[test]
 fn newton_schulz_edge_cases() {
-    let z = newton_schulz(&Tensor::zeros([3, 5], (Kind::Float, Device::Cpu)), 5, COEFFS);
+    let z = newton_schulz(
+        &Tensor::zeros([3, 5], (Kind::Float, Device::Cpu)),
+        5,
+        COEFFS,
+    );
     assert_eq!(f64::try_from(z.abs().sum(Kind::Float)).unwrap(), 0.0);
     let g = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2]);
     let x0 = newton_schulz(&g, 0, COEFFS).to_kind(Kind::Float);
@@ -129,15 +146,22 @@ fn muon_steps_match_reference() {
 #[test]
 fn nesterov_buffer_after_two_steps() {
     let p = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    let mut opt = Muon::new(vec![("adapter.weight".into(), p.shallow_clone())], MuonConfig::default())
-        .unwrap();
+    let mut opt = Muon::new(
+        vec![("adapter.weight".into(), p.shallow_clone())],
+        MuonConfig::default(),
+    )
+    .unwrap();
     let g1 = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
     let g2 = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.0]).view([2, 2]);
     set_grad(&p, &g1);
     opt.step(1.0);
     let buf = |o: &Muon| {
         let s = o.state_tensors();
-        s.iter().find(|(n, _)| n == "muon.momentum.adapter.weight").unwrap().1.copy()
+        s.iter()
+            .find(|(n, _)| n == "muon.momentum.adapter.weight")
+            .unwrap()
+            .1
+            .copy()
     };
     assert!(max_abs_diff(&buf(&opt), &g1) == 0.0);
     opt.zero_grad();
@@ -157,7 +181,11 @@ fn shape_scale_factor() {
     assert_eq!(muon_scale(2, 4), 1.0);
     assert_eq!(muon_scale(3, 3), 1.0);
     tch::manual_seed(3);
-    let cfg = MuonConfig { lr: 1.0, weight_decay: 0.0, ..MuonConfig::default() };
+    let cfg = MuonConfig {
+        lr: 1.0,
+        weight_decay: 0.0,
+        ..MuonConfig::default()
+    };
     for (shape, factor) in [([4i64, 2], 2f64.sqrt()), ([2, 4], 1.0)] {
         let p = Tensor::zeros(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mut opt = Muon::new(vec![("w".into(), p.shallow_clone())], cfg.clone()).unwrap();
@@ -167,7 +195,10 @@ fn shape_scale_factor() {
         let ns = newton_schulz(&(&g * 1.95), 5, COEFFS).to_kind(Kind::Float);
         let want = &ns * (-factor);
         let d = max_abs_diff(&p.detach(), &want);
-        assert!(d < 1e-6, "{shape:?}: update differs from -{factor}·NS(u) by {d:e}");
+        assert!(
+            d < 1e-6,
+            "{shape:?}: update differs from -{factor}·NS(u) by {d:e}"
+        );
         let ratio = f64::try_from(p.detach().norm()).unwrap() / f64::try_from(ns.norm()).unwrap();
         assert!((ratio - factor).abs() < 1e-5, "{shape:?}: ratio {ratio}");
     }
@@ -212,7 +243,10 @@ fn aux_adam_and_lr_multiplier() {
     )
     .unwrap();
     assert_eq!(opt.muon_param_names(), vec!["transformer.adapter.weight"]);
-    assert_eq!(opt.adam_param_names(), vec!["transformer.ln_f.weight", "transformer.wte.weight"]);
+    assert_eq!(
+        opt.adam_param_names(),
+        vec!["transformer.ln_f.weight", "transformer.wte.weight"]
+    );
     set_grad(&w, &gw);
     set_grad(&e, &ge);
     set_grad(&n, &gn);
@@ -221,7 +255,10 @@ fn aux_adam_and_lr_multiplier() {
     // Reference: AdamW with the aux config at lr 0.5·5e-5, Muon reference at lr 0.5·1e-3.
     let (e2, n2) = (mk(&e0), mk(&n0));
     let mut adam = AdamW::new(
-        vec![("e".into(), e2.shallow_clone()), ("n".into(), n2.shallow_clone())],
+        vec![
+            ("e".into(), e2.shallow_clone()),
+            ("n".into(), n2.shallow_clone()),
+        ],
         cfg.aux_adam(),
     )
     .unwrap();
@@ -238,14 +275,27 @@ fn aux_adam_and_lr_multiplier() {
 #[test]
 fn config_defaults_and_serde() {
     let d = MuonConfig::default();
-    assert_eq!((d.lr, d.momentum, d.nesterov, d.ns_steps), (1e-3, 0.95, true, 5));
+    assert_eq!(
+        (d.lr, d.momentum, d.nesterov, d.ns_steps),
+        (1e-3, 0.95, true, 5)
+    );
     assert_eq!(d.ns_coefficients, COEFFS);
     assert_eq!(d.weight_decay, 1e-4);
-    assert_eq!((d.adam_lr, d.adam_betas, d.adam_eps, d.adam_weight_decay), (5e-5, (0.9, 0.95), 1e-10, 1e-4));
+    assert_eq!(
+        (d.adam_lr, d.adam_betas, d.adam_eps, d.adam_weight_decay),
+        (5e-5, (0.9, 0.95), 1e-10, 1e-4)
+    );
     // A partial config keeps the aux Adam's eps 1e-10 (not AdamW's 1e-8).
     let c: OptimizerConfig =
         serde_json::from_str(r#"{"kind": "muon", "lr": 0.002, "adam_lr": 1e-4}"#).unwrap();
-    assert_eq!(c, OptimizerConfig::Muon(MuonConfig { lr: 0.002, adam_lr: 1e-4, ..d.clone() }));
+    assert_eq!(
+        c,
+        OptimizerConfig::Muon(MuonConfig {
+            lr: 0.002,
+            adam_lr: 1e-4,
+            ..d.clone()
+        })
+    );
     assert_eq!(OptimizerConfig::default(), OptimizerConfig::Muon(d));
     assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "muon", "adam": {}}"#).is_err());
     assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd"}"#).is_err());

@@ -18,8 +18,14 @@ const MULTIPLIERS: [f64; 6] = [0.1, 0.5, 1.0, 1.0, 0.8, 0.3];
 /// Initial values and per-parameter loss targets, from a fixed seed.
 fn fixtures() -> (Vec<Tensor>, Vec<Tensor>) {
     tch::manual_seed(42);
-    let init = SHAPES.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
-    let targets = SHAPES.iter().map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+    let init = SHAPES
+        .iter()
+        .map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
+        .collect();
+    let targets = SHAPES
+        .iter()
+        .map(|(_, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
+        .collect();
     (init, targets)
 }
 
@@ -55,14 +61,19 @@ fn run_steps(
 }
 
 fn save_params(params: &[(String, Tensor)], path: &Path) {
-    let named: Vec<(String, Tensor)> = params.iter().map(|(n, p)| (n.clone(), p.detach())).collect();
+    let named: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, p)| (n.clone(), p.detach()))
+        .collect();
     write_safetensors(&named, path).unwrap();
 }
 
 fn load_params(path: &Path) -> Vec<(String, Tensor)> {
     let files = SafetensorsFiles::open_files(&[path.to_path_buf()]).unwrap();
-    let zeros: Vec<Tensor> =
-        SHAPES.iter().map(|(_, s)| Tensor::zeros(*s, (Kind::Float, Device::Cpu))).collect();
+    let zeros: Vec<Tensor> = SHAPES
+        .iter()
+        .map(|(_, s)| Tensor::zeros(*s, (Kind::Float, Device::Cpu)))
+        .collect();
     let params = params_from(&zeros);
     let _guard = tch::no_grad_guard();
     for (name, p) in &params {
@@ -86,7 +97,10 @@ fn check_resume_is_bit_identical(config: OptimizerConfig, expected_state: &[&str
     let straight_state = opt.state_tensors();
 
     // Interrupted after 3 steps: save, drop everything, rebuild, load, continue.
-    let (model_path, opt_path) = (dir.path().join("model.safetensors"), dir.path().join("optimizer.safetensors"));
+    let (model_path, opt_path) = (
+        dir.path().join("model.safetensors"),
+        dir.path().join("optimizer.safetensors"),
+    );
     {
         let first = params_from(&init);
         let mut opt = config.build(first.clone_shallow()).unwrap();
@@ -100,7 +114,10 @@ fn check_resume_is_bit_identical(config: OptimizerConfig, expected_state: &[&str
     run_steps(opt.as_mut(), &resumed, &targets, 3..6);
 
     for ((name, a), (_, b)) in straight.iter().zip(&resumed) {
-        assert!(a.equal(b), "{name}: resumed run differs from the uninterrupted run");
+        assert!(
+            a.equal(b),
+            "{name}: resumed run differs from the uninterrupted run"
+        );
         assert!(!a.equal(&init[SHAPES.iter().position(|(n, _)| n == name).unwrap()]));
     }
     let resumed_state = opt.state_tensors();
@@ -116,7 +133,9 @@ trait CloneShallow {
 }
 impl CloneShallow for Vec<(String, Tensor)> {
     fn clone_shallow(&self) -> Vec<(String, Tensor)> {
-        self.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        self.iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
     }
 }
 
@@ -130,7 +149,10 @@ fn adamw_resume_is_bit_identical() {
     }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     check_resume_is_bit_identical(
-        OptimizerConfig::AdamW(AdamWConfig { lr: 1e-2, ..AdamWConfig::default() }),
+        OptimizerConfig::AdamW(AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        }),
         &names,
     );
 }
@@ -138,7 +160,11 @@ fn adamw_resume_is_bit_identical() {
 #[test]
 fn muon_resume_is_bit_identical() {
     check_resume_is_bit_identical(
-        OptimizerConfig::Muon(MuonConfig { lr: 2e-2, adam_lr: 1e-2, ..MuonConfig::default() }),
+        OptimizerConfig::Muon(MuonConfig {
+            lr: 2e-2,
+            adam_lr: 1e-2,
+            ..MuonConfig::default()
+        }),
         &[
             "muon.momentum.transformer.adapter.weight",
             "muon.momentum.transformer.core_block.0.attn.Wqkv.weight",
@@ -157,9 +183,15 @@ fn muon_resume_is_bit_identical() {
 fn trained_muon() -> (Box<dyn Optimizer>, Vec<(String, Tensor)>) {
     let (init, targets) = fixtures();
     let params = params_from(&init);
-    let mut opt = OptimizerConfig::default().build(params.clone_shallow()).unwrap();
+    let mut opt = OptimizerConfig::default()
+        .build(params.clone_shallow())
+        .unwrap();
     run_steps(opt.as_mut(), &params, &targets, 0..2);
-    let state: Vec<(String, Tensor)> = opt.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    let state: Vec<(String, Tensor)> = opt
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
     (opt, state)
 }
 
@@ -172,8 +204,14 @@ fn load_error(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> String {
     let path = dir.path().join("optimizer.safetensors");
     write_safetensors(&state, &path).unwrap();
     let (init, _) = fixtures();
-    let mut fresh = OptimizerConfig::default().build(params_from(&init)).unwrap();
-    let before: Vec<(String, Tensor)> = fresh.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    let mut fresh = OptimizerConfig::default()
+        .build(params_from(&init))
+        .unwrap();
+    let before: Vec<(String, Tensor)> = fresh
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
     let err = format!("{:#}", fresh.load_state(&open(&path)).unwrap_err());
     for ((n, a), (_, b)) in before.iter().zip(&fresh.state_tensors()) {
         assert!(a.equal(b), "state `{n}` changed by a failed load");
@@ -183,9 +221,16 @@ fn load_error(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> String {
 
 #[test]
 fn missing_tensor_is_named() {
-    for missing in ["adam.v.transformer.wte.weight", "muon.momentum.transformer.adapter.weight", "muon.step"] {
+    for missing in [
+        "adam.v.transformer.wte.weight",
+        "muon.momentum.transformer.adapter.weight",
+        "muon.step",
+    ] {
         let err = load_error(|s| s.retain(|(n, _)| n != missing));
-        assert!(err.contains(&format!("`{missing}`")) && err.contains("missing"), "{err}");
+        assert!(
+            err.contains(&format!("`{missing}`")) && err.contains("missing"),
+            "{err}"
+        );
     }
 }
 
@@ -207,9 +252,22 @@ fn wrong_shape_or_dtype_is_named() {
 
 #[test]
 fn unexpected_tensor_is_rejected() {
-    let err = load_error(|s| s.push(("muon.momentum.transformer.extra.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)))));
-    assert!(err.contains("muon.momentum.transformer.extra.weight") && err.contains("unexpected"), "{err}");
-    let err = load_error(|s| s.push(("adam.m.lm_head.weight".into(), Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)))));
+    let err = load_error(|s| {
+        s.push((
+            "muon.momentum.transformer.extra.weight".into(),
+            Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+        ))
+    });
+    assert!(
+        err.contains("muon.momentum.transformer.extra.weight") && err.contains("unexpected"),
+        "{err}"
+    );
+    let err = load_error(|s| {
+        s.push((
+            "adam.m.lm_head.weight".into(),
+            Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+        ))
+    });
     assert!(err.contains("adam.m.lm_head.weight"), "{err}");
 }
 
@@ -221,7 +279,9 @@ fn muon_state_does_not_load_into_adamw() {
     let path = dir.path().join("optimizer.safetensors");
     write_safetensors(&state, &path).unwrap();
     let (init, _) = fixtures();
-    let mut adamw = OptimizerConfig::AdamW(AdamWConfig::default()).build(params_from(&init)).unwrap();
+    let mut adamw = OptimizerConfig::AdamW(AdamWConfig::default())
+        .build(params_from(&init))
+        .unwrap();
     let err = format!("{:#}", adamw.load_state(&open(&path)).unwrap_err());
     assert!(err.contains("adam.m.transformer.adapter.weight"), "{err}");
 }

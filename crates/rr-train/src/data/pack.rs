@@ -91,7 +91,7 @@ impl InputFormat {
         }
     }
 
-    /// The document of one JSONL record (`Ok(None)`: `Text`, which has no records).
+    /// The document of one JSONL record (`Text` has no records: always `Err`).
     /// `Err` is a message without location.
     pub fn render_record(self, record: &serde_json::Value) -> std::result::Result<String, String> {
         let field = |name: &str| -> std::result::Result<&str, String> {

@@ -44,7 +44,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 5e-5, betas: (0.9, 0.95), eps: 1e-8, weight_decay: 1e-4 }
+        Self {
+            lr: 5e-5,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 1e-4,
+        }
     }
 }
 
@@ -61,7 +66,10 @@ impl AdamWConfig {
             bail!("adamw: eps must be finite and > 0, got {}", self.eps);
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!("adamw: weight_decay must be finite and >= 0, got {}", self.weight_decay);
+            bail!(
+                "adamw: weight_decay must be finite and >= 0, got {}",
+                self.weight_decay
+            );
         }
         Ok(())
     }
@@ -86,7 +94,10 @@ impl std::fmt::Debug for AdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdamW")
             .field("config", &self.config)
-            .field("params", &self.params.iter().map(|p| &p.name).collect::<Vec<_>>())
+            .field(
+                "params",
+                &self.params.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -100,7 +111,13 @@ impl AdamW {
             .map(|(name, param)| {
                 let m = Tensor::zeros_like(&param).detach();
                 let v = Tensor::zeros_like(&param).detach();
-                AdamParam { name, param, m, v, step: 0 }
+                AdamParam {
+                    name,
+                    param,
+                    m,
+                    v,
+                    step: 0,
+                }
             })
             .collect();
         Ok(Self { config, params })
@@ -148,7 +165,11 @@ impl AdamW {
 
     /// Names of the state tensors of one parameter: `adam.m.`, `adam.v.`, `adam.step.`.
     fn names(name: &str) -> [String; 3] {
-        [format!("adam.m.{name}"), format!("adam.v.{name}"), format!("adam.step.{name}")]
+        [
+            format!("adam.m.{name}"),
+            format!("adam.v.{name}"),
+            format!("adam.step.{name}"),
+        ]
     }
 
     /// The prefixes under which this optimizer owns every tensor.

@@ -5,7 +5,11 @@ use tch::{Kind, Tensor};
 
 /// The defined gradients of `params`.
 fn grads(params: &[Tensor]) -> Vec<Tensor> {
-    params.iter().map(Tensor::grad).filter(Tensor::defined).collect()
+    params
+        .iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .collect()
 }
 
 /// Clips in place and returns the pre-clip global L2 norm as a 0-d fp32 tensor on the first
@@ -50,10 +54,14 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
 pub fn grads_are_finite(params: &[Tensor]) -> bool {
     let _guard = tch::no_grad_guard();
     let grads = grads(params);
-    let Some(first) = grads.first() else { return true };
+    let Some(first) = grads.first() else {
+        return true;
+    };
     let device = first.device();
-    let flags: Vec<Tensor> =
-        grads.iter().map(|g| g.isfinite().all().to_device(device)).collect();
+    let flags: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.isfinite().all().to_device(device))
+        .collect();
     let all = Tensor::stack(&flags, 0).all();
     i64::try_from(&all.to_kind(Kind::Int64)).expect("reading the finiteness flag") != 0
 }

@@ -40,7 +40,9 @@ use super::Optimizer;
 /// embeddings, head and all 1-D norm weights (and any bias) go to the auxiliary Adam.
 pub fn muon_eligible(name: &str, shape: &[i64]) -> bool {
     shape.len() == 2
-        && !name.split('.').any(|c| matches!(c, "wte" | "lm_head" | "embed_tokens"))
+        && !name
+            .split('.')
+            .any(|c| matches!(c, "wte" | "lm_head" | "embed_tokens"))
 }
 
 /// Muon's shape factor `max(1, rows/cols)^0.5`: `sqrt(2)` for a 4×2 matrix, `1` for 2×4.
@@ -63,7 +65,11 @@ pub fn muon_scale(rows: i64, cols: i64) -> f64 {
 /// its singular values lie roughly in [0.68, 1.13].
 pub fn newton_schulz(g: &Tensor, steps: usize, coefficients: (f64, f64, f64)) -> Tensor {
     let size = g.size();
-    assert_eq!(size.len(), 2, "newton_schulz needs a 2-D tensor, got shape {size:?}");
+    assert_eq!(
+        size.len(),
+        2,
+        "newton_schulz needs a 2-D tensor, got shape {size:?}"
+    );
     let (a, b, c) = coefficients;
     let tall = size[0] > size[1];
     let mut x = g.to_kind(Kind::BFloat16);
@@ -146,7 +152,10 @@ impl MuonConfig {
             bail!("muon: momentum must lie in [0, 1), got {}", self.momentum);
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!("muon: weight_decay must be finite and >= 0, got {}", self.weight_decay);
+            bail!(
+                "muon: weight_decay must be finite and >= 0, got {}",
+                self.weight_decay
+            );
         }
         let (a, b, c) = self.ns_coefficients;
         if ![a, b, c].iter().all(|x| x.is_finite()) {
@@ -196,10 +205,20 @@ impl Muon {
             .map(|(name, param)| {
                 let size = param.size();
                 let momentum = Tensor::zeros_like(&param).detach();
-                MuonParam { name, param, momentum, scale: muon_scale(size[0], size[1]) }
+                MuonParam {
+                    name,
+                    param,
+                    momentum,
+                    scale: muon_scale(size[0], size[1]),
+                }
             })
             .collect();
-        Ok(Self { config, params, adam, steps: 0 })
+        Ok(Self {
+            config,
+            params,
+            adam,
+            steps: 0,
+        })
     }
 
     /// Muon over every trainable variable of `vs`.
@@ -263,7 +282,10 @@ impl Muon {
 impl Optimizer for Muon {
     /// Muon lr = `config.lr · lr_multiplier`, auxiliary Adam lr = `config.adam_lr · lr_multiplier`.
     fn step(&mut self, lr_multiplier: f64) {
-        self.step_with_lrs(self.config.lr * lr_multiplier, self.config.adam_lr * lr_multiplier);
+        self.step_with_lrs(
+            self.config.lr * lr_multiplier,
+            self.config.adam_lr * lr_multiplier,
+        );
     }
 
     fn zero_grad(&mut self) {
@@ -277,7 +299,12 @@ impl Optimizer for Muon {
         let mut out: Vec<(String, Tensor)> = self
             .params
             .iter()
-            .map(|st| (format!("muon.momentum.{}", st.name), st.momentum.shallow_clone()))
+            .map(|st| {
+                (
+                    format!("muon.momentum.{}", st.name),
+                    st.momentum.shallow_clone(),
+                )
+            })
             .collect();
         out.push((Self::STEP.to_string(), step_tensor(self.steps)));
         out.extend(self.adam.state_tensors());

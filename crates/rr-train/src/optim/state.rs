@@ -8,8 +8,11 @@ use tch::{nn::VarStore, Kind, Tensor};
 
 /// The trainable (`requires_grad`) variables of `vs` with their names, sorted by name.
 pub(crate) fn trainable_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }
@@ -68,7 +71,10 @@ pub(crate) fn read_step(files: &SafetensorsFiles, name: &str) -> Result<u64> {
     let t = read_checked(files, name, Kind::Int64, &[])?;
     let v = i64::try_from(&t).with_context(|| format!("optimizer state tensor `{name}`"))?;
     if v < 0 {
-        bail!("{}: optimizer state tensor `{name}` is negative ({v})", files.describe());
+        bail!(
+            "{}: optimizer state tensor `{name}` is negative ({v})",
+            files.describe()
+        );
     }
     Ok(v as u64)
 }
