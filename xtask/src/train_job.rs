@@ -61,7 +61,7 @@ fn read_recipe(path: &Path) -> Result<Recipe> {
         inputs: prep
             .get("inputs")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str()).map(PathBuf::from).collect())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).map(|p| PathBuf::from(expand_shared(p))).collect())
             .unwrap_or_default(),
         format: s(prep, "format").unwrap_or_else(|| "gsm8k".into()),
         seq_len: int(prep, "seq_len").with_context(|| ctx("prepare.seq_len is missing"))?,
@@ -69,6 +69,12 @@ fn read_recipe(path: &Path) -> Result<Recipe> {
         packed: PathBuf::from(packed),
         has_baseline: v.get("baseline").is_some(),
     })
+}
+
+/// Replaces `${RR_SHARED_DATA}` with that variable, or `../shared/data` beside the workspace.
+fn expand_shared(path: &str) -> String {
+    let shared = std::env::var("RR_SHARED_DATA").unwrap_or_else(|_| "../shared/data".into());
+    path.replace("${RR_SHARED_DATA}", &shared)
 }
 
 fn rr_step(root: &Path, rr: &Path, what: &str, args: &[&str]) -> Result<()> {

@@ -32,8 +32,12 @@ fn rr_err(dir: &Path, args: &[&str]) -> String {
     let out = rr(dir, args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(1), "rr {args:?} should fail: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
-    err
+    // Progress lines may precede it; the error itself is one line, the last.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected: {err}");
+    assert_eq!(err.lines().last(), Some(errors[0]), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    errors[0].to_string()
 }
 
 /// A stories260K retrofit, packed TinyStories and a recipe, in a fresh directory.
@@ -196,4 +200,22 @@ fn bad_recipes_are_refused_before_any_compute() {
     let err = rr_err(d, &["data", "pack", "--tokenizer", "rec", "--input", "empty.txt", "--format", "text", "--seq-len", "32", "--out", "packed-empty"]);
     assert!(err.contains("empty.txt"), "{err}");
     assert!(!d.join("packed-empty").exists());
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 5);
+    let d = tmp.path();
+    // An absurd learning rate: step 1 is finite, its update overflows the model.
+    let text = recipe(5, "packed", "rec")
+        .replace("checkpoint_every = 10", "checkpoint_every = 1")
+        .replace("kind = \"muon\"", "kind = \"adamw\"\nlr = 1e30");
+    std::fs::write(d.join("diverge.toml"), text).unwrap();
+    let err = rr_err(d, &["train", "--config", "diverge.toml", "--run-dir", "diverge"]);
+    assert!(err.contains("non-finite") && err.contains("step 2"), "{err}");
+    assert!(err.contains("step-000001"), "{err}");
+    let kept = d.join("diverge/checkpoints/step-000001");
+    assert!(kept.join("model.safetensors").exists() && kept.join("trainer_state.json").exists());
+    assert!(!d.join("diverge/checkpoints/step-000002").exists());
 }
