@@ -219,3 +219,23 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(kept.join("model.safetensors").exists() && kept.join("trainer_state.json").exists());
     assert!(!d.join("diverge/checkpoints/step-000002").exists());
 }
+
+/// bf16 compute with fp32 master weights gives the fp32 losses to bf16 tolerance.
+#[test]
+fn bf16_compute_matches_fp32_to_bf16_tolerance() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 4);
+    let d = tmp.path();
+    let base = recipe(4, "packed", "rec");
+    std::fs::write(d.join("f32.toml"), base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"f32\"")).unwrap();
+    std::fs::write(d.join("bf16.toml"), base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"bf16\"")).unwrap();
+    rr_ok(d, &["train", "--config", "f32.toml", "--run-dir", "f32"]);
+    rr_ok(d, &["train", "--config", "bf16.toml", "--run-dir", "bf16"]);
+    let (a, b) = (losses(&d.join("f32")), losses(&d.join("bf16")));
+    assert_eq!(a.len(), 4);
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        let rel = (x - y).abs() / x.abs();
+        assert!(rel < 0.02, "step {step}: f32 {x} vs bf16 {y}");
+        assert!(x != y, "step {step}: identical losses; bf16 was not used");
+    }
+}

@@ -36,12 +36,12 @@ pub enum TrainModel {
 }
 
 impl TrainModel {
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        // Master weights are fp32 whatever the checkpoint stores.
+    /// Loads with parameters of `kind` (the trainer's master weights are always fp32).
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         Ok(if is_recurrent_dir(dir) {
-            TrainModel::Recurrent(RecurrentModel::load(dir, device, Kind::Float)?)
+            TrainModel::Recurrent(RecurrentModel::load(dir, device, kind)?)
         } else {
-            TrainModel::Static(LlamaModel::load(dir, device, Kind::Float)?)
+            TrainModel::Static(LlamaModel::load(dir, device, kind)?)
         })
     }
 
@@ -152,11 +152,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let cfg = &mut cfg;
     let run_dir = &opts.run_dir;
     let device = parse_device(&cfg.training.device)?;
-    if let Some(dtype) = &cfg.training.dtype {
-        if parse_dtype(dtype)? != Kind::Float {
-            bail!("training.dtype `{dtype}`: only f32 compute is implemented so far");
-        }
-    }
+    // Compute dtype: bf16 on CUDA and fp32 on CPU unless the recipe says otherwise.
+    let compute_kind = match cfg.training.dtype.as_deref() {
+        None | Some("auto") => if device.is_cuda() { Kind::BFloat16 } else { Kind::Float },
+        Some(name) => parse_dtype(name)?,
+    };
 
     // Everything that can be wrong with the inputs is checked before any compute.
     let latest = if opts.resume { latest_checkpoint(run_dir)? } else { None };
@@ -187,7 +187,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if sets.values().any(|s| s.seq_len() != seq_len) {
         bail!("data: all packed sets must have the same seq_len");
     }
-    let model = TrainModel::load(&init_dir, device)?;
+    let model = TrainModel::load(&init_dir, device, Kind::Float)?;
     if seq_len > model.max_context() {
         bail!("data: seq_len {seq_len} is beyond the model's context ({})", model.max_context());
     }
@@ -206,6 +206,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         (TrainModel::Static(_), _) => None,
     };
 
+    // Mixed precision: a second copy of the model in the compute dtype runs forward and
+    // backward; its gradients are accumulated in fp32 on the master weights, which the
+    // optimizer updates, and the copy is refreshed from the masters before every step.
+    let compute = if compute_kind == Kind::Float { None } else { Some(TrainModel::load(&init_dir, device, compute_kind)?) };
     let mut phases = build_phases(cfg, &sets)?;
     let mut optimizer = cfg.optimizer.build_for(model.vs())?;
     let mut state = TrainerState {
@@ -270,6 +274,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let step = state.step;
         let mut loss_sum = 0f64;
         let mut draws = Vec::new();
+        if let Some(c) = &compute {
+            copy_weights(&model, c);
+        }
+        let runner = compute.as_ref().unwrap_or(&model);
         for _ in 0..cfg.training.grad_accum {
             let batch = phases.next_batch(step);
             let (n, k) = match &curriculum {
@@ -283,13 +291,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let input = Tensor::from_slice(&batch.input).view([batch.rows as i64, batch.seq_len as i64]).to_device(device);
             let labels = Tensor::from_slice(&batch.labels).view([-1]).to_device(device);
             let state_seed = rr_curriculum::sampler::stream_seed(cfg.seed ^ 0x5354_4154_4521, state.micro_batch);
-            let logits = model.forward(&input, n, k, state_seed);
+            let logits = runner.forward(&input, n, k, state_seed);
             let vocab = logits.size()[2];
             let loss = logits
                 .view([-1, vocab])
                 .to_kind(Kind::Float)
                 .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
             (&loss / cfg.training.grad_accum as f64).backward();
+            if let Some(c) = &compute {
+                accumulate_grads(c, &model);
+            }
             let value = f64::try_from(&loss)?;
             if !value.is_finite() {
                 bail!(non_finite("loss", step, &last_good));
@@ -374,6 +385,40 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     crate::report::write_run_report(run_dir, &summary)?;
     Ok(summary)
+}
+
+/// Copies the fp32 master weights into the compute-dtype model.
+fn copy_weights(master: &TrainModel, compute: &TrainModel) {
+    let _guard = tch::no_grad_guard();
+    let masters = master.vs().variables();
+    for (name, mut p) in compute.vs().variables() {
+        if let Some(m) = masters.get(&name) {
+            p.copy_(m);
+        }
+    }
+}
+
+/// Adds the compute model's gradients (cast to fp32) to the master gradients and clears them.
+fn accumulate_grads(compute: &TrainModel, master: &TrainModel) {
+    let _guard = tch::no_grad_guard();
+    let masters = master.vs().variables();
+    for (name, p) in compute.vs().variables() {
+        let mut g = p.grad();
+        if !g.defined() {
+            continue;
+        }
+        if let Some(m) = masters.get(&name) {
+            let mut mg = m.grad();
+            if mg.defined() {
+                let _ = mg.g_add_(&g.to_kind(Kind::Float));
+            } else {
+                // First gradient of this parameter: define it through a no-op backward.
+                tch::with_grad(|| (m * 0.0).sum(Kind::Float)).backward();
+                let _ = m.grad().copy_(&g.to_kind(Kind::Float));
+            }
+        }
+        let _ = g.zero_();
+    }
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
