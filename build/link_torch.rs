@@ -17,7 +17,10 @@ fn main() {
     }
     let lib_dir = std::env::var_os("DEP_TCH_LIBTORCH_LIB");
     if let Some(dir) = &lib_dir {
-        println!("cargo:rustc-link-arg=-Wl,-rpath={}", Path::new(dir).display());
+        println!(
+            "cargo:rustc-link-arg=-Wl,-rpath={}",
+            Path::new(dir).display()
+        );
     }
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");

@@ -30,21 +30,33 @@ struct Recipe {
 }
 
 fn read_recipe(path: &Path) -> Result<Recipe> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let v: toml::Value = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let v: toml::Value = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
     let ctx = |what: &str| format!("{}: {what}", path.display());
-    let prep = v.get("prepare").with_context(|| ctx("no [prepare] section: `cargo xtask train` needs one (see configs/default.toml)"))?;
+    let prep = v.get("prepare").with_context(|| {
+        ctx("no [prepare] section: `cargo xtask train` needs one (see configs/default.toml)")
+    })?;
     let int = |t: &toml::Value, k: &str| t.get(k).and_then(|x| x.as_integer()).map(|x| x as u64);
     let s = |t: &toml::Value, k: &str| t.get(k).and_then(|x| x.as_str()).map(String::from);
     let layers: Vec<u64> = prep
         .get("layers")
         .and_then(|l| l.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_integer()).map(|x| x as u64).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_integer())
+                .map(|x| x as u64)
+                .collect()
+        })
         .unwrap_or_default();
     if layers.len() != 3 {
         bail!(ctx("prepare.layers must be [P, B, C]"));
     }
-    let train = v.get("data").and_then(|d| d.get("train")).and_then(|t| t.as_array());
+    let train = v
+        .get("data")
+        .and_then(|d| d.get("train"))
+        .and_then(|t| t.as_array());
     let packed = train
         .and_then(|t| t.first())
         .and_then(|t| s(t, "path"))
@@ -55,17 +67,27 @@ fn read_recipe(path: &Path) -> Result<Recipe> {
         source: s(prep, "source").with_context(|| ctx("prepare.source is missing"))?,
         layers: [layers[0], layers[1], layers[2]],
         adapter: s(prep, "adapter").unwrap_or_else(|| "default".into()),
-        mean_recurrence: int(prep, "mean_recurrence").with_context(|| ctx("prepare.mean_recurrence is missing"))?,
+        mean_recurrence: int(prep, "mean_recurrence")
+            .with_context(|| ctx("prepare.mean_recurrence is missing"))?,
         synth_problems: int(prep, "synth_problems").unwrap_or(0),
         synth_max_steps: int(prep, "synth_max_steps").unwrap_or(4),
         inputs: prep
             .get("inputs")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str()).map(|p| PathBuf::from(expand_shared(p))).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|p| PathBuf::from(expand_shared(p)))
+                    .collect()
+            })
             .unwrap_or_default(),
         format: s(prep, "format").unwrap_or_else(|| "gsm8k".into()),
         seq_len: int(prep, "seq_len").with_context(|| ctx("prepare.seq_len is missing"))?,
-        init: PathBuf::from(v.get("model").and_then(|m| s(m, "init")).with_context(|| ctx("model.init is missing"))?),
+        init: PathBuf::from(
+            v.get("model")
+                .and_then(|m| s(m, "init"))
+                .with_context(|| ctx("model.init is missing"))?,
+        ),
         packed: PathBuf::from(packed),
         has_baseline: v.get("baseline").is_some(),
     })
@@ -79,7 +101,11 @@ fn expand_shared(path: &str) -> String {
 
 fn rr_step(root: &Path, rr: &Path, what: &str, args: &[&str]) -> Result<()> {
     println!("== {what}: rr {}", args.join(" "));
-    let status = Command::new(rr).current_dir(root).args(args).status().with_context(|| format!("cannot run {}", rr.display()))?;
+    let status = Command::new(rr)
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", rr.display()))?;
     if !status.success() {
         bail!("{what} failed ({status}); see the message above");
     }
@@ -88,7 +114,11 @@ fn rr_step(root: &Path, rr: &Path, what: &str, args: &[&str]) -> Result<()> {
 
 pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     let started = Instant::now();
-    let config = if config.is_absolute() { config.to_path_buf() } else { root.join(config) };
+    let config = if config.is_absolute() {
+        config.to_path_buf()
+    } else {
+        root.join(config)
+    };
     let recipe = read_recipe(&config)?;
     let run = root.join("runs").join(&recipe.name);
     let rr = crate::build_rr(root, torch)?;
@@ -102,9 +132,31 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     };
     let init = root.join(&recipe.init);
     if !init.join("config.json").exists() {
-        let layers = format!("{},{},{}", recipe.layers[0], recipe.layers[1], recipe.layers[2]);
+        let layers = format!(
+            "{},{},{}",
+            recipe.layers[0], recipe.layers[1], recipe.layers[2]
+        );
         let (seed, mean) = (recipe.seed.to_string(), recipe.mean_recurrence.to_string());
-        rr_step(root, &rr, "surgery", &["surgery", "--model", &s(&source), "--layers", &layers, "--adapter", &recipe.adapter, "--seed", &seed, "--mean-recurrence", &mean, "--out", &s(&init)])?;
+        rr_step(
+            root,
+            &rr,
+            "surgery",
+            &[
+                "surgery",
+                "--model",
+                &s(&source),
+                "--layers",
+                &layers,
+                "--adapter",
+                &recipe.adapter,
+                "--seed",
+                &seed,
+                "--mean-recurrence",
+                &mean,
+                "--out",
+                &s(&init),
+            ],
+        )?;
     }
     let packed = root.join(&recipe.packed);
     if !packed.join("manifest.json").exists() {
@@ -113,22 +165,69 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
             let synth = run.join("data/synth.jsonl");
             if !synth.exists() {
                 std::fs::create_dir_all(run.join("data"))?;
-                let (n, steps, seed) = (recipe.synth_problems.to_string(), recipe.synth_max_steps.to_string(), recipe.seed.to_string());
-                rr_step(root, &rr, "synthetic problems", &["data", "synth-math", "--problems", &n, "--max-steps", &steps, "--seed", &seed, "--out", &s(&synth)])?;
+                let (n, steps, seed) = (
+                    recipe.synth_problems.to_string(),
+                    recipe.synth_max_steps.to_string(),
+                    recipe.seed.to_string(),
+                );
+                rr_step(
+                    root,
+                    &rr,
+                    "synthetic problems",
+                    &[
+                        "data",
+                        "synth-math",
+                        "--problems",
+                        &n,
+                        "--max-steps",
+                        &steps,
+                        "--seed",
+                        &seed,
+                        "--out",
+                        &s(&synth),
+                    ],
+                )?;
             }
             inputs.push(synth);
         }
         if inputs.is_empty() {
-            bail!("{}: no data: set prepare.synth_problems or prepare.inputs", config.display());
+            bail!(
+                "{}: no data: set prepare.synth_problems or prepare.inputs",
+                config.display()
+            );
         }
-        let mut args = vec!["data".to_string(), "pack".into(), "--tokenizer".into(), s(&init), "--format".into(), recipe.format.clone(), "--seq-len".into(), recipe.seq_len.to_string(), "--out".into(), s(&packed), "--heldout-fraction".into(), "0.05".into(), "--input".into()];
+        let mut args = vec![
+            "data".to_string(),
+            "pack".into(),
+            "--tokenizer".into(),
+            s(&init),
+            "--format".into(),
+            recipe.format.clone(),
+            "--seq-len".into(),
+            recipe.seq_len.to_string(),
+            "--out".into(),
+            s(&packed),
+            "--heldout-fraction".into(),
+            "0.05".into(),
+            "--input".into(),
+        ];
         args.extend(inputs.iter().map(|p| s(p)));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         rr_step(root, &rr, "packing", &args)?;
     }
     let train_dir = run.join("train");
-    let resume = |dir: &Path| if dir.join("checkpoints").exists() { vec!["--resume"] } else { vec![] };
-    let mut args = vec!["train", "--config", config.to_str().context("config path is not UTF-8")?];
+    let resume = |dir: &Path| {
+        if dir.join("checkpoints").exists() {
+            vec!["--resume"]
+        } else {
+            vec![]
+        }
+    };
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().context("config path is not UTF-8")?,
+    ];
     let train_s = s(&train_dir);
     args.extend(["--run-dir", &train_s]);
     args.extend(resume(&train_dir));
@@ -136,9 +235,23 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     let baseline_dir = run.join("baseline");
     let baseline_s = s(&baseline_dir);
     if recipe.has_baseline {
-        let mut args = vec!["train", "--config", config.to_str().unwrap_or_default(), "--baseline", "--match-flops", &train_s, "--run-dir", &baseline_s];
+        let mut args = vec![
+            "train",
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "--baseline",
+            "--match-flops",
+            &train_s,
+            "--run-dir",
+            &baseline_s,
+        ];
         args.extend(resume(&baseline_dir));
-        rr_step(root, &rr, "training the static baseline (equal FLOPs)", &args)?;
+        rr_step(
+            root,
+            &rr,
+            "training the static baseline (equal FLOPs)",
+            &args,
+        )?;
     }
     let run_s = s(&run);
     let mut args = vec!["report", &train_s, "--out", &run_s];
@@ -146,7 +259,11 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
         args.extend(["--baseline", &baseline_s]);
     }
     rr_step(root, &rr, "report", &args)?;
-    println!("done in {:.0} s: {}", started.elapsed().as_secs_f64(), run.join("report.md").display());
+    println!(
+        "done in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        run.join("report.md").display()
+    );
     Ok(())
 }
 

@@ -12,7 +12,11 @@ use rr_model::generate::{generate, GenerateOptions, Sampling};
 use rr_model::{import, inspect, score, AnyModel, Tokenizer};
 
 #[derive(Parser)]
-#[command(name = "rr", version, about = "Retrofitted recurrence: pretrained LMs that think deeper")]
+#[command(
+    name = "rr",
+    version,
+    about = "Retrofitted recurrence: pretrained LMs that think deeper"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -262,17 +266,38 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Import(ImportCommand::Gguf { file, out }) => {
             let summary = import::gguf::import_gguf(&file, &out)?;
-            println!("imported {} into {}: {summary:?}", file.display(), out.display());
+            println!(
+                "imported {} into {}: {summary:?}",
+                file.display(),
+                out.display()
+            );
         }
-        Command::Import(ImportCommand::Llama2c { model, tokenizer, out }) => {
+        Command::Import(ImportCommand::Llama2c {
+            model,
+            tokenizer,
+            out,
+        }) => {
             let summary = import::llama2c::import_llama2c(&model, &tokenizer, &out)?;
-            println!("imported {} into {}: {summary:?}", model.display(), out.display());
+            println!(
+                "imported {} into {}: {summary:?}",
+                model.display(),
+                out.display()
+            );
         }
         Command::Score(args) => run_score(args)?,
         Command::Generate(args) => run_generate(args)?,
         Command::Surgery(args) => run_surgery(args)?,
-        Command::Data(DataCommand::Pack { tokenizer, input, format, seq_len, out, heldout_fraction, seed }) => {
-            let mut opts = rr_train::data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
+        Command::Data(DataCommand::Pack {
+            tokenizer,
+            input,
+            format,
+            seq_len,
+            out,
+            heldout_fraction,
+            seed,
+        }) => {
+            let mut opts =
+                rr_train::data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
             opts.heldout_fraction = heldout_fraction;
             opts.seed = seed;
             let summary = rr_train::data::pack(&opts)?;
@@ -288,24 +313,51 @@ fn run(cli: Cli) -> Result<()> {
                 m.seq_len + 1
             );
         }
-        Command::Data(DataCommand::SynthMath { problems, max_steps, seed, out }) => {
+        Command::Data(DataCommand::SynthMath {
+            problems,
+            max_steps,
+            seed,
+            out,
+        }) => {
             let generated = rr_train::data::synth_math(problems, max_steps, seed);
             rr_train::data::write_synth_math(&out, &generated)?;
-            println!("wrote {} problems (1-{max_steps} steps) to {}", generated.len(), out.display());
+            println!(
+                "wrote {} problems (1-{max_steps} steps) to {}",
+                generated.len(),
+                out.display()
+            );
         }
-        Command::Report { run_dir, baseline, out } => {
-            let out = out.unwrap_or_else(|| run_dir.parent().map(PathBuf::from).unwrap_or_default());
+        Command::Report {
+            run_dir,
+            baseline,
+            out,
+        } => {
+            let out =
+                out.unwrap_or_else(|| run_dir.parent().map(PathBuf::from).unwrap_or_default());
             let path = rr_train::report::write_comparison(&run_dir, baseline.as_deref(), &out)?;
             println!("wrote {}", path.display());
         }
         Command::Train(args) => {
             let mut cfg = rr_train::TrainConfig::from_path(&args.config)?;
             if args.baseline {
-                cfg = cfg.baseline_variant().with_context(|| args.config.display().to_string())?;
+                cfg = cfg
+                    .baseline_variant()
+                    .with_context(|| args.config.display().to_string())?;
             }
-            let match_flops = args.match_flops.as_deref().map(rr_train::trainer::run_flops).transpose()?;
-            let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-            let opts = rr_train::TrainOptions { run_dir: run_dir.clone(), resume: args.resume, force: args.force, match_flops };
+            let match_flops = args
+                .match_flops
+                .as_deref()
+                .map(rr_train::trainer::run_flops)
+                .transpose()?;
+            let run_dir = args
+                .run_dir
+                .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+            let opts = rr_train::TrainOptions {
+                run_dir: run_dir.clone(),
+                resume: args.resume,
+                force: args.force,
+                match_flops,
+            };
             let summary = rr_train::train(&cfg, &opts)?;
             println!(
                 "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
@@ -365,7 +417,10 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             }
             Sampling::Greedy
         }
-        (false, Some(temperature)) => Sampling::TopP { temperature, top_p: args.top_p.unwrap_or(1.0) },
+        (false, Some(temperature)) => Sampling::TopP {
+            temperature,
+            top_p: args.top_p.unwrap_or(1.0),
+        },
     };
     let (model, tokenizer) = args.model.load()?;
     let prompt = tokenizer.encode(&args.prompt, true)?;
@@ -413,12 +468,17 @@ fn run_surgery(args: SurgeryArgs) -> Result<()> {
             parse_indices(core).context("--core")?,
             parse_indices(coda.as_deref().unwrap_or("")).context("--coda")?,
         )?,
-        (None, _, None, _) => bail!("give --layers P,B,C or an explicit --core (with --prelude and --coda)"),
+        (None, _, None, _) => {
+            bail!("give --layers P,B,C or an explicit --core (with --prelude and --coda)")
+        }
     };
     let adapter = AdapterInit::parse(&args.adapter, args.seed)?;
     let surgery = Surgery::new(&args.model, selection, adapter, args.mean_recurrence)?;
     if args.out.exists() && !args.force && !args.dry_run {
-        bail!("{}: output already exists (use --force to replace it)", args.out.display());
+        bail!(
+            "{}: output already exists (use --force to replace it)",
+            args.out.display()
+        );
     }
     print!("{}", surgery.table());
     if args.dry_run {

@@ -12,22 +12,45 @@ fn shared_data() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+        panic!(
+            "shared data not found at {} (set RR_SHARED_DATA)",
+            dir.display()
+        );
     }
-    eprintln!("skipping: shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    eprintln!(
+        "skipping: shared data not found at {} (set RR_SHARED_DATA)",
+        dir.display()
+    );
     None
 }
 
 /// Runs `rr args...`, expects failure, returns stderr.
 fn rr_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_rr")).args(args).output().expect("run rr");
+    let out = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(args)
+        .output()
+        .expect("run rr");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "rr {args:?} succeeded; stderr: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "rr {args:?}: expected exit 1, stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "rr {args:?} succeeded; stderr: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "rr {args:?}: expected exit 1, stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "rr {args:?}: expected one line, got: {stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "rr {args:?}: expected one line, got: {stderr}"
+    );
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
     stderr
 }
 
@@ -35,7 +58,11 @@ fn rr_fails(args: &[&str]) -> String {
 fn model_copy(shared: &Path) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(shared.join("models/stories260K/hf").join(f), tmp.path().join(f)).unwrap();
+        std::fs::copy(
+            shared.join("models/stories260K/hf").join(f),
+            tmp.path().join(f),
+        )
+        .unwrap();
     }
     tmp
 }
@@ -47,7 +74,15 @@ fn text_file(dir: &Path) -> PathBuf {
 }
 
 fn score_args<'a>(model: &'a str, text: &'a str) -> Vec<&'a str> {
-    vec!["score", "--model", model, "--text-file", text, "--device", "cpu"]
+    vec![
+        "score",
+        "--model",
+        model,
+        "--text-file",
+        text,
+        "--device",
+        "cpu",
+    ]
 }
 
 #[test]
@@ -56,10 +91,21 @@ fn truncated_safetensors() {
     let m = model_copy(&shared);
     let st = m.path().join("model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let text = text_file(m.path());
-    let err = rr_fails(&score_args(m.path().to_str().unwrap(), text.to_str().unwrap()));
-    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+    let err = rr_fails(&score_args(
+        m.path().to_str().unwrap(),
+        text.to_str().unwrap(),
+    ));
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -73,19 +119,42 @@ fn config_with_missing_or_wrong_fields() {
 
     std::fs::write(&cfg_path, original.replace("\"hidden_size\": 64,", "")).unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("config.json") && err.contains("missing field `hidden_size`"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("missing field `hidden_size`"),
+        "{err}"
+    );
 
-    std::fs::write(&cfg_path, original.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": \"four\"")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        original.replace(
+            "\"num_key_value_heads\": 4",
+            "\"num_key_value_heads\": \"four\"",
+        ),
+    )
+    .unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("config.json") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("invalid type"),
+        "{err}"
+    );
 
-    std::fs::write(&cfg_path, original.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        original.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 3"),
+    )
+    .unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("config.json") && err.contains("num_key_value_heads"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("num_key_value_heads"),
+        "{err}"
+    );
 
     std::fs::write(&cfg_path, "{ not json").unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("config.json") && err.contains("invalid model config"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("invalid model config"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,20 +166,40 @@ fn tensor_with_wrong_shape_and_extra_layers() {
     let args = score_args(m.path().to_str().unwrap(), text.to_str().unwrap());
     let original = std::fs::read_to_string(&cfg_path).unwrap();
     // The file's q_proj is [64, 64]; a config with intermediate 100 expects other MLP shapes.
-    std::fs::write(&cfg_path, original.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        original.replace("\"intermediate_size\": 172", "\"intermediate_size\": 100"),
+    )
+    .unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("model.safetensors") && err.contains("has shape [64, 172]") && err.contains("config implies [64, 100]"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("has shape [64, 172]")
+            && err.contains("config implies [64, 100]"),
+        "{err}"
+    );
     // Four layers in the config, five in the file: a mismatched checkpoint, not silently truncated.
-    std::fs::write(&cfg_path, original.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 4")).unwrap();
+    std::fs::write(
+        &cfg_path,
+        original.replace("\"num_hidden_layers\": 5", "\"num_hidden_layers\": 4"),
+    )
+    .unwrap();
     let err = rr_fails(&args);
-    assert!(err.contains("model.layers.4") && err.contains("does not belong"), "{err}");
+    assert!(
+        err.contains("model.layers.4") && err.contains("does not belong"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_shard() {
     let Some(shared) = shared_data() else { return };
     let m = model_copy(&shared);
-    std::fs::rename(m.path().join("model.safetensors"), m.path().join("model-00001-of-00002.safetensors")).unwrap();
+    std::fs::rename(
+        m.path().join("model.safetensors"),
+        m.path().join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
     let index = serde_json::json!({
         "metadata": {},
         "weight_map": {
@@ -118,10 +207,20 @@ fn missing_shard() {
             "model.norm.weight": "model-00002-of-00002.safetensors"
         }
     });
-    std::fs::write(m.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        m.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let text = text_file(m.path());
-    let err = rr_fails(&score_args(m.path().to_str().unwrap(), text.to_str().unwrap()));
-    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("missing"), "{err}");
+    let err = rr_fails(&score_args(
+        m.path().to_str().unwrap(),
+        text.to_str().unwrap(),
+    ));
+    assert!(
+        err.contains("model-00002-of-00002.safetensors") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -131,9 +230,17 @@ fn nonexistent_paths() {
     let nowhere = nowhere.to_str().unwrap();
     let err = rr_fails(&["inspect", nowhere]);
     assert!(err.contains(nowhere), "{err}");
-    let err = rr_fails(&["generate", "--model", nowhere, "--prompt", "hi", "--device", "cpu"]);
+    let err = rr_fails(&[
+        "generate", "--model", nowhere, "--prompt", "hi", "--device", "cpu",
+    ]);
     assert!(err.contains(nowhere), "{err}");
-    let err = rr_fails(&["import", "gguf", nowhere, "--out", tmp.path().join("out").to_str().unwrap()]);
+    let err = rr_fails(&[
+        "import",
+        "gguf",
+        nowhere,
+        "--out",
+        tmp.path().join("out").to_str().unwrap(),
+    ]);
     assert!(err.contains(nowhere), "{err}");
     assert!(!tmp.path().join("out").exists());
 }
@@ -145,7 +252,10 @@ fn missing_or_empty_text_file() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing.txt");
     let err = rr_fails(&score_args(hf.to_str().unwrap(), missing.to_str().unwrap()));
-    assert!(err.contains("missing.txt") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("missing.txt") && err.contains("cannot read"),
+        "{err}"
+    );
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
     let err = rr_fails(&score_args(hf.to_str().unwrap(), empty.to_str().unwrap()));
@@ -196,15 +306,35 @@ fn unsupported_gguf_type() {
     let gguf = tmp.path().join("q5k.gguf");
     tiny_gguf(&gguf, 13, 176); // Q5_K: 256 values in 176 bytes
     let out = tmp.path().join("out");
-    let err = rr_fails(&["import", "gguf", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(err.contains("q5k.gguf") && err.contains("Q5_K") && err.contains("not supported"), "{err}");
+    let err = rr_fails(&[
+        "import",
+        "gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("q5k.gguf") && err.contains("Q5_K") && err.contains("not supported"),
+        "{err}"
+    );
     assert!(!out.exists(), "no output may be left behind");
     // Truncated: the same file cut inside its tensor data.
     let cut = tmp.path().join("cut.gguf");
     tiny_gguf(&cut, 8, 34 * 8); // Q8_0: 8 blocks of 34 bytes
     let len = std::fs::metadata(&cut).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&cut).unwrap().set_len(len - 100).unwrap();
-    let err = rr_fails(&["import", "gguf", cut.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let err = rr_fails(&[
+        "import",
+        "gguf",
+        cut.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(err.contains("cut.gguf"), "{err}");
     assert!(!out.exists(), "no output may be left behind");
 }
@@ -213,9 +343,27 @@ fn unsupported_gguf_type() {
 fn out_of_range_token_and_bad_device() {
     let Some(shared) = shared_data() else { return };
     let hf = shared.join("models/stories260K/hf");
-    let err = rr_fails(&["generate", "--model", hf.to_str().unwrap(), "--prompt", "hi", "--device", "tpu"]);
+    let err = rr_fails(&[
+        "generate",
+        "--model",
+        hf.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--device",
+        "tpu",
+    ]);
     assert!(err.contains("unknown device `tpu`"), "{err}");
-    let err = rr_fails(&["generate", "--model", hf.to_str().unwrap(), "--prompt", "hi", "--temperature", "0", "--device", "cpu"]);
+    let err = rr_fails(&[
+        "generate",
+        "--model",
+        hf.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+    ]);
     assert!(err.contains("temperature"), "{err}");
 }
 
@@ -228,13 +376,28 @@ fn surgery_bad_selections_and_existing_output() {
     let out = tmp.path().join("rec");
     let out_s = out.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--prelude", "0-1", "--core", "1-3", "--coda", "4"], "layer 1 is in both the prelude and the core"),
-        (&["--prelude", "0", "--core", "1-3", "--coda", "9"], "coda layer 9 is out of range"),
+        (
+            &["--prelude", "0-1", "--core", "1-3", "--coda", "4"],
+            "layer 1 is in both the prelude and the core",
+        ),
+        (
+            &["--prelude", "0", "--core", "1-3", "--coda", "9"],
+            "coda layer 9 is out of range",
+        ),
         (&["--layers", "2,0,2"], "at least one layer"),
-        (&["--prelude", "0", "--core", "", "--coda", "4"], "at least one layer"),
-        (&["--layers", "3,2,2"], "needs 7 layers, but the source has 5"),
+        (
+            &["--prelude", "0", "--core", "", "--coda", "4"],
+            "at least one layer",
+        ),
+        (
+            &["--layers", "3,2,2"],
+            "needs 7 layers, but the source has 5",
+        ),
         (&["--layers", "1,2"], "expected three counts"),
-        (&["--layers", "1,3,1", "--adapter", "fancy"], "unknown adapter mode `fancy`"),
+        (
+            &["--layers", "1,3,1", "--adapter", "fancy"],
+            "unknown adapter mode `fancy`",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec!["surgery", "--model", hf, "--out", out_s];
@@ -246,18 +409,38 @@ fn surgery_bad_selections_and_existing_output() {
     // An existing output directory is never touched without --force.
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
-    let err = rr_fails(&["surgery", "--model", hf, "--out", out_s, "--layers", "1,3,1"]);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    let err = rr_fails(&[
+        "surgery", "--model", hf, "--out", out_s, "--layers", "1,3,1",
+    ]);
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
     // --dry-run prints the plan and writes nothing.
     let dry = tmp.path().join("dry");
     let status = Command::new(env!("CARGO_BIN_EXE_rr"))
-        .args(["surgery", "--model", hf, "--out", dry.to_str().unwrap(), "--layers", "1,3,1", "--dry-run"])
+        .args([
+            "surgery",
+            "--model",
+            hf,
+            "--out",
+            dry.to_str().unwrap(),
+            "--layers",
+            "1,3,1",
+            "--dry-run",
+        ])
         .output()
         .unwrap();
     assert!(status.status.success());
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("transformer.core_block.2") && text.contains("r = 32"), "{text}");
+    assert!(
+        text.contains("transformer.core_block.2") && text.contains("r = 32"),
+        "{text}"
+    );
     assert!(!dry.exists());
 }
 
@@ -270,10 +453,21 @@ fn recurrence_flag_is_checked() {
     let mut args = score_args(hf.to_str().unwrap(), text.to_str().unwrap());
     args.extend(["--recurrence", "4"]);
     let err = rr_fails(&args);
-    assert!(err.contains("--recurrence applies only to recurrent models"), "{err}");
+    assert!(
+        err.contains("--recurrence applies only to recurrent models"),
+        "{err}"
+    );
     let rec = tmp.path().join("rec");
     let ok = Command::new(env!("CARGO_BIN_EXE_rr"))
-        .args(["surgery", "--model", hf.to_str().unwrap(), "--out", rec.to_str().unwrap(), "--layers", "1,3,1"])
+        .args([
+            "surgery",
+            "--model",
+            hf.to_str().unwrap(),
+            "--out",
+            rec.to_str().unwrap(),
+            "--layers",
+            "1,3,1",
+        ])
         .output()
         .unwrap();
     assert!(ok.status.success());

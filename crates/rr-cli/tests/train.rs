@@ -13,19 +13,33 @@ fn shared_data() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+        panic!(
+            "shared data not found at {} (set RR_SHARED_DATA)",
+            dir.display()
+        );
     }
-    eprintln!("skipping: shared data not found at {} (set RR_SHARED_DATA)", dir.display());
+    eprintln!(
+        "skipping: shared data not found at {} (set RR_SHARED_DATA)",
+        dir.display()
+    );
     None
 }
 
 fn rr(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rr")).current_dir(dir).args(args).output().expect("run rr")
+    Command::new(env!("CARGO_BIN_EXE_rr"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run rr")
 }
 
 fn rr_ok(dir: &Path, args: &[&str]) {
     let out = rr(dir, args);
-    assert!(out.status.success(), "rr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rr_err(dir: &Path, args: &[&str]) -> String {
@@ -45,10 +59,40 @@ fn setup(shared: &Path, steps: usize) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let hf = shared.join("models/stories260K/hf");
-    rr_ok(d, &["surgery", "--model", hf.to_str().unwrap(), "--layers", "1,3,1", "--out", "rec"]);
-    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt")).unwrap();
+    rr_ok(
+        d,
+        &[
+            "surgery",
+            "--model",
+            hf.to_str().unwrap(),
+            "--layers",
+            "1,3,1",
+            "--out",
+            "rec",
+        ],
+    );
+    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt"))
+        .unwrap();
     std::fs::write(d.join("stories.txt"), &text[..60_000]).unwrap();
-    rr_ok(d, &["data", "pack", "--tokenizer", "rec", "--input", "stories.txt", "--format", "text", "--seq-len", "32", "--out", "packed", "--heldout-fraction", "0.05"]);
+    rr_ok(
+        d,
+        &[
+            "data",
+            "pack",
+            "--tokenizer",
+            "rec",
+            "--input",
+            "stories.txt",
+            "--format",
+            "text",
+            "--seq-len",
+            "32",
+            "--out",
+            "packed",
+            "--heldout-fraction",
+            "0.05",
+        ],
+    );
     std::fs::write(d.join("cfg.toml"), recipe(steps, "packed", "rec")).unwrap();
     tmp
 }
@@ -111,7 +155,10 @@ fn kill_and_resume_gives_bit_identical_losses() {
     let steps = 20;
     let tmp = setup(&shared, steps);
     let d = tmp.path();
-    rr_ok(d, &["train", "--config", "cfg.toml", "--run-dir", "straight"]);
+    rr_ok(
+        d,
+        &["train", "--config", "cfg.toml", "--run-dir", "straight"],
+    );
     let straight = losses(&d.join("straight"));
     assert_eq!(straight.len(), steps);
 
@@ -125,7 +172,10 @@ fn kill_and_resume_gives_bit_identical_losses() {
     let first = d.join("killed/checkpoints/step-000010");
     let start = Instant::now();
     while !first.exists() {
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("training ended early: {status}");
         }
@@ -134,14 +184,34 @@ fn kill_and_resume_gives_bit_identical_losses() {
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = losses(&d.join("killed"));
-    assert!(partial.len() < steps, "the run finished before it was killed; nothing was tested");
+    assert!(
+        partial.len() < steps,
+        "the run finished before it was killed; nothing was tested"
+    );
 
-    rr_ok(d, &["train", "--config", "cfg.toml", "--run-dir", "killed", "--resume"]);
+    rr_ok(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "killed",
+            "--resume",
+        ],
+    );
     let resumed = losses(&d.join("killed"));
     assert_eq!(resumed.len(), steps);
     for (a, b) in straight.iter().zip(&resumed) {
         assert_eq!(a.0, b.0);
-        assert_eq!(a.1.to_bits(), b.1.to_bits(), "step {}: {} vs {}", a.0, a.1, b.1);
+        assert_eq!(
+            a.1.to_bits(),
+            b.1.to_bits(),
+            "step {}: {} vs {}",
+            a.0,
+            a.1,
+            b.1
+        );
     }
     // Only the newest K checkpoints are kept, and each is a usable model.
     let ckpts: Vec<String> = std::fs::read_dir(d.join("killed/checkpoints"))
@@ -151,14 +221,43 @@ fn kill_and_resume_gives_bit_identical_losses() {
         .collect();
     assert_eq!(ckpts.len(), 2, "{ckpts:?}");
     let text = d.join("stories.txt");
-    rr_ok(d, &["score", "--model", "killed/checkpoints/step-000020", "--text-file", text.to_str().unwrap(), "--max-tokens", "64", "--recurrence", "2", "--device", "cpu"]);
+    rr_ok(
+        d,
+        &[
+            "score",
+            "--model",
+            "killed/checkpoints/step-000020",
+            "--text-file",
+            text.to_str().unwrap(),
+            "--max-tokens",
+            "64",
+            "--recurrence",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    );
     for f in ["summary.md", "loss.svg", "heldout.svg"] {
         assert!(d.join("killed").join(f).exists(), "{f} missing");
     }
 
     // A changed recipe is refused on resume unless forced.
-    std::fs::write(d.join("cfg.toml"), recipe(steps, "packed", "rec").replace("seed = 7", "seed = 8")).unwrap();
-    let err = rr_err(d, &["train", "--config", "cfg.toml", "--run-dir", "killed", "--resume"]);
+    std::fs::write(
+        d.join("cfg.toml"),
+        recipe(steps, "packed", "rec").replace("seed = 7", "seed = 8"),
+    )
+    .unwrap();
+    let err = rr_err(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "killed",
+            "--resume",
+        ],
+    );
     assert!(err.contains("config changed"), "{err}");
 }
 
@@ -169,9 +268,15 @@ fn bad_recipes_are_refused_before_any_compute() {
     let d = tmp.path();
     let good = recipe(4, "packed", "rec");
     let cases: Vec<(String, &str)> = vec![
-        (good.replace("seed = 7", "seed = 7\nlearning_rate = 3"), "unknown field `learning_rate`"),
+        (
+            good.replace("seed = 7", "seed = 7\nlearning_rate = 3"),
+            "unknown field `learning_rate`",
+        ),
         (good.replace("steps = 4", "steps = 0"), "must be at least 1"),
-        (good.replace("shape = \"linear\"", "shape = \"cubic\""), "unknown variant `cubic`"),
+        (
+            good.replace("shape = \"linear\"", "shape = \"cubic\""),
+            "unknown variant `cubic`",
+        ),
         (recipe(4, "missing", "rec"), "missing"),
         (recipe(4, "packed", "nowhere"), "nowhere"),
     ];
@@ -184,20 +289,74 @@ fn bad_recipes_are_refused_before_any_compute() {
     }
     // Packed with another tokenizer (Llama 2's).
     let llama2 = shared.join("tokenizers/llama2/tokenizer.json");
-    rr_ok(d, &["data", "pack", "--tokenizer", llama2.to_str().unwrap(), "--input", "stories.txt", "--format", "text", "--seq-len", "32", "--out", "packed-llama2"]);
+    rr_ok(
+        d,
+        &[
+            "data",
+            "pack",
+            "--tokenizer",
+            llama2.to_str().unwrap(),
+            "--input",
+            "stories.txt",
+            "--format",
+            "text",
+            "--seq-len",
+            "32",
+            "--out",
+            "packed-llama2",
+        ],
+    );
     std::fs::write(d.join("bad.toml"), recipe(4, "packed-llama2", "rec")).unwrap();
-    let err = rr_err(d, &["train", "--config", "bad.toml", "--run-dir", "run-tok"]);
+    let err = rr_err(
+        d,
+        &["train", "--config", "bad.toml", "--run-dir", "run-tok"],
+    );
     assert!(err.contains("tokenizer"), "{err}");
     assert!(!d.join("run-tok").exists());
     // Rows longer than the model's context (stories260K: 512).
-    rr_ok(d, &["data", "pack", "--tokenizer", "rec", "--input", "stories.txt", "--format", "text", "--seq-len", "600", "--out", "packed-long"]);
+    rr_ok(
+        d,
+        &[
+            "data",
+            "pack",
+            "--tokenizer",
+            "rec",
+            "--input",
+            "stories.txt",
+            "--format",
+            "text",
+            "--seq-len",
+            "600",
+            "--out",
+            "packed-long",
+        ],
+    );
     std::fs::write(d.join("bad.toml"), recipe(4, "packed-long", "rec")).unwrap();
-    let err = rr_err(d, &["train", "--config", "bad.toml", "--run-dir", "run-long"]);
+    let err = rr_err(
+        d,
+        &["train", "--config", "bad.toml", "--run-dir", "run-long"],
+    );
     assert!(err.contains("beyond the model's context"), "{err}");
     assert!(!d.join("run-long").exists());
     // Empty input data.
     std::fs::write(d.join("empty.txt"), "\n\n").unwrap();
-    let err = rr_err(d, &["data", "pack", "--tokenizer", "rec", "--input", "empty.txt", "--format", "text", "--seq-len", "32", "--out", "packed-empty"]);
+    let err = rr_err(
+        d,
+        &[
+            "data",
+            "pack",
+            "--tokenizer",
+            "rec",
+            "--input",
+            "empty.txt",
+            "--format",
+            "text",
+            "--seq-len",
+            "32",
+            "--out",
+            "packed-empty",
+        ],
+    );
     assert!(err.contains("empty.txt"), "{err}");
     assert!(!d.join("packed-empty").exists());
 }
@@ -212,8 +371,14 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .replace("checkpoint_every = 10", "checkpoint_every = 1")
         .replace("kind = \"muon\"", "kind = \"adamw\"\nlr = 1e30");
     std::fs::write(d.join("diverge.toml"), text).unwrap();
-    let err = rr_err(d, &["train", "--config", "diverge.toml", "--run-dir", "diverge"]);
-    assert!(err.contains("non-finite") && err.contains("step 2"), "{err}");
+    let err = rr_err(
+        d,
+        &["train", "--config", "diverge.toml", "--run-dir", "diverge"],
+    );
+    assert!(
+        err.contains("non-finite") && err.contains("step 2"),
+        "{err}"
+    );
     assert!(err.contains("step-000001"), "{err}");
     let kept = d.join("diverge/checkpoints/step-000001");
     assert!(kept.join("model.safetensors").exists() && kept.join("trainer_state.json").exists());
@@ -227,8 +392,16 @@ fn bf16_compute_matches_fp32_to_bf16_tolerance() {
     let tmp = setup(&shared, 4);
     let d = tmp.path();
     let base = recipe(4, "packed", "rec");
-    std::fs::write(d.join("f32.toml"), base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"f32\"")).unwrap();
-    std::fs::write(d.join("bf16.toml"), base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"bf16\"")).unwrap();
+    std::fs::write(
+        d.join("f32.toml"),
+        base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"f32\""),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bf16.toml"),
+        base.replace("device = \"cpu\"", "device = \"cpu\"\ndtype = \"bf16\""),
+    )
+    .unwrap();
     rr_ok(d, &["train", "--config", "f32.toml", "--run-dir", "f32"]);
     rr_ok(d, &["train", "--config", "bf16.toml", "--run-dir", "bf16"]);
     let (a, b) = (losses(&d.join("f32")), losses(&d.join("bf16")));

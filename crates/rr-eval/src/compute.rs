@@ -22,7 +22,11 @@ pub const BACKPROP_DEPTH: f64 = 8.0;
 impl StackParams {
     /// From a per-layer count and the number of layers in each stack.
     pub fn from_layers(per_layer: u64, prelude: usize, core: usize, coda: usize) -> Self {
-        Self { prelude: per_layer * prelude as u64, core: per_layer * core as u64, coda: per_layer * coda as u64 }
+        Self {
+            prelude: per_layer * prelude as u64,
+            core: per_layer * core as u64,
+            coda: per_layer * coda as u64,
+        }
     }
 
     pub fn effective_parameters(&self, r: u64) -> u64 {
@@ -34,7 +38,9 @@ impl StackParams {
         let with_grad = r.min(BACKPROP_DEPTH);
         let forward_only = (r - BACKPROP_DEPTH).max(0.0);
         6.0 * tokens as f64
-            * ((self.prelude + self.coda) as f64 + with_grad * self.core as f64 + forward_only / 3.0 * self.core as f64)
+            * ((self.prelude + self.coda) as f64
+                + with_grad * self.core as f64
+                + forward_only / 3.0 * self.core as f64)
     }
 }
 
@@ -52,12 +58,19 @@ mod tests {
         // method.md §7: 44,044,288 per layer; 704.7M at r = 1 and 11.63B at r = 32.
         let s = StackParams::from_layers(44_044_288, 4, 8, 4);
         assert_eq!(s.effective_parameters(1), 704_708_608);
-        assert_eq!((s.effective_parameters(32) as f64 / 1e7).round() / 100.0, 11.63);
+        assert_eq!(
+            (s.effective_parameters(32) as f64 / 1e7).round() / 100.0,
+            11.63
+        );
     }
 
     #[test]
     fn flops_count_at_most_eight_backprop_iterations() {
-        let s = StackParams { prelude: 10, core: 100, coda: 20 };
+        let s = StackParams {
+            prelude: 10,
+            core: 100,
+            coda: 20,
+        };
         // r = 4: 6·B·(30 + 4·100)
         assert_eq!(s.training_flops(2, 4.0), 6.0 * 2.0 * 430.0);
         // r = 32: 6·B·(30 + 8·100 + 24/3·100)

@@ -22,9 +22,18 @@ const COLORS: [RGBColor; 6] = [
 
 /// Writes a line plot of `series` to `path` (SVG), atomically. `log_x` plots x on a log2 axis
 /// (for recurrences 1, 2, 4, ...).
-pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> Result<()> {
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_x: bool,
+) -> Result<()> {
     let points = || series.iter().flat_map(|s| s.points.iter().copied());
-    let finite: Vec<(f64, f64)> = points().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let finite: Vec<(f64, f64)> = points()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
     if finite.is_empty() {
         anyhow::bail!("{}: nothing to plot", path.display());
     }
@@ -56,18 +65,30 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
-            .x_label_formatter(&|x| if log_x { format!("{}", 2f64.powf(*x).round()) } else { format!("{x:.0}") })
+            .x_label_formatter(&|x| {
+                if log_x {
+                    format!("{}", 2f64.powf(*x).round())
+                } else {
+                    format!("{x:.0}")
+                }
+            })
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let pts: Vec<(f64, f64)> =
-                s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| (tx(x), y)).collect();
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|&(x, y)| (tx(x), y))
+                .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .label(s.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
             if pts.len() <= 64 {
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))

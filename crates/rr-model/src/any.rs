@@ -13,7 +13,11 @@ use crate::recurrent::{is_recurrent_dir, InitialState, RecurrentCache, Recurrent
 pub enum AnyModel {
     Llama(LlamaModel),
     /// A recurrent model run at `recurrence` iterations, its state drawn with `seed`.
-    Recurrent { model: RecurrentModel, recurrence: usize, seed: u64 },
+    Recurrent {
+        model: RecurrentModel,
+        recurrence: usize,
+        seed: u64,
+    },
 }
 
 pub enum AnyCache {
@@ -24,17 +28,30 @@ pub enum AnyCache {
 impl AnyModel {
     /// Loads `dir`; `recurrence` defaults to the config's `mean_recurrence` and is refused for
     /// ordinary models.
-    pub fn load(dir: &Path, device: Device, dtype: Kind, recurrence: Option<usize>, seed: u64) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        device: Device,
+        dtype: Kind,
+        recurrence: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
         if is_recurrent_dir(dir) {
             let model = RecurrentModel::load(dir, device, dtype)?;
             let recurrence = recurrence.unwrap_or(model.config.mean_recurrence);
             if recurrence == 0 {
                 bail!("--recurrence must be at least 1");
             }
-            Ok(AnyModel::Recurrent { model, recurrence, seed })
+            Ok(AnyModel::Recurrent {
+                model,
+                recurrence,
+                seed,
+            })
         } else {
             if recurrence.is_some() {
-                bail!("{}: --recurrence applies only to recurrent models; this one is not", dir.display());
+                bail!(
+                    "{}: --recurrence applies only to recurrent models; this one is not",
+                    dir.display()
+                );
             }
             Ok(AnyModel::Llama(LlamaModel::load(dir, device, dtype)?))
         }
@@ -69,8 +86,23 @@ impl CausalLm for AnyModel {
     fn forward_cached(&self, ids: &Tensor, cache: &mut AnyCache) -> Tensor {
         match (self, cache) {
             (AnyModel::Llama(m), AnyCache::Llama(c)) => m.forward_with_cache(ids, None, c),
-            (AnyModel::Recurrent { model, recurrence, seed }, AnyCache::Recurrent(c)) => {
-                model.forward_with_cache(ids, None, *recurrence, &InitialState::Random { seed: *seed }, c).logits
+            (
+                AnyModel::Recurrent {
+                    model,
+                    recurrence,
+                    seed,
+                },
+                AnyCache::Recurrent(c),
+            ) => {
+                model
+                    .forward_with_cache(
+                        ids,
+                        None,
+                        *recurrence,
+                        &InitialState::Random { seed: *seed },
+                        c,
+                    )
+                    .logits
             }
             _ => unreachable!("a cache is only ever made by its own model"),
         }
@@ -79,8 +111,20 @@ impl CausalLm for AnyModel {
     fn forward_full(&self, ids: &Tensor) -> Tensor {
         match self {
             AnyModel::Llama(m) => m.forward(ids, None),
-            AnyModel::Recurrent { model, recurrence, seed } => {
-                model.forward(ids, None, *recurrence, 0, &InitialState::Random { seed: *seed }).logits
+            AnyModel::Recurrent {
+                model,
+                recurrence,
+                seed,
+            } => {
+                model
+                    .forward(
+                        ids,
+                        None,
+                        *recurrence,
+                        0,
+                        &InitialState::Random { seed: *seed },
+                    )
+                    .logits
             }
         }
     }

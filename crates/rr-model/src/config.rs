@@ -123,15 +123,18 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Reads and validates `config.json` (a file, or a model directory containing one).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("{}: cannot read model config", file.display()))?;
         Self::from_json_str(&text).with_context(|| format!("{}", file.display()))
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let mut cfg: LlamaConfig =
-            serde_json::from_str(text).context("invalid model config")?;
+        let mut cfg: LlamaConfig = serde_json::from_str(text).context("invalid model config")?;
         if let Some(params) = cfg.rope_parameters.take() {
             if let Some(theta) = params.rope_theta {
                 cfg.rope_theta = theta;
@@ -168,7 +171,10 @@ impl LlamaConfig {
             );
         }
         if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
-            bail!("invalid model config: head_dim {} must be even and positive (RoPE)", self.head_dim());
+            bail!(
+                "invalid model config: head_dim {} must be even and positive (RoPE)",
+                self.head_dim()
+            );
         }
         let kv = self.num_kv_heads();
         if kv == 0 || self.num_attention_heads % kv != 0 {
@@ -217,7 +223,8 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn num_kv_heads(&self) -> usize {
@@ -240,7 +247,10 @@ impl LlamaConfig {
     }
 
     pub fn eos_token_ids(&self) -> Vec<i64> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 }
 
@@ -298,13 +308,19 @@ mod tests {
         assert!(err.contains("hidden_size"), "{err}");
         let wrong_type = TINYLLAMA.replace("\"hidden_size\":2048", "\"hidden_size\":\"big\"");
         let err = format!("{:#}", LlamaConfig::from_json_str(&wrong_type).unwrap_err());
-        assert!(err.contains("hidden_size") || err.contains("invalid type"), "{err}");
+        assert!(
+            err.contains("hidden_size") || err.contains("invalid type"),
+            "{err}"
+        );
         let bad_gqa = TINYLLAMA.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":5");
         let err = format!("{:#}", LlamaConfig::from_json_str(&bad_gqa).unwrap_err());
         assert!(err.contains("num_key_value_heads"), "{err}");
         let gelu = TINYLLAMA.replace("\"silu\"", "\"gelu\"");
         assert!(LlamaConfig::from_json_str(&gelu).is_err());
-        let yarn = TINYLLAMA.replace("\"rope_scaling\":null", "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":2.0}");
+        let yarn = TINYLLAMA.replace(
+            "\"rope_scaling\":null",
+            "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":2.0}",
+        );
         let err = format!("{:#}", LlamaConfig::from_json_str(&yarn).unwrap_err());
         assert!(err.contains("yarn"), "{err}");
     }

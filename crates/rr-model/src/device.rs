@@ -25,7 +25,10 @@ pub fn parse_device(name: &str) -> Result<Device> {
                 if (index as i64) < Cuda::device_count() {
                     Ok(Device::Cuda(index))
                 } else if Cuda::is_available() {
-                    bail!("device `{other}`: only {} CUDA device(s) visible", Cuda::device_count())
+                    bail!(
+                        "device `{other}`: only {} CUDA device(s) visible",
+                        Cuda::device_count()
+                    )
                 } else {
                     Err(cuda_missing())
                 }

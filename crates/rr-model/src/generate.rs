@@ -47,7 +47,10 @@ pub enum Sampling {
     Greedy,
     /// Softmax at `temperature`, then sample from the smallest set of tokens whose
     /// probabilities sum to at least `top_p`.
-    TopP { temperature: f64, top_p: f64 },
+    TopP {
+        temperature: f64,
+        top_p: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -125,13 +128,24 @@ pub fn generate<M: CausalLm>(
         let logits = if !opts.use_cache {
             model.forward_full(&Tensor::from_slice(&all).view([1, -1]).to_device(device))
         } else if step == 0 {
-            model.forward_cached(&Tensor::from_slice(prompt).view([1, -1]).to_device(device), &mut cache)
+            model.forward_cached(
+                &Tensor::from_slice(prompt).view([1, -1]).to_device(device),
+                &mut cache,
+            )
         } else {
             let last = *all.last().expect("non-empty");
-            model.forward_cached(&Tensor::from_slice(&[last]).view([1, 1]).to_device(device), &mut cache)
+            model.forward_cached(
+                &Tensor::from_slice(&[last]).view([1, 1]).to_device(device),
+                &mut cache,
+            )
         };
-        let last_logits: Vec<f32> =
-            Vec::try_from(logits.get(0).get(-1).to_kind(Kind::Float).to_device(Device::Cpu))?;
+        let last_logits: Vec<f32> = Vec::try_from(
+            logits
+                .get(0)
+                .get(-1)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu),
+        )?;
         let next = sample(&last_logits, &opts.sampling, &mut rng);
         if opts.eos_ids.contains(&next) {
             stop = StopReason::Eos;
@@ -145,7 +159,12 @@ pub fn generate<M: CausalLm>(
             if text.ends_with('\u{FFFD}') {
                 continue;
             }
-            if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+            if let Some(cut) = opts
+                .stop_strings
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 if cut > emitted.len() && text.is_char_boundary(cut) && text.starts_with(&emitted) {
                     on_text(&text[emitted.len()..cut]);
                 }
@@ -159,7 +178,11 @@ pub fn generate<M: CausalLm>(
             emitted = text;
         }
     }
-    Ok(Generation { ids: generated, text: emitted, stop })
+    Ok(Generation {
+        ids: generated,
+        text: emitted,
+        stop,
+    })
 }
 
 /// Picks the next token from one row of logits.
@@ -217,7 +240,10 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // Probabilities 0.5, 0.3, 0.2 at temperature 1: top-p 0.75 keeps ids 0 and 1 only.
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let sampling = Sampling::TopP { temperature: 1.0, top_p: 0.75 };
+        let sampling = Sampling::TopP {
+            temperature: 1.0,
+            top_p: 0.75,
+        };
         let mut rng = StdRng::seed_from_u64(7);
         let mut counts = [0usize; 3];
         for _ in 0..20_000 {
@@ -237,10 +263,15 @@ mod tests {
     #[test]
     fn same_seed_same_draws() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let s = Sampling::TopP { temperature: 0.8, top_p: 0.9 };
+        let s = Sampling::TopP {
+            temperature: 0.8,
+            top_p: 0.9,
+        };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..20).map(|_| sample(&logits, &s, &mut rng)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| sample(&logits, &s, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

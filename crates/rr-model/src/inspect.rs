@@ -73,7 +73,12 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     };
     let effective_parameters = recurrent
         .as_ref()
-        .map(|rc| [1, 2, 4, 8, 16, 32].iter().map(|&r| (r, rc.effective_parameters(r))).collect())
+        .map(|rc| {
+            [1, 2, 4, 8, 16, 32]
+                .iter()
+                .map(|&r| (r, rc.effective_parameters(r)))
+                .collect()
+        })
         .unwrap_or_default();
     let files = SafetensorsFiles::open_dir(dir)?;
     let mut parameters = BTreeMap::new();
@@ -97,7 +102,16 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     } else {
         None
     };
-    Ok(Inspection { config, recurrent, effective_parameters, parameters, total_parameters: total, dtypes, files: files.describe(), tokenizer })
+    Ok(Inspection {
+        config,
+        recurrent,
+        effective_parameters,
+        parameters,
+        total_parameters: total,
+        dtypes,
+        files: files.describe(),
+        tokenizer,
+    })
 }
 
 impl fmt::Display for Inspection {
@@ -124,20 +138,54 @@ impl fmt::Display for Inspection {
             c.num_kv_heads(),
             c.head_dim()
         )?;
-        let scaling = c.rope_scaling.as_ref().map(|s| format!(", scaling {}", s.rope_type)).unwrap_or_default();
-        writeln!(f, "positions      context {}, rope θ {}{scaling}", c.max_position_embeddings, c.rope_theta)?;
-        writeln!(f, "vocabulary     {} (head {})", c.vocab_size, if c.tie_word_embeddings { "tied" } else { "untied" })?;
+        let scaling = c
+            .rope_scaling
+            .as_ref()
+            .map(|s| format!(", scaling {}", s.rope_type))
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "positions      context {}, rope θ {}{scaling}",
+            c.max_position_embeddings, c.rope_theta
+        )?;
+        writeln!(
+            f,
+            "vocabulary     {} (head {})",
+            c.vocab_size,
+            if c.tie_word_embeddings {
+                "tied"
+            } else {
+                "untied"
+            }
+        )?;
         writeln!(f, "files          {}", self.files)?;
-        let dtypes: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+        let dtypes: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{d} ×{n}"))
+            .collect();
         writeln!(f, "dtypes         {}", dtypes.join(", "))?;
         writeln!(f, "parameters")?;
         for (stack, n) in &self.parameters {
             writeln!(f, "  {stack:<13}{:>15}", group_digits(*n))?;
         }
-        writeln!(f, "  {:<13}{:>15}", "total", group_digits(self.total_parameters))?;
-        writeln!(f, "  {:<13}{:>15}", "per layer", group_digits(c.params_per_layer()))?;
+        writeln!(
+            f,
+            "  {:<13}{:>15}",
+            "total",
+            group_digits(self.total_parameters)
+        )?;
+        writeln!(
+            f,
+            "  {:<13}{:>15}",
+            "per layer",
+            group_digits(c.params_per_layer())
+        )?;
         if !self.effective_parameters.is_empty() {
-            writeln!(f, "effective parameters (blocks only, N_p + N_c + r·N_core)")?;
+            writeln!(
+                f,
+                "effective parameters (blocks only, N_p + N_c + r·N_core)"
+            )?;
             for (r, n) in &self.effective_parameters {
                 writeln!(f, "  r = {r:<9}{:>15}", group_digits(*n))?;
             }
@@ -148,7 +196,8 @@ impl fmt::Display for Inspection {
                 "tokenizer      {}, {} tokens, BOS added: {}, EOS ids {:?}",
                 t.kind,
                 t.vocab_size,
-                t.bos_added.map_or("no".to_string(), |id| format!("yes ({id})")),
+                t.bos_added
+                    .map_or("no".to_string(), |id| format!("yes ({id})")),
                 t.eos_ids
             ),
             None => write!(f, "tokenizer      none (no tokenizer.json)"),

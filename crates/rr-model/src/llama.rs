@@ -22,7 +22,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(p: nn::Path, size: i64, eps: f64) -> Self {
-        Self { weight: p.var("weight", &[size], Init::Const(1.0)), eps }
+        Self {
+            weight: p.var("weight", &[size], Init::Const(1.0)),
+            eps,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -44,7 +47,9 @@ pub struct Rope {
 impl Rope {
     pub fn new(cfg: &LlamaConfig, device: Device) -> Self {
         let inv_freq = rope_inv_freq(cfg.head_dim(), cfg.rope_theta, cfg.rope_scaling.as_ref());
-        Self { inv_freq: Tensor::from_slice(&inv_freq).to_device(device) }
+        Self {
+            inv_freq: Tensor::from_slice(&inv_freq).to_device(device),
+        }
     }
 
     /// `cos` and `sin` of shape [B, 1, T, head_dim] for positions [B, T], in `dtype`.
@@ -69,9 +74,12 @@ impl Rope {
 pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
     // fp32 arithmetic, as transformers computes it, so angles agree to the last bits.
     let base = theta as f32;
-    let inv: Vec<f32> =
-        (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
-    let Some(s) = scaling.filter(|s| s.rope_type == "llama3") else { return inv };
+    let inv: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let Some(s) = scaling.filter(|s| s.rope_type == "llama3") else {
+        return inv;
+    };
     let factor = s.factor.unwrap_or(1.0) as f32;
     let low = s.low_freq_factor.unwrap_or(1.0) as f32;
     let high = s.high_freq_factor.unwrap_or(4.0) as f32;
@@ -135,8 +143,14 @@ pub enum Layout {
 /// The q, k and v projections: three matrices, or one with the rows stacked.
 #[derive(Debug)]
 pub enum QkvProj {
-    Separate { q_proj: Tensor, k_proj: Tensor, v_proj: Tensor },
-    Fused { wqkv: Tensor },
+    Separate {
+        q_proj: Tensor,
+        k_proj: Tensor,
+        v_proj: Tensor,
+    },
+    Fused {
+        wqkv: Tensor,
+    },
 }
 
 /// Causal self-attention with grouped-query heads.
@@ -178,16 +192,31 @@ impl Attention {
                 },
                 weight("o_proj", h, nq * d),
             ),
-            Layout::Raven => {
-                (QkvProj::Fused { wqkv: weight("Wqkv", (nq + 2 * nkv) * d, h) }, weight("proj", h, nq * d))
-            }
+            Layout::Raven => (
+                QkvProj::Fused {
+                    wqkv: weight("Wqkv", (nq + 2 * nkv) * d, h),
+                },
+                weight("proj", h, nq * d),
+            ),
         };
-        Self { qkv, out_proj, q_norm, k_norm, num_heads: nq, num_kv_heads: nkv, head_dim: d }
+        Self {
+            qkv,
+            out_proj,
+            q_norm,
+            k_norm,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+        }
     }
 
     fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         match &self.qkv {
-            QkvProj::Separate { q_proj, k_proj, v_proj } => (
+            QkvProj::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
                 x.linear::<&Tensor>(q_proj, None),
                 x.linear::<&Tensor>(k_proj, None),
                 x.linear::<&Tensor>(v_proj, None),
@@ -195,7 +224,9 @@ impl Attention {
             QkvProj::Fused { wqkv } => {
                 let q = self.num_heads * self.head_dim;
                 let kv = self.num_kv_heads * self.head_dim;
-                let parts = x.linear::<&Tensor>(wqkv, None).split_with_sizes([q, kv, kv], -1);
+                let parts = x
+                    .linear::<&Tensor>(wqkv, None)
+                    .split_with_sizes([q, kv, kv], -1);
                 let mut it = parts.into_iter();
                 let (q, k, v) = (it.next(), it.next(), it.next());
                 (q.expect("q"), k.expect("k"), v.expect("v"))
@@ -226,12 +257,12 @@ impl Attention {
         };
         let gqa = self.num_heads != self.num_kv_heads;
         let y = match mask {
-            AttnMask::Causal => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
-            }
-            AttnMask::None => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, gqa)
-            }
+            AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, 0.0, true, None, gqa,
+            ),
+            AttnMask::None => Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, 0.0, false, None, gqa,
+            ),
             AttnMask::Explicit(m) => {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
             }
@@ -267,10 +298,18 @@ impl Mlp {
         };
         match layout {
             Layout::Hf => Self {
-                gate_up: GateUpProj::Separate { gate_proj: weight("gate_proj", i, h), up_proj: weight("up_proj", i, h) },
+                gate_up: GateUpProj::Separate {
+                    gate_proj: weight("gate_proj", i, h),
+                    up_proj: weight("up_proj", i, h),
+                },
                 down_proj: weight("down_proj", h, i),
             },
-            Layout::Raven => Self { gate_up: GateUpProj::Fused { fc: weight("fc", 2 * i, h) }, down_proj: weight("proj", h, i) },
+            Layout::Raven => Self {
+                gate_up: GateUpProj::Fused {
+                    fc: weight("fc", 2 * i, h),
+                },
+                down_proj: weight("proj", h, i),
+            },
         }
     }
 
@@ -306,8 +345,18 @@ impl Block {
         let h = cfg.hidden_size as i64;
         let eps = cfg.rms_norm_eps;
         let (attn_name, mlp_name, norm_1, norm_2) = match (layout, cfg.model_type) {
-            (Layout::Hf, ModelType::Llama) => ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm"),
-            (Layout::Hf, ModelType::Olmo2) => ("self_attn", "mlp", "post_attention_layernorm", "post_feedforward_layernorm"),
+            (Layout::Hf, ModelType::Llama) => (
+                "self_attn",
+                "mlp",
+                "input_layernorm",
+                "post_attention_layernorm",
+            ),
+            (Layout::Hf, ModelType::Olmo2) => (
+                "self_attn",
+                "mlp",
+                "post_attention_layernorm",
+                "post_feedforward_layernorm",
+            ),
             (Layout::Raven, _) => ("attn", "mlp", "norm_1", "norm_2"),
         };
         Self {
@@ -328,12 +377,16 @@ impl Block {
     ) -> Tensor {
         match self.model_type {
             ModelType::Llama => {
-                let h = x + self.attn.forward(&self.norm_1.forward(x), cos_sin, mask, cache);
+                let h = x + self
+                    .attn
+                    .forward(&self.norm_1.forward(x), cos_sin, mask, cache);
                 let mlp = self.mlp.forward(&self.norm_2.forward(&h));
                 h + mlp
             }
             ModelType::Olmo2 => {
-                let h = x + self.norm_1.forward(&self.attn.forward(x, cos_sin, mask, cache));
+                let h = x + self
+                    .norm_1
+                    .forward(&self.attn.forward(x, cos_sin, mask, cache));
                 let mlp = self.mlp.forward(&h);
                 h + self.norm_2.forward(&mlp)
             }
@@ -353,7 +406,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: (0..num_layers).map(|_| LayerKv::default()).collect(), key_mask: None, len: 0 }
+        Self {
+            layers: (0..num_layers).map(|_| LayerKv::default()).collect(),
+            key_mask: None,
+            len: 0,
+        }
     }
 }
 
@@ -371,15 +428,34 @@ pub fn positions_and_mask(
     device: Device,
 ) -> (Tensor, AttnMask) {
     let Some(key_mask) = key_mask else {
-        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(0).expand([b, t], true);
-        let mask = if past == 0 { AttnMask::Causal } else if t == 1 { AttnMask::None } else { explicit_causal(b, t, past, None, device) };
+        let positions = Tensor::arange_start(past, past + t, (Kind::Int64, device))
+            .unsqueeze(0)
+            .expand([b, t], true);
+        let mask = if past == 0 {
+            AttnMask::Causal
+        } else if t == 1 {
+            AttnMask::None
+        } else {
+            explicit_causal(b, t, past, None, device)
+        };
         return (positions, mask);
     };
-    let positions = (key_mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, t);
-    (positions, explicit_causal(b, t, past, Some(key_mask), device))
+    let positions = (key_mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1)
+        .clamp_min(0)
+        .narrow(1, past, t);
+    (
+        positions,
+        explicit_causal(b, t, past, Some(key_mask), device),
+    )
 }
 
-fn explicit_causal(b: i64, t: i64, past: i64, key_mask: Option<&Tensor>, device: Device) -> AttnMask {
+fn explicit_causal(
+    b: i64,
+    t: i64,
+    past: i64,
+    key_mask: Option<&Tensor>,
+    device: Device,
+) -> AttnMask {
     let s = past + t;
     let q_pos = Tensor::arange_start(past, s, (Kind::Int64, device)).view([t, 1]);
     let k_pos = Tensor::arange(s, (Kind::Int64, device)).view([1, s]);
@@ -387,7 +463,9 @@ fn explicit_causal(b: i64, t: i64, past: i64, key_mask: Option<&Tensor>, device:
     let mut allowed = causal.view([1, 1, t, s]).expand([b, 1, t, s], true);
     if let Some(km) = key_mask {
         let diagonal = k_pos.eq_tensor(&q_pos).view([1, 1, t, s]);
-        allowed = allowed.logical_and(&km.to_kind(Kind::Bool).view([b, 1, 1, s])).logical_or(&diagonal);
+        allowed = allowed
+            .logical_and(&km.to_kind(Kind::Bool).view([b, 1, 1, s]))
+            .logical_or(&diagonal);
     }
     AttnMask::Explicit(allowed)
 }
@@ -422,7 +500,15 @@ impl LlamaModel {
             (&root / "lm_head").var("weight", &[v, h], Init::Const(0.0))
         };
         let rope = Rope::new(&config, vs.device());
-        Self { config, vs, embed_tokens, layers, norm, lm_head, rope }
+        Self {
+            config,
+            vs,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        }
     }
 
     /// Loads a Hugging Face model directory (`config.json` + safetensors) onto `device`,
@@ -446,7 +532,10 @@ impl LlamaModel {
             let ignorable = name.ends_with("rotary_emb.inv_freq")
                 || (name == "lm_head.weight" && self.config.tie_word_embeddings);
             if !ignorable && !vars.contains_key(name) {
-                let file = files.file_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+                let file = files
+                    .file_of(name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 bail!(
                     "{file}: tensor `{name}` does not belong to the model described by config.json \
                      ({} layers, model_type {:?})",
@@ -480,7 +569,10 @@ impl LlamaModel {
         config.torch_dtype = Some(crate::recurrent::dtype_name(self.dtype()).to_string());
         let mut value = serde_json::to_value(&config)?;
         if let Some(obj) = value.as_object_mut() {
-            obj.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!(["LlamaForCausalLM"]),
+            );
             obj.retain(|_, v| !v.is_null());
         }
         let path = dir.join("config.json");
@@ -529,17 +621,30 @@ impl LlamaModel {
         let device = self.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
         // The key mask covers cached and new positions; it exists once anything is padded.
-        let key_mask = match (cache.as_ref().and_then(|c| c.key_mask.as_ref()), attention_mask) {
+        let key_mask = match (
+            cache.as_ref().and_then(|c| c.key_mask.as_ref()),
+            attention_mask,
+        ) {
             (None, None) => None,
             (old, new) => {
-                let old = old.map(|m| m.shallow_clone()).unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
-                let new = new.map(|m| m.to_kind(Kind::Bool).to_device(device)).unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
+                let old = old
+                    .map(|m| m.shallow_clone())
+                    .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
+                let new = new
+                    .map(|m| m.to_kind(Kind::Bool).to_device(device))
+                    .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
                 Some(Tensor::cat(&[&old, &new], 1))
             }
         };
         let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
         let cos_sin = self.rope.cos_sin(&positions, self.dtype());
-        let mut x = Tensor::embedding(&self.embed_tokens, &input_ids.to_device(device), -1, false, false);
+        let mut x = Tensor::embedding(
+            &self.embed_tokens,
+            &input_ids.to_device(device),
+            -1,
+            false,
+            false,
+        );
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, &cos_sin, &mask, layer_cache);
@@ -557,7 +662,11 @@ impl LlamaModel {
         let h = self.config.hidden_size;
         let emb = self.config.vocab_size * h;
         let blocks = self.config.num_hidden_layers * self.config.params_per_layer();
-        let head = if self.config.tie_word_embeddings { 0 } else { emb };
+        let head = if self.config.tie_word_embeddings {
+            0
+        } else {
+            emb
+        };
         (emb, blocks, h, head)
     }
 }

@@ -64,7 +64,12 @@ fn default_like_init() -> String {
 
 impl Default for InitValues {
     fn default() -> Self {
-        Self { std: HUGINN_STD, embedding: HUGINN_STD, out_proj: HUGINN_OUT_PROJ_STD, embed_scale: 1.0 }
+        Self {
+            std: HUGINN_STD,
+            embedding: HUGINN_STD,
+            out_proj: HUGINN_OUT_PROJ_STD,
+            embed_scale: 1.0,
+        }
     }
 }
 
@@ -133,10 +138,19 @@ pub const RAVEN_MODEL_TYPE: &str = "huginn_raven";
 
 impl RecurrentConfig {
     /// A recurrent config for blocks of `source` with the given stack sizes.
-    pub fn from_source(source: &LlamaConfig, prelude: usize, core: usize, coda: usize, mean_recurrence: usize) -> Self {
+    pub fn from_source(
+        source: &LlamaConfig,
+        prelude: usize,
+        core: usize,
+        coda: usize,
+        mean_recurrence: usize,
+    ) -> Self {
         let auto_map = [
             ("AutoConfig", "raven_config_minimal.RavenConfig"),
-            ("AutoModelForCausalLM", "raven_modeling_minimal.RavenForCausalLM"),
+            (
+                "AutoModelForCausalLM",
+                "raven_modeling_minimal.RavenForCausalLM",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -176,28 +190,43 @@ impl RecurrentConfig {
     }
 
     pub fn from_path(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("{}: cannot read model config", file.display()))?;
         let cfg: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid recurrent model config", file.display()))?;
-        cfg.validate().with_context(|| format!("{}", file.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}", file.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
         if self.model_type != RAVEN_MODEL_TYPE {
-            bail!("model_type is `{}`, expected `{RAVEN_MODEL_TYPE}`", self.model_type);
+            bail!(
+                "model_type is `{}`, expected `{RAVEN_MODEL_TYPE}`",
+                self.model_type
+            );
         }
         if self.n_layers_in_recurrent_block == 0 {
             bail!("n_layers_in_recurrent_block must be at least 1 (an empty core cannot recur)");
         }
-        let total = self.n_layers_in_prelude + self.n_layers_in_recurrent_block + self.n_layers_in_coda;
+        let total =
+            self.n_layers_in_prelude + self.n_layers_in_recurrent_block + self.n_layers_in_coda;
         if total != self.n_layers {
-            bail!("n_layers is {}, but prelude + core + coda = {total}", self.n_layers);
+            bail!(
+                "n_layers is {}, but prelude + core + coda = {total}",
+                self.n_layers
+            );
         }
         if self.injection_type != "linear" {
-            bail!("injection_type `{}` is not supported (only `linear`)", self.injection_type);
+            bail!(
+                "injection_type `{}` is not supported (only `linear`)",
+                self.injection_type
+            );
         }
         if self.bias || self.qk_bias {
             bail!("biases (bias / qk_bias) are not supported");
@@ -259,7 +288,9 @@ impl RecurrentConfig {
     /// `N_p + N_c + r·N_core`: effective parameters at recurrence r (method.md §7).
     pub fn effective_parameters(&self, r: usize) -> usize {
         let per = self.params_per_layer();
-        per * (self.n_layers_in_prelude + self.n_layers_in_coda + r * self.n_layers_in_recurrent_block)
+        per * (self.n_layers_in_prelude
+            + self.n_layers_in_coda
+            + r * self.n_layers_in_recurrent_block)
     }
 }
 
@@ -269,7 +300,9 @@ pub enum InitialState {
     /// Truncated normal (σ0, cut at ±3σ0), drawn per token position from a generator seeded
     /// by `(seed, position)`: the same seed gives the same state whatever the batch, its
     /// order, its padding, or whether the tokens come through a cache.
-    Random { seed: u64 },
+    Random {
+        seed: u64,
+    },
     Zeros,
     /// A given state [B, T, h].
     Given(Tensor),
@@ -317,7 +350,9 @@ impl RecurrentModel {
         let h = config.n_embd as i64;
         let v = config.padded_vocab_size() as i64;
         let stack = |name: &str, n: usize| -> Vec<Block> {
-            (0..n).map(|i| Block::new(&tr / name / i, &block_cfg, Layout::Raven)).collect()
+            (0..n)
+                .map(|i| Block::new(&tr / name / i, &block_cfg, Layout::Raven))
+                .collect()
         };
         let wte = (&tr / "wte").var("weight", &[v, h], Init::Const(0.0));
         let prelude = stack("prelude", config.n_layers_in_prelude);
@@ -327,7 +362,18 @@ impl RecurrentModel {
         let ln_f = RmsNorm::new(&tr / "ln_f", h, config.norm_eps);
         let lm_head = (&root / "lm_head").var("weight", &[v, h], Init::Const(0.0));
         let rope = Rope::new(&block_cfg, vs.device());
-        Self { config, vs, wte, prelude, adapter, core_block, coda, ln_f, lm_head, rope }
+        Self {
+            config,
+            vs,
+            wte,
+            prelude,
+            adapter,
+            core_block,
+            coda,
+            ln_f,
+            lm_head,
+            rope,
+        }
     }
 
     /// Loads a recurrent checkpoint directory; parameters in `dtype` whatever the file holds.
@@ -340,7 +386,10 @@ impl RecurrentModel {
         let vars = model.vs.variables();
         for name in files.names() {
             if !vars.contains_key(name) && !name.ends_with("freqs_cis") {
-                let file = files.file_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+                let file = files
+                    .file_of(name)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
                 bail!(
                     "{file}: tensor `{name}` does not belong to the model described by config.json \
                      ({} prelude, {} core, {} coda layers)",
@@ -398,7 +447,14 @@ impl RecurrentModel {
         num_steps_with_grad: usize,
         initial_state: &InitialState,
     ) -> RecurrentOutput {
-        self.forward_impl(input_ids, attention_mask, num_steps_no_grad, num_steps_with_grad, initial_state, None)
+        self.forward_impl(
+            input_ids,
+            attention_mask,
+            num_steps_no_grad,
+            num_steps_with_grad,
+            initial_state,
+            None,
+        )
     }
 
     /// As `forward` at recurrence `r`, appending to and attending over `cache`.
@@ -425,11 +481,18 @@ impl RecurrentModel {
         let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
         let device = self.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
-        let key_mask = match (cache.as_ref().and_then(|c| c.key_mask.as_ref()), attention_mask) {
+        let key_mask = match (
+            cache.as_ref().and_then(|c| c.key_mask.as_ref()),
+            attention_mask,
+        ) {
             (None, None) => None,
             (old, new) => {
-                let old = old.map(|m| m.shallow_clone()).unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
-                let new = new.map(|m| m.to_kind(Kind::Bool).to_device(device)).unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
+                let old = old
+                    .map(|m| m.shallow_clone())
+                    .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
+                let new = new
+                    .map(|m| m.to_kind(Kind::Bool).to_device(device))
+                    .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
                 Some(Tensor::cat(&[&old, &new], 1))
             }
         };
@@ -441,20 +504,30 @@ impl RecurrentModel {
             e = e * self.config.init_values.embed_scale;
         }
         for (i, block) in self.prelude.iter().enumerate() {
-            e = block.forward(&e, &cos_sin, &mask, cache.as_mut().map(|c| &mut c.prelude[i]));
+            e = block.forward(
+                &e,
+                &cos_sin,
+                &mask,
+                cache.as_mut().map(|c| &mut c.prelude[i]),
+            );
         }
 
         let mut state = self.initial_state(initial_state, &positions, &e);
         let total = num_steps_no_grad + num_steps_with_grad;
         if let Some(c) = cache.as_mut() {
             while c.core.len() < total {
-                c.core.push((0..self.core_block.len()).map(|_| LayerKv::default()).collect());
+                c.core.push(
+                    (0..self.core_block.len())
+                        .map(|_| LayerKv::default())
+                        .collect(),
+                );
             }
         }
         for step in 0..total {
             let iteration_cache = cache.as_mut().map(|c| &mut c.core[step]);
             if step < num_steps_no_grad {
-                state = tch::no_grad(|| self.core_step(&state, &e, &cos_sin, &mask, iteration_cache));
+                state =
+                    tch::no_grad(|| self.core_step(&state, &e, &cos_sin, &mask, iteration_cache));
             } else {
                 state = self.core_step(&state, &e, &cos_sin, &mask, iteration_cache);
             }
@@ -497,13 +570,17 @@ impl RecurrentModel {
             InitialState::Given(s) => s.to_device(like.device()).to_kind(like.kind()),
             InitialState::Random { seed } => {
                 let (b, t, h) = like.size3().expect("[B, T, h]");
-                let pos: Vec<i64> = Vec::try_from(positions.to_device(Device::Cpu).flatten(0, -1)).expect("positions");
+                let pos: Vec<i64> = Vec::try_from(positions.to_device(Device::Cpu).flatten(0, -1))
+                    .expect("positions");
                 let std = self.config.init_values.std;
                 let mut values = Vec::with_capacity(pos.len() * h as usize);
                 for p in pos {
                     values.extend(truncated_normal_row(*seed, p as u64, h as usize, std));
                 }
-                Tensor::from_slice(&values).view([b, t, h]).to_device(like.device()).to_kind(like.kind())
+                Tensor::from_slice(&values)
+                    .view([b, t, h])
+                    .to_device(like.device())
+                    .to_kind(like.kind())
             }
         }
     }
@@ -527,7 +604,9 @@ impl RecurrentModel {
 /// `h` values ~ N(0, std²) cut at ±3·std (resampled), from a generator seeded by
 /// `(seed, position)` through SplitMix64 so neighbouring seeds give unrelated streams.
 pub fn truncated_normal_row(seed: u64, position: u64, h: usize, std: f64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(splitmix64(seed ^ splitmix64(position.wrapping_add(0x5851_f42d_4c95_7f2d))));
+    let mut rng = StdRng::seed_from_u64(splitmix64(
+        seed ^ splitmix64(position.wrapping_add(0x5851_f42d_4c95_7f2d)),
+    ));
     (0..h)
         .map(|_| loop {
             let z: f64 = rng.sample(StandardNormal);

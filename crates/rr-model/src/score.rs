@@ -44,13 +44,20 @@ pub fn score_ids<M: CausalLm>(model: &M, ids: &[i64], window: usize) -> Result<S
     let mut start = 0usize;
     while done < ids.len() {
         let end = (start + window).min(ids.len());
-        let chunk = Tensor::from_slice(&ids[start..end]).view([1, -1]).to_device(model.device());
+        let chunk = Tensor::from_slice(&ids[start..end])
+            .view([1, -1])
+            .to_device(model.device());
         let logits = model.forward_full(&chunk);
         // Position p in the chunk predicts token start+p+1; keep targets >= done.
         let first = done - start - 1;
         let n = end - done;
-        let logp = logits.get(0).narrow(0, first as i64, n as i64).log_softmax(-1, Kind::Float);
-        let targets = Tensor::from_slice(&ids[done..end]).to_device(logp.device()).view([-1, 1]);
+        let logp = logits
+            .get(0)
+            .narrow(0, first as i64, n as i64)
+            .log_softmax(-1, Kind::Float);
+        let targets = Tensor::from_slice(&ids[done..end])
+            .to_device(logp.device())
+            .view([-1, 1]);
         let nll = -logp.gather(1, &targets, false).sum(Kind::Double);
         total += f64::try_from(nll)?;
         scored += n;
@@ -61,5 +68,12 @@ pub fn score_ids<M: CausalLm>(model: &M, ids: &[i64], window: usize) -> Result<S
         }
     }
     let mean = total / scored as f64;
-    Ok(Score { tokens: scored, total_nll: total, mean_nll: mean, perplexity: mean.exp(), window, stride })
+    Ok(Score {
+        tokens: scored,
+        total_nll: total,
+        mean_nll: mean,
+        perplexity: mean.exp(),
+        window,
+        stride,
+    })
 }

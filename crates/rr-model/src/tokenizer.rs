@@ -12,7 +12,11 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json` from a model directory (or the file itself).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let file = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_path_buf()
+        };
         if !file.exists() {
             anyhow::bail!("{}: tokenizer file not found", file.display());
         }
@@ -51,7 +55,9 @@ impl Tokenizer {
     }
 
     pub fn id_to_token(&self, id: i64) -> Option<String> {
-        u32::try_from(id).ok().and_then(|id| self.inner.id_to_token(id))
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
     }
 
     /// The end-of-sequence id named by `tokenizer_config.json` beside `tokenizer.json`, or by
@@ -64,7 +70,9 @@ impl Tokenizer {
         if let Some(cfg) = read("tokenizer_config.json") {
             let token = match &cfg["eos_token"] {
                 serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+                serde_json::Value::Object(o) => {
+                    o.get("content").and_then(|c| c.as_str()).map(String::from)
+                }
                 _ => None,
             };
             if let Some(id) = token.and_then(|t| self.token_to_id(&t)) {
@@ -79,7 +87,10 @@ impl Tokenizer {
     /// The model family of the tokenizer (BPE, Unigram, WordPiece, ...).
     pub fn model_kind(&self) -> String {
         let json = serde_json::to_value(self.inner.get_model()).unwrap_or_default();
-        json.get("type").and_then(|t| t.as_str()).unwrap_or("unknown").to_string()
+        json.get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("unknown")
+            .to_string()
     }
 
     /// Whether encoding with special tokens prepends something (a BOS) to plain text.

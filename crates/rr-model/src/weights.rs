@@ -63,7 +63,10 @@ impl SafetensorsFiles {
         let mut shards = Vec::new();
         for name in shard_names {
             if name.contains('/') || name.contains("..") {
-                bail!("{}: shard name `{name}` is not a plain file name", index_path.display());
+                bail!(
+                    "{}: shard name `{name}` is not a plain file name",
+                    index_path.display()
+                );
             }
             let path = dir.join(name);
             if !path.exists() {
@@ -78,7 +81,12 @@ impl SafetensorsFiles {
         let files = Self::open_files(&shards)?;
         for (tensor, shard) in &index.weight_map {
             match files.index.get(tensor) {
-                Some(&i) if files.files[i].0.file_name().map(|f| f.to_string_lossy() == **shard) == Some(true) => {}
+                Some(&i)
+                    if files.files[i]
+                        .0
+                        .file_name()
+                        .map(|f| f.to_string_lossy() == **shard)
+                        == Some(true) => {}
                 _ => bail!(
                     "{}: index says tensor `{tensor}` is in {shard}, but it is not there",
                     index_path.display()
@@ -93,7 +101,8 @@ impl SafetensorsFiles {
         let mut files = Vec::new();
         let mut index = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+            let file =
+                File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
             // SAFETY: the map is read-only; checkpoint files are not modified while we read.
             let mmap = unsafe { Mmap::map(&file) }
                 .with_context(|| format!("{}: cannot memory-map", path.display()))?;
@@ -102,7 +111,10 @@ impl SafetensorsFiles {
             })?;
             for name in st.names() {
                 if index.insert(name.to_string(), i).is_some() {
-                    bail!("{}: tensor `{name}` appears in more than one file", path.display());
+                    bail!(
+                        "{}: tensor `{name}` appears in more than one file",
+                        path.display()
+                    );
                 }
             }
             drop(st);
@@ -128,14 +140,21 @@ impl SafetensorsFiles {
     pub fn describe(&self) -> String {
         match self.files.as_slice() {
             [(path, _)] => path.display().to_string(),
-            files => format!("{} shards in {}", files.len(), files[0].0.parent().unwrap_or(Path::new(".")).display()),
+            files => format!(
+                "{} shards in {}",
+                files.len(),
+                files[0].0.parent().unwrap_or(Path::new(".")).display()
+            ),
         }
     }
 
     pub fn info(&self, name: &str) -> Result<TensorInfo> {
         let (path, view) = self.view(name)?;
         let _ = path;
-        Ok(TensorInfo { shape: view.shape().to_vec(), dtype: view.dtype() })
+        Ok(TensorInfo {
+            shape: view.shape().to_vec(),
+            dtype: view.dtype(),
+        })
     }
 
     fn view(&self, name: &str) -> Result<(&Path, safetensors::tensor::TensorView<'_>)> {
@@ -261,6 +280,9 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
 
 /// `dir/.name.tmp-PID`: a sibling temporary name for atomic writes.
 pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

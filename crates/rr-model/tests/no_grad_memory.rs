@@ -14,7 +14,9 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn step(model: &RecurrentModel, ids: &Tensor, n: usize, k: usize) {
-    let logits = model.forward(ids, None, n, k, &InitialState::Random { seed: 1 }).logits;
+    let logits = model
+        .forward(ids, None, n, k, &InitialState::Random { seed: 1 })
+        .logits;
     logits.mean(Kind::Float).backward();
 }
 
@@ -47,7 +49,10 @@ fn peak_memory_is_flat_in_the_number_of_no_grad_iterations() {
     );
     let per_grad_iteration = (with_grad_8 - with_grad_2) / 6.0;
     // Keeping graphs for 48 iterations would add ~48 × per_grad_iteration; allow a tenth of one.
-    assert!(per_grad_iteration > 5.0, "the measurement cannot see an iteration's activations ({per_grad_iteration:.1} MiB)");
+    assert!(
+        per_grad_iteration > 5.0,
+        "the measurement cannot see an iteration's activations ({per_grad_iteration:.1} MiB)"
+    );
     assert!(
         no_grad_48 - with_grad_2 < 0.5 * per_grad_iteration,
         "48 no-grad iterations raised the peak by {:.0} MiB (one grad iteration: {per_grad_iteration:.0} MiB)",

@@ -9,26 +9,38 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 fn ids(v: &Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
 }
 
 fn setup() -> Option<(LlamaModel, Tokenizer, Value)> {
     let dir = common::shared_data_dir()?.join("models/stories260K");
     let model = LlamaModel::load(&dir.join("hf"), Device::Cpu, Kind::Float).unwrap();
     let tokenizer = Tokenizer::from_path(&dir.join("tokenizer.json")).unwrap();
-    let golden: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     Some((model, tokenizer, golden))
 }
 
 /// llama2.c's run.c semantics: greedy argmax, stop when BOS (1) comes out.
 fn greedy(model: &LlamaModel, prompt: &[i64], n: usize, use_cache: bool) -> Vec<i64> {
-    let opts = GenerateOptions { max_new_tokens: n, eos_ids: vec![1], use_cache, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        eos_ids: vec![1],
+        use_cache,
+        ..Default::default()
+    };
     generate(model, None, prompt, &opts, |_| {}).unwrap().ids
 }
 
 #[test]
 fn greedy_from_bos_matches_golden_ids() {
-    let Some((model, _, golden)) = setup() else { return };
+    let Some((model, _, golden)) = setup() else {
+        return;
+    };
     let case = &golden["greedy_from_bos"];
     let expected = ids(&case["generated_ids"]);
     let got = greedy(&model, &ids(&case["input_ids"]), expected.len(), true);
@@ -37,33 +49,53 @@ fn greedy_from_bos_matches_golden_ids() {
 
 #[test]
 fn greedy_from_prompt_matches_golden_ids_and_text() {
-    let Some((model, tokenizer, golden)) = setup() else { return };
+    let Some((model, tokenizer, golden)) = setup() else {
+        return;
+    };
     let case = &golden["greedy_from_prompt"];
     let prompt = case["prompt"].as_str().unwrap();
-    assert_eq!(tokenizer.encode(prompt, true).unwrap(), ids(&case["input_ids"]));
+    assert_eq!(
+        tokenizer.encode(prompt, true).unwrap(),
+        ids(&case["input_ids"])
+    );
     let expected = ids(&case["generated_ids"]);
     let got = greedy(&model, &ids(&case["input_ids"]), expected.len(), true);
     assert_eq!(got, expected);
     // Full recomputation gives the same tokens as the KV cache.
-    assert_eq!(greedy(&model, &ids(&case["input_ids"]), expected.len(), false), expected);
+    assert_eq!(
+        greedy(&model, &ids(&case["input_ids"]), expected.len(), false),
+        expected
+    );
     let text = tokenizer.decode(&got, true).unwrap();
     assert_eq!(text, case["text"].as_str().unwrap());
 }
 
 #[test]
 fn logits_match_golden_to_1e4() {
-    let Some((model, _, golden)) = setup() else { return };
+    let Some((model, _, golden)) = setup() else {
+        return;
+    };
     let input = ids(&golden["logits_input_ids_positions_0_to_3"]);
     let expected: Vec<Vec<f32>> = golden["logits_from_bos_greedy_positions_0_to_3"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
         .collect();
     let logits = tch::no_grad(|| model.forward(&Tensor::from_slice(&input).view([1, -1]), None));
     for (pos, row) in expected.iter().enumerate() {
         let got: Vec<f32> = Vec::try_from(logits.get(0).get(pos as i64)).unwrap();
-        let max_diff = got.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = got
+            .iter()
+            .zip(row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max_diff <= 1e-4, "position {pos}: max abs diff {max_diff}");
     }
 }

@@ -25,9 +25,15 @@ fn grads(model: &RecurrentModel, run: impl Fn() -> Tensor) -> Vec<(String, Tenso
     }
     let logits = run();
     let labels = Tensor::from_slice(&[3i64, 5, 7, 11, 13, 17, 19, 23]);
-    let loss = logits.view([-1, logits.size()[2]]).cross_entropy_for_logits(&labels);
+    let loss = logits
+        .view([-1, logits.size()[2]])
+        .cross_entropy_for_logits(&labels);
     loss.backward();
-    model.named_tensors().into_iter().map(|(n, p)| (n, p.grad().copy())).collect()
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, p)| (n, p.grad().copy()))
+        .collect()
 }
 
 #[test]
@@ -35,22 +41,60 @@ fn gradients_equal_the_detached_reference() {
     let (model, _dir) = model();
     let ids = Tensor::from_slice(&[1i64, 4, 9, 16, 25, 36, 49, 64]).view([1, 8]);
     let h = model.config.n_embd as i64;
-    let state = Tensor::from_slice(&rr_model::recurrent::truncated_normal_row(3, 0, 8 * h as usize, 0.5)).view([1, 8, h]);
+    let state = Tensor::from_slice(&rr_model::recurrent::truncated_normal_row(
+        3,
+        0,
+        8 * h as usize,
+        0.5,
+    ))
+    .view([1, 8, h]);
     let (n, k) = (3, 2);
     let truncated = grads(&model, || {
-        model.forward(&ids, None, n, k, &InitialState::Given(state.shallow_clone())).logits
+        model
+            .forward(
+                &ids,
+                None,
+                n,
+                k,
+                &InitialState::Given(state.shallow_clone()),
+            )
+            .logits
     });
     let reference = grads(&model, || {
         // n iterations, then the state is cut from the graph; k iterations with gradient.
-        let after_n = model.forward(&ids, None, 0, n, &InitialState::Given(state.shallow_clone())).state.detach();
-        model.forward(&ids, None, 0, k, &InitialState::Given(after_n)).logits
+        let after_n = model
+            .forward(
+                &ids,
+                None,
+                0,
+                n,
+                &InitialState::Given(state.shallow_clone()),
+            )
+            .state
+            .detach();
+        model
+            .forward(&ids, None, 0, k, &InitialState::Given(after_n))
+            .logits
     });
-    let full = grads(&model, || model.forward(&ids, None, 0, n + k, &InitialState::Given(state.shallow_clone())).logits);
+    let full = grads(&model, || {
+        model
+            .forward(
+                &ids,
+                None,
+                0,
+                n + k,
+                &InitialState::Given(state.shallow_clone()),
+            )
+            .logits
+    });
     let mut core_differs_from_full = false;
     for (((name, a), (_, b)), (_, c)) in truncated.iter().zip(&reference).zip(&full) {
         assert!(a.defined() && b.defined(), "{name}: no gradient");
         let diff = (a - b).abs().max().double_value(&[]);
-        assert!(diff <= 1e-6, "{name}: truncated vs detached reference differ by {diff:e}");
+        assert!(
+            diff <= 1e-6,
+            "{name}: truncated vs detached reference differ by {diff:e}"
+        );
         if name.contains("core_block") && (a - c).abs().max().double_value(&[]) > 1e-4 {
             core_differs_from_full = true;
         }
@@ -64,7 +108,10 @@ fn no_grad_iterations_build_no_graph() {
     let (model, _dir) = model();
     let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
     let out = model.forward(&ids, None, 5, 0, &InitialState::Zeros);
-    assert!(!out.state.requires_grad(), "state after no-grad iterations carries a graph");
+    assert!(
+        !out.state.requires_grad(),
+        "state after no-grad iterations carries a graph"
+    );
     let out = model.forward(&ids, None, 5, 1, &InitialState::Zeros);
     assert!(out.state.requires_grad());
 }

@@ -32,7 +32,10 @@ impl LayerSelection {
             bail!("the core must have at least one layer (got {p},{b},{c})");
         }
         if p + b + c > num_layers {
-            bail!("--layers {p},{b},{c} needs {} layers, but the source has {num_layers}", p + b + c);
+            bail!(
+                "--layers {p},{b},{c} needs {} layers, but the source has {num_layers}",
+                p + b + c
+            );
         }
         let coda_start = num_layers - c;
         Ok(Self {
@@ -44,13 +47,21 @@ impl LayerSelection {
 
     /// An explicit selection. Indices must exist; no layer may sit in two stacks, or twice in
     /// the prelude or coda. The core may repeat layers (e.g. to loop a block twice per step).
-    pub fn explicit(num_layers: usize, prelude: Vec<usize>, core: Vec<usize>, coda: Vec<usize>) -> Result<Self> {
+    pub fn explicit(
+        num_layers: usize,
+        prelude: Vec<usize>,
+        core: Vec<usize>,
+        coda: Vec<usize>,
+    ) -> Result<Self> {
         if core.is_empty() {
             bail!("the core must have at least one layer");
         }
         for (stack, list) in [("prelude", &prelude), ("core", &core), ("coda", &coda)] {
             if let Some(bad) = list.iter().find(|&&i| i >= num_layers) {
-                bail!("{stack} layer {bad} is out of range: the source has layers 0-{}", num_layers - 1);
+                bail!(
+                    "{stack} layer {bad} is out of range: the source has layers 0-{}",
+                    num_layers - 1
+                );
             }
         }
         for (stack, list) in [("prelude", &prelude), ("coda", &coda)] {
@@ -60,19 +71,29 @@ impl LayerSelection {
                 bail!("{stack} lists layer {} twice", w[0]);
             }
         }
-        let pairs = [("prelude", &prelude, "core", &core), ("prelude", &prelude, "coda", &coda), ("core", &core, "coda", &coda)];
+        let pairs = [
+            ("prelude", &prelude, "core", &core),
+            ("prelude", &prelude, "coda", &coda),
+            ("core", &core, "coda", &coda),
+        ];
         for (a_name, a, b_name, b) in pairs {
             if let Some(i) = a.iter().find(|i| b.contains(i)) {
                 bail!("layer {i} is in both the {a_name} and the {b_name}");
             }
         }
-        Ok(Self { prelude, core, coda })
+        Ok(Self {
+            prelude,
+            core,
+            coda,
+        })
     }
 
     /// Source layers that no stack uses.
     pub fn dropped(&self, num_layers: usize) -> Vec<usize> {
         (0..num_layers)
-            .filter(|i| !self.prelude.contains(i) && !self.core.contains(i) && !self.coda.contains(i))
+            .filter(|i| {
+                !self.prelude.contains(i) && !self.core.contains(i) && !self.coda.contains(i)
+            })
             .collect()
     }
 }
@@ -81,7 +102,11 @@ impl LayerSelection {
 pub fn parse_indices(spec: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let parse = |s: &str| s.trim().parse::<usize>().with_context(|| format!("`{part}` is not a layer index or range"));
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .with_context(|| format!("`{part}` is not a layer index or range"))
+        };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (parse(a)?, parse(b)?);
@@ -117,13 +142,19 @@ impl AdapterInit {
     /// The [h, 2h] adapter weight in fp32.
     pub fn weight(&self, h: usize) -> Tensor {
         match *self {
-            AdapterInit::Identity => {
-                Tensor::cat(&[Tensor::zeros([h as i64, h as i64], (Kind::Float, tch::Device::Cpu)), Tensor::eye(h as i64, (Kind::Float, tch::Device::Cpu))], 1)
-            }
+            AdapterInit::Identity => Tensor::cat(
+                &[
+                    Tensor::zeros([h as i64, h as i64], (Kind::Float, tch::Device::Cpu)),
+                    Tensor::eye(h as i64, (Kind::Float, tch::Device::Cpu)),
+                ],
+                1,
+            ),
             AdapterInit::Default { seed } => {
                 let bound = 1.0 / ((2 * h) as f64).sqrt();
                 let mut rng = StdRng::seed_from_u64(seed);
-                let values: Vec<f32> = (0..2 * h * h).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                let values: Vec<f32> = (0..2 * h * h)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
                 Tensor::from_slice(&values).view([h as i64, 2 * h as i64])
             }
         }
@@ -139,20 +170,38 @@ pub struct Surgery {
 }
 
 impl Surgery {
-    pub fn new(source_dir: &Path, selection: LayerSelection, adapter: AdapterInit, mean_recurrence: usize) -> Result<Self> {
+    pub fn new(
+        source_dir: &Path,
+        selection: LayerSelection,
+        adapter: AdapterInit,
+        mean_recurrence: usize,
+    ) -> Result<Self> {
         let source = LlamaConfig::from_path(source_dir)?;
         if mean_recurrence == 0 {
             bail!("--mean-recurrence must be at least 1");
         }
         let n = source.num_hidden_layers;
         // Re-validate against the real layer count (selections may be built before loading).
-        let selection = LayerSelection::explicit(n, selection.prelude, selection.core, selection.coda)?;
-        Ok(Self { source_dir: source_dir.to_path_buf(), source, selection, adapter, mean_recurrence })
+        let selection =
+            LayerSelection::explicit(n, selection.prelude, selection.core, selection.coda)?;
+        Ok(Self {
+            source_dir: source_dir.to_path_buf(),
+            source,
+            selection,
+            adapter,
+            mean_recurrence,
+        })
     }
 
     pub fn target_config(&self) -> RecurrentConfig {
         let s = &self.selection;
-        RecurrentConfig::from_source(&self.source, s.prelude.len(), s.core.len(), s.coda.len(), self.mean_recurrence)
+        RecurrentConfig::from_source(
+            &self.source,
+            s.prelude.len(),
+            s.core.len(),
+            s.coda.len(),
+            self.mean_recurrence,
+        )
     }
 
     /// The table printed before writing: block mapping, dropped layers, parameter counts and
@@ -161,7 +210,12 @@ impl Surgery {
         let cfg = self.target_config();
         let mut t = String::new();
         let n = self.source.num_hidden_layers;
-        let _ = writeln!(t, "source: {} ({:?}, {n} layers)", self.source_dir.display(), self.source.model_type);
+        let _ = writeln!(
+            t,
+            "source: {} ({:?}, {n} layers)",
+            self.source_dir.display(),
+            self.source.model_type
+        );
         let _ = writeln!(t, "{:<28}source layer", "target block");
         for (stack, name, list) in [
             ("prelude", "transformer.prelude", &self.selection.prelude),
@@ -174,9 +228,17 @@ impl Surgery {
             }
         }
         let dropped = self.selection.dropped(n);
-        let dropped = if dropped.is_empty() { "none".to_string() } else { format!("{dropped:?}") };
+        let dropped = if dropped.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{dropped:?}")
+        };
         let _ = writeln!(t, "dropped layers: {dropped}");
-        let _ = writeln!(t, "adapter: {:?}; mean recurrence {}", self.adapter, self.mean_recurrence);
+        let _ = writeln!(
+            t,
+            "adapter: {:?}; mean recurrence {}",
+            self.adapter, self.mean_recurrence
+        );
         let per = cfg.params_per_layer();
         let h = cfg.n_embd;
         let v = cfg.padded_vocab_size();
@@ -194,9 +256,16 @@ impl Surgery {
         }
         let total = per * cfg.n_layers + 2 * v * h + 2 * h * h + h;
         let _ = writeln!(t, "  {:<12}{:>16}", "total", group_digits(total));
-        let _ = writeln!(t, "effective parameters (blocks only: N_p + N_c + r·N_core)");
+        let _ = writeln!(
+            t,
+            "effective parameters (blocks only: N_p + N_c + r·N_core)"
+        );
         for r in [1, 2, 4, 8, 16, 32] {
-            let _ = writeln!(t, "  r = {r:<8}{:>16}", group_digits(cfg.effective_parameters(r)));
+            let _ = writeln!(
+                t,
+                "  r = {r:<8}{:>16}",
+                group_digits(cfg.effective_parameters(r))
+            );
         }
         t
     }
@@ -214,16 +283,29 @@ impl Surgery {
             // The recurrent head is always its own tensor: a tied source gets two copies.
             embed.copy()
         } else {
-            bail!("{}: lm_head.weight is missing and the config does not tie it", files.describe());
+            bail!(
+                "{}: lm_head.weight is missing and the config does not tie it",
+                files.describe()
+            );
         };
         let mut out = vec![
             ("transformer.wte.weight".to_string(), embed),
             ("lm_head.weight".to_string(), head),
-            ("transformer.ln_f.weight".to_string(), get("model.norm.weight")?),
-            ("transformer.adapter.weight".to_string(), self.adapter.weight(self.source.hidden_size).to_kind(dtype)),
+            (
+                "transformer.ln_f.weight".to_string(),
+                get("model.norm.weight")?,
+            ),
+            (
+                "transformer.adapter.weight".to_string(),
+                self.adapter.weight(self.source.hidden_size).to_kind(dtype),
+            ),
         ];
         let s = &self.selection;
-        for (stack, list) in [("prelude", &s.prelude), ("core_block", &s.core), ("coda", &s.coda)] {
+        for (stack, list) in [
+            ("prelude", &s.prelude),
+            ("core_block", &s.core),
+            ("coda", &s.coda),
+        ] {
             for (j, &src) in list.iter().enumerate() {
                 let from = |part: &str| get(&format!("model.layers.{src}.{part}"));
                 let to = |part: &str| format!("transformer.{stack}.{j}.{part}");
@@ -231,8 +313,18 @@ impl Surgery {
                     ModelType::Llama => ("input_layernorm", "post_attention_layernorm"),
                     ModelType::Olmo2 => ("post_attention_layernorm", "post_feedforward_layernorm"),
                 };
-                let qkv = Tensor::cat(&[from("self_attn.q_proj.weight")?, from("self_attn.k_proj.weight")?, from("self_attn.v_proj.weight")?], 0);
-                let fc = Tensor::cat(&[from("mlp.gate_proj.weight")?, from("mlp.up_proj.weight")?], 0);
+                let qkv = Tensor::cat(
+                    &[
+                        from("self_attn.q_proj.weight")?,
+                        from("self_attn.k_proj.weight")?,
+                        from("self_attn.v_proj.weight")?,
+                    ],
+                    0,
+                );
+                let fc = Tensor::cat(
+                    &[from("mlp.gate_proj.weight")?, from("mlp.up_proj.weight")?],
+                    0,
+                );
                 out.push((to("norm_1.weight"), from(&format!("{norm_1}.weight"))?));
                 out.push((to("norm_2.weight"), from(&format!("{norm_2}.weight"))?));
                 out.push((to("attn.Wqkv.weight"), qkv));
@@ -254,18 +346,34 @@ impl Surgery {
     /// complete.
     pub fn write(&self, out: &Path, force: bool) -> Result<()> {
         if out.exists() && !force {
-            bail!("{}: output already exists (use --force to replace it)", out.display());
+            bail!(
+                "{}: output already exists (use --force to replace it)",
+                out.display()
+            );
         }
         let tensors = self.tensors()?;
         let replacing = out.exists();
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let target = if replacing { out.with_file_name(format!(".{name}.rr-new")) } else { out.to_path_buf() };
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = if replacing {
+            out.with_file_name(format!(".{name}.rr-new"))
+        } else {
+            out.to_path_buf()
+        };
         let staging = StagingDir::create(&target)?;
         let mut cfg = self.target_config();
         cfg.torch_dtype = Some(rr_model::recurrent::dtype_name(tensors[0].1.kind()).to_string());
         write_config(&cfg, staging.path())?;
         write_safetensors(&tensors, &staging.path().join("model.safetensors"))?;
-        for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "tokenizer.model"] {
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+            "tokenizer.model",
+        ] {
             let src = self.source_dir.join(name);
             if src.exists() {
                 std::fs::copy(&src, staging.path().join(name))
@@ -276,9 +384,12 @@ impl Surgery {
         if replacing {
             // The complete new checkpoint exists before the old one is moved aside.
             let old = out.with_file_name(format!(".{name}.rr-old"));
-            std::fs::rename(out, &old).with_context(|| format!("{}: cannot move aside", out.display()))?;
-            std::fs::rename(&target, out).with_context(|| format!("{}: cannot move into place", out.display()))?;
-            std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))?;
+            std::fs::rename(out, &old)
+                .with_context(|| format!("{}: cannot move aside", out.display()))?;
+            std::fs::rename(&target, out)
+                .with_context(|| format!("{}: cannot move into place", out.display()))?;
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("{}: cannot remove", old.display()))?;
         }
         Ok(())
     }

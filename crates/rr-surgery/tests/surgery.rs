@@ -24,10 +24,18 @@ fn paper_splits_match_the_spec_tables() {
     ];
     for (l, p, b, c, prelude, core, coda, dropped) in cases {
         let s = LayerSelection::paper(l, p, b, c).unwrap();
-        assert_eq!(s.prelude, parse_indices(prelude).unwrap(), "{l}: {p},{b},{c}");
+        assert_eq!(
+            s.prelude,
+            parse_indices(prelude).unwrap(),
+            "{l}: {p},{b},{c}"
+        );
         assert_eq!(s.core, parse_indices(core).unwrap(), "{l}: {p},{b},{c}");
         assert_eq!(s.coda, parse_indices(coda).unwrap(), "{l}: {p},{b},{c}");
-        assert_eq!(s.dropped(l), parse_indices(dropped).unwrap(), "{l}: {p},{b},{c}");
+        assert_eq!(
+            s.dropped(l),
+            parse_indices(dropped).unwrap(),
+            "{l}: {p},{b},{c}"
+        );
     }
 }
 
@@ -36,10 +44,18 @@ fn bad_selections_are_refused() {
     let err = |r: anyhow::Result<LayerSelection>| format!("{:#}", r.unwrap_err());
     assert!(err(LayerSelection::paper(16, 4, 0, 4)).contains("at least one layer"));
     assert!(err(LayerSelection::paper(16, 8, 6, 4)).contains("needs 18 layers"));
-    assert!(err(LayerSelection::explicit(16, vec![0, 1], vec![1, 2], vec![15])).contains("layer 1 is in both"));
+    assert!(err(LayerSelection::explicit(
+        16,
+        vec![0, 1],
+        vec![1, 2],
+        vec![15]
+    ))
+    .contains("layer 1 is in both"));
     assert!(err(LayerSelection::explicit(16, vec![0], vec![5], vec![16])).contains("out of range"));
     assert!(err(LayerSelection::explicit(16, vec![0, 0], vec![5], vec![15])).contains("twice"));
-    assert!(err(LayerSelection::explicit(16, vec![0], vec![], vec![15])).contains("at least one layer"));
+    assert!(
+        err(LayerSelection::explicit(16, vec![0], vec![], vec![15])).contains("at least one layer")
+    );
     // Repeats in the core are allowed: looping a block twice per iteration.
     assert!(LayerSelection::explicit(16, vec![0], vec![5, 6, 5, 6], vec![15]).is_ok());
     assert!(parse_indices("3-1").is_err());
@@ -69,7 +85,9 @@ fn conversion_check(source: &Path, selection: LayerSelection, ids: &[i64]) -> f6
 
 #[test]
 fn conversion_check_on_stories260k() {
-    let Some(shared) = common::shared_data_dir() else { return };
+    let Some(shared) = common::shared_data_dir() else {
+        return;
+    };
     let source = shared.join("models/stories260K/hf");
     let ids: Vec<i64> = vec![1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315];
     for (p, b, c) in [(1, 3, 1), (2, 1, 2), (0, 5, 0), (4, 1, 0)] {
@@ -79,7 +97,13 @@ fn conversion_check_on_stories260k() {
     }
 }
 
-fn random_config(model_type: &str, hidden: usize, heads: usize, kv: usize, layers: usize) -> serde_json::Value {
+fn random_config(
+    model_type: &str,
+    hidden: usize,
+    heads: usize,
+    kv: usize,
+    layers: usize,
+) -> serde_json::Value {
     json!({
         "model_type": model_type,
         "hidden_size": hidden,
@@ -153,10 +177,16 @@ fn default_adapter_is_seeded_uniform_and_identity_is_zero_then_eye() {
     assert_eq!(w.size(), vec![64, 128]);
     let bound = 1.0 / (128f64).sqrt();
     let max = w.abs().max().double_value(&[]);
-    assert!(max <= bound && max > 0.9 * bound, "max {max}, bound {bound}");
+    assert!(
+        max <= bound && max > 0.9 * bound,
+        "max {max}, bound {bound}"
+    );
     // U(-a, a) has standard deviation a/√3.
     let std = w.std(true).double_value(&[]);
-    assert!((std - bound / 3f64.sqrt()).abs() < 0.02 * bound, "std {std}");
+    assert!(
+        (std - bound / 3f64.sqrt()).abs() < 0.02 * bound,
+        "std {std}"
+    );
     assert!(w.equal(&AdapterInit::Default { seed: 5 }.weight(h)));
     assert!(!w.equal(&AdapterInit::Default { seed: 6 }.weight(h)));
     let id = AdapterInit::Identity.weight(4);
@@ -175,7 +205,10 @@ fn smollm2_dir() -> Option<std::path::PathBuf> {
     if dir.join("config.json").exists() {
         return Some(dir);
     }
-    let msg = format!("SmolLM2 not found at {} (run `cargo xtask fetch-model smollm2`)", dir.display());
+    let msg = format!(
+        "SmolLM2 not found at {} (run `cargo xtask fetch-model smollm2`)",
+        dir.display()
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg}");
     }
@@ -188,23 +221,37 @@ fn smollm2_dir() -> Option<std::path::PathBuf> {
 #[test]
 fn retrofitted_smollm2_scores_text_at_several_recurrences() {
     let Some(source) = smollm2_dir() else { return };
-    let Some(shared) = common::shared_data_dir() else { return };
-    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt")).unwrap();
+    let Some(shared) = common::shared_data_dir() else {
+        return;
+    };
+    let text = std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt"))
+        .unwrap();
     let tokenizer = rr_model::Tokenizer::from_path(&source).unwrap();
     let ids: Vec<i64> = tokenizer.encode(&text[..2000], true).unwrap();
     let base = rr_model::AnyModel::load(&source, Device::Cpu, Kind::Float, None, 0).unwrap();
-    let base_nll = rr_model::score::score_ids(&base, &ids, 1024).unwrap().mean_nll;
+    let base_nll = rr_model::score::score_ids(&base, &ids, 1024)
+        .unwrap()
+        .mean_nll;
     assert!(base_nll < 3.0, "source SmolLM2 NLL {base_nll}");
     for (p, b, c) in [(2, 4, 2), (4, 8, 4)] {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("rec");
         let sel = LayerSelection::paper(30, p, b, c).unwrap();
-        Surgery::new(&source, sel, AdapterInit::Default { seed: 0 }, 4).unwrap().write(&out, false).unwrap();
+        Surgery::new(&source, sel, AdapterInit::Default { seed: 0 }, 4)
+            .unwrap()
+            .write(&out, false)
+            .unwrap();
         for r in [1, 2, 4, 8] {
-            let model = rr_model::AnyModel::load(&out, Device::Cpu, Kind::Float, Some(r), 0).unwrap();
-            let nll = rr_model::score::score_ids(&model, &ids, 1024).unwrap().mean_nll;
+            let model =
+                rr_model::AnyModel::load(&out, Device::Cpu, Kind::Float, Some(r), 0).unwrap();
+            let nll = rr_model::score::score_ids(&model, &ids, 1024)
+                .unwrap()
+                .mean_nll;
             eprintln!("SmolLM2 ({p},{b},{c}) r={r}: NLL {nll:.3} (source {base_nll:.3})");
-            assert!(nll.is_finite() && nll > base_nll, "({p},{b},{c}) r={r}: NLL {nll}");
+            assert!(
+                nll.is_finite() && nll > base_nll,
+                "({p},{b},{c}) r={r}: NLL {nll}"
+            );
         }
     }
 }

@@ -109,7 +109,10 @@ impl DataSection {
     /// Phases as given, or the single `train` mixture as one phase.
     pub fn phases(&self) -> Vec<Phase> {
         if self.phases.is_empty() {
-            vec![Phase { until_step: None, train: self.train.clone() }]
+            vec![Phase {
+                until_step: None,
+                train: self.train.clone(),
+            }]
         } else {
             self.phases.clone()
         }
@@ -223,10 +226,13 @@ pub struct BaselineSection {
 
 impl TrainConfig {
     pub fn from_path(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
-        cfg.validate().with_context(|| format!("{}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " "))
+        })?;
+        cfg.validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
@@ -251,7 +257,8 @@ impl TrainConfig {
             bail!("training.eval_recurrences must be at least 1");
         }
         if let Some(c) = &self.curriculum {
-            c.validate().map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
+            c.validate()
+                .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
         }
         self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
         let phases = self.data.phases();
@@ -272,11 +279,17 @@ impl TrainConfig {
     /// The static-baseline recipe: same data, schedule and seed; the source model; AdamW
     /// unless `[baseline]` names an optimizer; no curriculum.
     pub fn baseline_variant(&self) -> Result<TrainConfig> {
-        let b = self.baseline.as_ref().context("this recipe has no [baseline] section")?;
+        let b = self
+            .baseline
+            .as_ref()
+            .context("this recipe has no [baseline] section")?;
         let mut cfg = self.clone();
         cfg.name = format!("{}-baseline", self.name);
         cfg.model.init = b.init.clone();
-        cfg.optimizer = b.optimizer.clone().unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()));
+        cfg.optimizer = b
+            .optimizer
+            .clone()
+            .unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()));
         cfg.curriculum = None;
         Ok(cfg)
     }
@@ -285,8 +298,16 @@ impl TrainConfig {
     /// a changed config.
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        let text = serde_json::to_string(&(&self.seed, &self.model, &self.data, &self.training, &self.curriculum, &self.lr, &self.optimizer))
-            .unwrap_or_default();
+        let text = serde_json::to_string(&(
+            &self.seed,
+            &self.model,
+            &self.data,
+            &self.training,
+            &self.curriculum,
+            &self.lr,
+            &self.optimizer,
+        ))
+        .unwrap_or_default();
         hex::encode(Sha256::digest(text.as_bytes()))
     }
 }

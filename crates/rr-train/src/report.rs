@@ -11,10 +11,12 @@ use crate::trainer::TrainSummary;
 /// Training losses `(step, loss)` from a run's `metrics.jsonl`.
 pub fn read_losses(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
     let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: corrupt line", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: corrupt line", path.display()))?;
         if let (Some(step), Some(loss)) = (v["step"].as_f64(), v["loss"].as_f64()) {
             out.push((step, loss));
         }
@@ -23,20 +25,29 @@ pub fn read_losses(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
 }
 
 fn recurrence_points(losses: &std::collections::BTreeMap<String, f64>) -> Vec<(f64, f64)> {
-    let mut pts: Vec<(f64, f64)> = losses.iter().filter_map(|(r, l)| r.parse::<f64>().ok().map(|r| (r, *l))).collect();
+    let mut pts: Vec<(f64, f64)> = losses
+        .iter()
+        .filter_map(|(r, l)| r.parse::<f64>().ok().map(|r| (r, *l)))
+        .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     pts
 }
 
 pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
-    std::fs::write(run_dir.join("summary.json"), serde_json::to_string_pretty(s)?)?;
+    std::fs::write(
+        run_dir.join("summary.json"),
+        serde_json::to_string_pretty(s)?,
+    )?;
     let losses = read_losses(run_dir)?;
     line_plot(
         &run_dir.join("loss.svg"),
         &format!("{}: training loss", s.name),
         "optimizer step",
         "loss (nats/token)",
-        &[Series { name: s.kind.clone(), points: losses }],
+        &[Series {
+            name: s.kind.clone(),
+            points: losses,
+        }],
         false,
     )?;
     let before = recurrence_points(&s.heldout_before);
@@ -48,7 +59,16 @@ pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
             &format!("{}: held-out loss vs test recurrence", s.name),
             "test recurrence r",
             "held-out loss (nats/token)",
-            &[Series { name: "before training".into(), points: before }, Series { name: "after training".into(), points: after }],
+            &[
+                Series {
+                    name: "before training".into(),
+                    points: before,
+                },
+                Series {
+                    name: "after training".into(),
+                    points: after,
+                },
+            ],
             true,
         )?;
     }
@@ -58,7 +78,11 @@ pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
     );
     md.push_str("| test recurrence | held-out loss before | after |\n|---|---|---|\n");
     for (r, after) in &s.heldout_after {
-        let before = s.heldout_before.get(r).map(|b| format!("{b:.4}")).unwrap_or_else(|| "–".into());
+        let before = s
+            .heldout_before
+            .get(r)
+            .map(|b| format!("{b:.4}"))
+            .unwrap_or_else(|| "–".into());
         md.push_str(&format!("| {r} | {before} | {after:.4} |\n"));
     }
     md.push_str("\n![training loss](loss.svg)\n");
@@ -72,10 +96,12 @@ pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
 /// `(flops, loss)` of every training line in a run's metrics.
 pub fn read_loss_vs_flops(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
     let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: corrupt line", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: corrupt line", path.display()))?;
         if let (Some(f), Some(l)) = (v["flops"].as_f64(), v["loss"].as_f64()) {
             out.push((f, l));
         }
@@ -85,13 +111,18 @@ pub fn read_loss_vs_flops(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
 
 fn read_summary(run_dir: &Path) -> Result<serde_json::Value> {
     let path = run_dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
 }
 
 /// `report.md` in `run_dir`: the retrofit against its compute-matched static baseline, with
 /// plots of held-out loss against test recurrence and of training loss against FLOPs.
-pub fn write_comparison(run_dir: &Path, baseline: Option<&Path>, out_dir: &Path) -> Result<std::path::PathBuf> {
+pub fn write_comparison(
+    run_dir: &Path,
+    baseline: Option<&Path>,
+    out_dir: &Path,
+) -> Result<std::path::PathBuf> {
     let run = read_summary(run_dir)?;
     let base = baseline.map(read_summary).transpose()?;
     let heldout = |v: &serde_json::Value, key: &str| -> std::collections::BTreeMap<String, f64> {
@@ -99,38 +130,83 @@ pub fn write_comparison(run_dir: &Path, baseline: Option<&Path>, out_dir: &Path)
     };
     let after = heldout(&run, "heldout_after");
     let before = heldout(&run, "heldout_before");
-    let base_loss = base.as_ref().and_then(|b| heldout(b, "heldout_after").get("static").copied());
-    let base_before = base.as_ref().and_then(|b| heldout(b, "heldout_before").get("static").copied());
-    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    let base_loss = base
+        .as_ref()
+        .and_then(|b| heldout(b, "heldout_after").get("static").copied());
+    let base_before = base
+        .as_ref()
+        .and_then(|b| heldout(b, "heldout_before").get("static").copied());
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create", out_dir.display()))?;
 
     let mut series = vec![
-        Series { name: "retrofit, before".into(), points: recurrence_points(&before) },
-        Series { name: "retrofit, after".into(), points: recurrence_points(&after) },
+        Series {
+            name: "retrofit, before".into(),
+            points: recurrence_points(&before),
+        },
+        Series {
+            name: "retrofit, after".into(),
+            points: recurrence_points(&after),
+        },
     ];
     if let Some(b) = base_loss {
         let xs: Vec<f64> = recurrence_points(&after).iter().map(|p| p.0).collect();
-        series.push(Series { name: "static baseline, after".into(), points: xs.iter().map(|&x| (x, b)).collect() });
+        series.push(Series {
+            name: "static baseline, after".into(),
+            points: xs.iter().map(|&x| (x, b)).collect(),
+        });
     }
-    line_plot(&out_dir.join("heldout_vs_recurrence.svg"), "held-out loss vs test recurrence", "test recurrence r", "held-out loss (nats/token)", &series, true)?;
-    let mut flops_series = vec![Series { name: "retrofit".into(), points: read_loss_vs_flops(run_dir)? }];
+    line_plot(
+        &out_dir.join("heldout_vs_recurrence.svg"),
+        "held-out loss vs test recurrence",
+        "test recurrence r",
+        "held-out loss (nats/token)",
+        &series,
+        true,
+    )?;
+    let mut flops_series = vec![Series {
+        name: "retrofit".into(),
+        points: read_loss_vs_flops(run_dir)?,
+    }];
     if let Some(b) = baseline {
-        flops_series.push(Series { name: "static baseline".into(), points: read_loss_vs_flops(b)? });
+        flops_series.push(Series {
+            name: "static baseline".into(),
+            points: read_loss_vs_flops(b)?,
+        });
     }
-    line_plot(&out_dir.join("loss_vs_flops.svg"), "training loss vs training FLOPs", "training FLOPs", "loss (nats/token)", &flops_series, false)?;
+    line_plot(
+        &out_dir.join("loss_vs_flops.svg"),
+        "training loss vs training FLOPs",
+        "training FLOPs",
+        "loss (nats/token)",
+        &flops_series,
+        false,
+    )?;
 
     let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut md = format!("# {}\n\n", run["name"].as_str().unwrap_or("run"));
     md.push_str("| run | steps | tokens | training FLOPs | wall time (s) | final training loss |\n|---|---|---|---|---|---|\n");
-    for (label, v) in std::iter::once(("retrofit", &run)).chain(base.iter().map(|b| ("static baseline", b))) {
+    for (label, v) in
+        std::iter::once(("retrofit", &run)).chain(base.iter().map(|b| ("static baseline", b)))
+    {
         md.push_str(&format!(
             "| {label} | {} | {} | {:.3e} | {:.0} | {:.4} |\n",
-            v["steps"], v["tokens"], num(v, "flops"), num(v, "wall_seconds"), num(v, "final_loss")
+            v["steps"],
+            v["tokens"],
+            num(v, "flops"),
+            num(v, "wall_seconds"),
+            num(v, "final_loss")
         ));
     }
     md.push_str("\nHeld-out loss (nats/token) by test recurrence:\n\n| r | retrofit before | retrofit after | static baseline before | after |\n|---|---|---|---|---|\n");
     let fmt = |x: Option<f64>| x.map(|x| format!("{x:.4}")).unwrap_or_else(|| "–".into());
     for (r, a) in &after {
-        md.push_str(&format!("| {r} | {} | {a:.4} | {} | {} |\n", fmt(before.get(r).copied()), fmt(base_before), fmt(base_loss)));
+        md.push_str(&format!(
+            "| {r} | {} | {a:.4} | {} | {} |\n",
+            fmt(before.get(r).copied()),
+            fmt(base_before),
+            fmt(base_loss)
+        ));
     }
     md.push_str("\n![held-out loss vs test recurrence](heldout_vs_recurrence.svg)\n\n![training loss vs FLOPs](loss_vs_flops.svg)\n");
     let path = out_dir.join("report.md");

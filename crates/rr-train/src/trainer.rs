@@ -71,9 +71,19 @@ impl TrainModel {
         match self {
             TrainModel::Recurrent(m) => {
                 let c = &m.config;
-                StackParams::from_layers(c.params_per_layer() as u64, c.n_layers_in_prelude, c.n_layers_in_recurrent_block, c.n_layers_in_coda)
+                StackParams::from_layers(
+                    c.params_per_layer() as u64,
+                    c.n_layers_in_prelude,
+                    c.n_layers_in_recurrent_block,
+                    c.n_layers_in_coda,
+                )
             }
-            TrainModel::Static(m) => StackParams::from_layers(m.config.params_per_layer() as u64, m.config.num_hidden_layers, 0, 0),
+            TrainModel::Static(m) => StackParams::from_layers(
+                m.config.params_per_layer() as u64,
+                m.config.num_hidden_layers,
+                0,
+                0,
+            ),
         }
     }
 
@@ -88,10 +98,18 @@ impl TrainModel {
                 // the micro-batch's seed.
                 let mut values = Vec::with_capacity(b as usize * t as usize * h);
                 for row in 0..b as u64 {
-                    values.extend(truncated_normal_row(state_seed, row, t as usize * h, m.config.init_values.std));
+                    values.extend(truncated_normal_row(
+                        state_seed,
+                        row,
+                        t as usize * h,
+                        m.config.init_values.std,
+                    ));
                 }
-                let state = Tensor::from_slice(&values).view([b, t, h as i64]).to_device(m.device());
-                m.forward(input, None, no_grad, with_grad, &InitialState::Given(state)).logits
+                let state = Tensor::from_slice(&values)
+                    .view([b, t, h as i64])
+                    .to_device(m.device());
+                m.forward(input, None, no_grad, with_grad, &InitialState::Given(state))
+                    .logits
             }
         }
     }
@@ -154,34 +172,63 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let device = parse_device(&cfg.training.device)?;
     // Compute dtype: bf16 on CUDA and fp32 on CPU unless the recipe says otherwise.
     let compute_kind = match cfg.training.dtype.as_deref() {
-        None | Some("auto") => if device.is_cuda() { Kind::BFloat16 } else { Kind::Float },
+        None | Some("auto") => {
+            if device.is_cuda() {
+                Kind::BFloat16
+            } else {
+                Kind::Float
+            }
+        }
         Some(name) => parse_dtype(name)?,
     };
 
     // Everything that can be wrong with the inputs is checked before any compute.
-    let latest = if opts.resume { latest_checkpoint(run_dir)? } else { None };
+    let latest = if opts.resume {
+        latest_checkpoint(run_dir)?
+    } else {
+        None
+    };
     if opts.resume && latest.is_none() {
-        bail!("{}: nothing to resume (no complete checkpoint)", run_dir.display());
+        bail!(
+            "{}: nothing to resume (no complete checkpoint)",
+            run_dir.display()
+        );
     }
     if !opts.resume && run_dir.exists() && !opts.force {
-        bail!("{}: run directory exists (use --resume to continue it or --force to start over)", run_dir.display());
+        bail!(
+            "{}: run directory exists (use --resume to continue it or --force to start over)",
+            run_dir.display()
+        );
     }
     let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
     if !init_dir.join("config.json").exists() {
-        bail!("{}: no model here (config.json missing)", init_dir.display());
+        bail!(
+            "{}: no model here (config.json missing)",
+            init_dir.display()
+        );
     }
     let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
     let phases_cfg = cfg.data.phases();
     let mut sets: BTreeMap<PathBuf, Arc<PackedSet>> = BTreeMap::new();
-    for source in phases_cfg.iter().flat_map(|p| p.train.iter()).map(|s| &s.path).chain(cfg.data.heldout.iter()) {
+    for source in phases_cfg
+        .iter()
+        .flat_map(|p| p.train.iter())
+        .map(|s| &s.path)
+        .chain(cfg.data.heldout.iter())
+    {
         if !sets.contains_key(source) {
             let set = PackedSet::open(source)?;
-            set.check_tokenizer(&tokenizer)
-                .with_context(|| format!("{} does not match the model's tokenizer", source.display()))?;
+            set.check_tokenizer(&tokenizer).with_context(|| {
+                format!("{} does not match the model's tokenizer", source.display())
+            })?;
             sets.insert(source.clone(), Arc::new(set));
         }
     }
-    let heldout_path = cfg.data.heldout.clone().unwrap_or_else(|| phases_cfg[0].train[0].path.clone());
+    let heldout_path = cfg
+        .data
+        .heldout
+        .clone()
+        .unwrap_or_else(|| phases_cfg[0].train[0].path.clone());
     let heldout = sets[&heldout_path].clone();
     let seq_len = heldout.seq_len();
     if sets.values().any(|s| s.seq_len() != seq_len) {
@@ -189,14 +236,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let model = TrainModel::load(&init_dir, device, Kind::Float)?;
     if seq_len > model.max_context() {
-        bail!("data: seq_len {seq_len} is beyond the model's context ({})", model.max_context());
+        bail!(
+            "data: seq_len {seq_len} is beyond the model's context ({})",
+            model.max_context()
+        );
     }
     if heldout.vocab_size() > model.vocab_size() {
-        bail!("data: packed with a vocabulary of {} but the model has {}", heldout.vocab_size(), model.vocab_size());
+        bail!(
+            "data: packed with a vocabulary of {} but the model has {}",
+            heldout.vocab_size(),
+            model.vocab_size()
+        );
     }
     if let Some(flops) = opts.match_flops {
         let tokens = (cfg.training.micro_batch_size * cfg.training.grad_accum * seq_len) as u64;
-        let per_step = static_training_flops(model.stack_params().prelude + model.stack_params().core + model.stack_params().coda, tokens);
+        let per_step = static_training_flops(
+            model.stack_params().prelude + model.stack_params().core + model.stack_params().coda,
+            tokens,
+        );
         cfg.training.steps = ((flops / per_step).round() as usize).max(1);
     }
     let cfg: &TrainConfig = cfg;
@@ -209,7 +266,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // Mixed precision: a second copy of the model in the compute dtype runs forward and
     // backward; its gradients are accumulated in fp32 on the master weights, which the
     // optimizer updates, and the copy is refreshed from the masters before every step.
-    let compute = if compute_kind == Kind::Float { None } else { Some(TrainModel::load(&init_dir, device, compute_kind)?) };
+    let compute = if compute_kind == Kind::Float {
+        None
+    } else {
+        Some(TrainModel::load(&init_dir, device, compute_kind)?)
+    };
     let mut phases = build_phases(cfg, &sets)?;
     let mut optimizer = cfg.optimizer.build_for(model.vs())?;
     let mut state = TrainerState {
@@ -226,17 +287,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let saved: TrainerState = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid trainer state", ckpt.display()))?;
         if saved.config_hash != state.config_hash && !opts.force {
-            bail!("{}: the config changed since this run started (use --force to resume anyway)", run_dir.display());
+            bail!(
+                "{}: the config changed since this run started (use --force to resume anyway)",
+                run_dir.display()
+            );
         }
         let files = SafetensorsFiles::open_files(&[ckpt.join("optimizer.safetensors")])?;
         optimizer.load_state(&files)?;
         phases.restore(&saved.data)?;
-        state = TrainerState { config_hash: state.config_hash, ..saved };
+        state = TrainerState {
+            config_hash: state.config_hash,
+            ..saved
+        };
         truncate_metrics(&run_dir.join(METRICS), state.step)?;
     } else {
         if run_dir.exists() {
             // --force: start over.
-            std::fs::remove_dir_all(run_dir).with_context(|| format!("{}: cannot clear", run_dir.display()))?;
+            std::fs::remove_dir_all(run_dir)
+                .with_context(|| format!("{}: cannot clear", run_dir.display()))?;
         }
         std::fs::create_dir_all(run_dir.join(CHECKPOINTS))
             .with_context(|| format!("{}: cannot create run directory", run_dir.display()))?;
@@ -252,7 +320,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         TrainModel::Recurrent(_) => cfg.training.eval_recurrences.clone(),
         TrainModel::Static(_) => vec![1],
     };
-    let eval = |model: &TrainModel| heldout_losses(model, &heldout, cfg.training.eval_rows, &eval_recurrences, cfg.seed);
+    let eval = |model: &TrainModel| {
+        heldout_losses(
+            model,
+            &heldout,
+            cfg.training.eval_rows,
+            &eval_recurrences,
+            cfg.seed,
+        )
+    };
     let heldout_before = if state.step == 0 {
         let losses = eval(&model)?;
         log_eval(&mut metrics, 0, &losses)?;
@@ -288,9 +364,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 None => (0, 0),
             };
             draws.push((n, k));
-            let input = Tensor::from_slice(&batch.input).view([batch.rows as i64, batch.seq_len as i64]).to_device(device);
-            let labels = Tensor::from_slice(&batch.labels).view([-1]).to_device(device);
-            let state_seed = rr_curriculum::sampler::stream_seed(cfg.seed ^ 0x5354_4154_4521, state.micro_batch);
+            let input = Tensor::from_slice(&batch.input)
+                .view([batch.rows as i64, batch.seq_len as i64])
+                .to_device(device);
+            let labels = Tensor::from_slice(&batch.labels)
+                .view([-1])
+                .to_device(device);
+            let state_seed =
+                rr_curriculum::sampler::stream_seed(cfg.seed ^ 0x5354_4154_4521, state.micro_batch);
             let logits = runner.forward(&input, n, k, state_seed);
             let vocab = logits.size()[2];
             let loss = logits
@@ -319,7 +400,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         optimizer.step(multiplier);
         optimizer.zero_grad();
 
-        let mean_r = curriculum.as_ref().map(|c: &Curriculum| c.mean.mean_at(step, total)).unwrap_or(1);
+        let mean_r = curriculum
+            .as_ref()
+            .map(|c: &Curriculum| c.mean.mean_at(step, total))
+            .unwrap_or(1);
         let step_tokens = tokens_per_micro * cfg.training.grad_accum as u64;
         state.flops += match &model {
             TrainModel::Recurrent(_) => stacks.training_flops(step_tokens, mean_r as f64),
@@ -334,6 +418,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 "step": state.step,
                 "tokens": state.tokens,
                 "loss": last_loss,
+                "lr": multiplier * peak_lr(&cfg.optimizer),
                 "lr_multiplier": multiplier,
                 "mean_recurrence": mean_r,
                 "n": draws.iter().map(|d| d.0).collect::<Vec<_>>(),
@@ -344,7 +429,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             });
             writeln!(metrics, "{line}")?;
             metrics.flush()?;
-            let msg = format!("step {}/{total} loss {last_loss:.4} r̄ {mean_r} grad {grad_norm:.3}", state.step);
+            let msg = format!(
+                "step {}/{total} loss {last_loss:.4} r̄ {mean_r} grad {grad_norm:.3}",
+                state.step
+            );
             if bar.is_hidden() {
                 eprintln!("{msg}");
             } else {
@@ -356,7 +444,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let every = cfg.training.checkpoint_every;
         if state.step == total || (every > 0 && state.step % every == 0) {
             state.data = phases.state();
-            last_good = Some(save_checkpoint(run_dir, &cfg.model.init, &model, optimizer.as_ref(), &state, cfg.training.keep_last)?);
+            last_good = Some(save_checkpoint(
+                run_dir,
+                &cfg.model.init,
+                &model,
+                optimizer.as_ref(),
+                &state,
+                cfg.training.keep_last,
+            )?);
         }
         let eval_every = cfg.training.eval_every;
         if state.step < total && eval_every > 0 && state.step % eval_every == 0 {
@@ -385,6 +480,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     crate::report::write_run_report(run_dir, &summary)?;
     Ok(summary)
+}
+
+/// The main parameter group's peak learning rate (Muon's for Muon).
+fn peak_lr(optimizer: &crate::optim::OptimizerConfig) -> f64 {
+    match optimizer {
+        crate::optim::OptimizerConfig::AdamW(c) => c.lr,
+        crate::optim::OptimizerConfig::Muon(c) => c.lr,
+    }
 }
 
 /// Copies the fp32 master weights into the compute-dtype model.
@@ -423,7 +526,12 @@ fn accumulate_grads(compute: &TrainModel, master: &TrainModel) {
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
 fn optimizer_params(model: &TrainModel) -> Vec<Tensor> {
-    let mut vars: Vec<(String, Tensor)> = model.vs().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut vars: Vec<(String, Tensor)> = model
+        .vs()
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars.into_iter().map(|(_, t)| t).collect()
 }
@@ -447,16 +555,33 @@ fn build_phases(cfg: &TrainConfig, sets: &BTreeMap<PathBuf, Arc<PackedSet>>) -> 
         for (j, s) in phase.train.iter().enumerate() {
             // Each source gets its own shuffling stream.
             let seed = cfg.seed ^ ((i as u64) << 32) ^ j as u64;
-            sources.push((Loader::new(sets[&s.path].clone(), Split::Train, cfg.training.micro_batch_size, seed)?, s.weight));
+            sources.push((
+                Loader::new(
+                    sets[&s.path].clone(),
+                    Split::Train,
+                    cfg.training.micro_batch_size,
+                    seed,
+                )?,
+                s.weight,
+            ));
         }
-        phases.push((phase.until_step, Mixture::new(sources, cfg.seed ^ 0x4d49_58 ^ i as u64)?));
+        phases.push((
+            phase.until_step,
+            Mixture::new(sources, cfg.seed ^ 0x4d49_58 ^ i as u64)?,
+        ));
     }
     Phases::new(phases)
 }
 
 /// Mean token loss of the first `rows` held-out rows at each test recurrence, with the initial
 /// state seeded so the numbers are comparable across checkpoints.
-pub fn heldout_losses(model: &TrainModel, set: &PackedSet, rows: usize, recurrences: &[usize], seed: u64) -> Result<BTreeMap<String, f64>> {
+pub fn heldout_losses(
+    model: &TrainModel,
+    set: &PackedSet,
+    rows: usize,
+    recurrences: &[usize],
+    seed: u64,
+) -> Result<BTreeMap<String, f64>> {
     let rows = rows.min(set.rows(Split::Heldout));
     if rows == 0 {
         bail!("{}: the held-out split is empty", set.dir().display());
@@ -469,15 +594,27 @@ pub fn heldout_losses(model: &TrainModel, set: &PackedSet, rows: usize, recurren
         let mut count = 0usize;
         for start in (0..rows).step_by(4) {
             let n = 4.min(rows - start);
-            let batch = set.sequential_batch(Split::Heldout, start, n).context("held-out rows")?;
-            let input = Tensor::from_slice(&batch.input).view([n as i64, batch.seq_len as i64]).to_device(device);
-            let labels = Tensor::from_slice(&batch.labels).view([-1]).to_device(device);
+            let batch = set
+                .sequential_batch(Split::Heldout, start, n)
+                .context("held-out rows")?;
+            let input = Tensor::from_slice(&batch.input)
+                .view([n as i64, batch.seq_len as i64])
+                .to_device(device);
+            let labels = Tensor::from_slice(&batch.labels)
+                .view([-1])
+                .to_device(device);
             let logits = match model {
                 TrainModel::Static(m) => m.forward(&input, None),
-                TrainModel::Recurrent(m) => m.forward(&input, None, r, 0, &InitialState::Random { seed }).logits,
+                TrainModel::Recurrent(m) => {
+                    m.forward(&input, None, r, 0, &InitialState::Random { seed })
+                        .logits
+                }
             };
             let vocab = logits.size()[2];
-            let loss = logits.view([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
+            let loss = logits
+                .view([-1, vocab])
+                .to_kind(Kind::Float)
+                .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0);
             total += f64::try_from(loss)?;
             count += labels.size()[0] as usize;
         }
@@ -490,8 +627,16 @@ pub fn heldout_losses(model: &TrainModel, set: &PackedSet, rows: usize, recurren
     Ok(out)
 }
 
-fn log_eval(metrics: &mut std::fs::File, step: usize, losses: &BTreeMap<String, f64>) -> Result<()> {
-    writeln!(metrics, "{}", serde_json::json!({"step": step, "heldout_loss": losses}))?;
+fn log_eval(
+    metrics: &mut std::fs::File,
+    step: usize,
+    losses: &BTreeMap<String, f64>,
+) -> Result<()> {
+    writeln!(
+        metrics,
+        "{}",
+        serde_json::json!({"step": step, "heldout_loss": losses})
+    )?;
     metrics.flush()?;
     Ok(())
 }
@@ -500,7 +645,8 @@ fn log_eval(metrics: &mut std::fs::File, step: usize, losses: &BTreeMap<String, 
 fn read_eval(path: &Path, step: usize) -> Result<Option<BTreeMap<String, f64>>> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: corrupt line", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: corrupt line", path.display()))?;
         if v["step"].as_u64() == Some(step as u64) && v.get("heldout_loss").is_some() {
             return Ok(Some(serde_json::from_value(v["heldout_loss"].clone())?));
         }
@@ -535,11 +681,16 @@ fn checkpoint_dirs(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     if !dir.exists() {
         return Ok(out);
     }
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list", dir.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Temporary (incomplete) directories start with a dot and are never picked up.
-        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
             out.push((step, entry.path()));
         }
     }
@@ -554,23 +705,45 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// Writes `checkpoints/step-NNNNNN/` atomically: a usable model directory (config, weights,
 /// tokenizer) plus `optimizer.safetensors` and `trainer_state.json`; keeps the newest `keep`.
-fn save_checkpoint(run_dir: &Path, init: &Path, model: &TrainModel, optimizer: &dyn Optimizer, state: &TrainerState, keep: usize) -> Result<PathBuf> {
-    let path = run_dir.join(CHECKPOINTS).join(format!("step-{:06}", state.step));
+fn save_checkpoint(
+    run_dir: &Path,
+    init: &Path,
+    model: &TrainModel,
+    optimizer: &dyn Optimizer,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let path = run_dir
+        .join(CHECKPOINTS)
+        .join(format!("step-{:06}", state.step));
     let staging = StagingDir::create(&path)?;
     model.save(staging.path())?;
-    rr_model::weights::write_safetensors(&optimizer.state_tensors(), &staging.path().join("optimizer.safetensors"))?;
-    std::fs::write(staging.path().join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+    rr_model::weights::write_safetensors(
+        &optimizer.state_tensors(),
+        &staging.path().join("optimizer.safetensors"),
+    )?;
+    std::fs::write(
+        staging.path().join("trainer_state.json"),
+        serde_json::to_string_pretty(state)?,
+    )?;
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         let src = init.join(name);
         if src.exists() {
-            std::fs::copy(&src, staging.path().join(name)).with_context(|| format!("{}: cannot copy", src.display()))?;
+            std::fs::copy(&src, staging.path().join(name))
+                .with_context(|| format!("{}: cannot copy", src.display()))?;
         }
     }
     staging.commit()?;
     let all = checkpoint_dirs(run_dir)?;
     if all.len() > keep {
         for (_, old) in &all[..all.len() - keep] {
-            std::fs::remove_dir_all(old).with_context(|| format!("{}: cannot remove old checkpoint", old.display()))?;
+            std::fs::remove_dir_all(old)
+                .with_context(|| format!("{}: cannot remove old checkpoint", old.display()))?;
         }
     }
     Ok(path)
@@ -593,7 +766,11 @@ fn progress_bar(total: u64, done: u64) -> ProgressBar {
 /// Total training FLOPs recorded in a finished run's `summary.json`.
 pub fn run_flops(run_dir: &Path) -> Result<f64> {
     let path = run_dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
-    v["flops"].as_f64().with_context(|| format!("{}: no `flops`", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+    v["flops"]
+        .as_f64()
+        .with_context(|| format!("{}: no `flops`", path.display()))
 }

@@ -33,7 +33,10 @@ fn all_recipes_parse() {
 
 #[test]
 fn paper_recipes_have_the_paper_constants() {
-    for p in configs().into_iter().filter(|p| p.to_string_lossy().contains("/paper/")) {
+    for p in configs()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/paper/"))
+    {
         let cfg = TrainConfig::from_path(&p).unwrap();
         let t = &cfg.training;
         assert_eq!(t.micro_batch_size * t.grad_accum, 1024, "{}", p.display());
@@ -41,16 +44,24 @@ fn paper_recipes_have_the_paper_constants() {
         assert_eq!(cfg.seed, 74);
         assert_eq!(t.max_grad_norm, 1.0);
         assert_eq!(cfg.prepare.as_ref().unwrap().seq_len, 1024);
-        let OptimizerConfig::Muon(m) = &cfg.optimizer else { panic!("{}: Muon expected", p.display()) };
-        assert_eq!((m.lr, m.momentum, m.ns_steps, m.adam_lr, m.adam_eps), (1e-3, 0.95, 5, 5e-5, 1e-10));
+        let OptimizerConfig::Muon(m) = &cfg.optimizer else {
+            panic!("{}: Muon expected", p.display())
+        };
+        assert_eq!(
+            (m.lr, m.momentum, m.ns_steps, m.adam_lr, m.adam_eps),
+            (1e-3, 0.95, 5, 5e-5, 1e-10)
+        );
         assert_eq!(m.ns_coefficients, (3.4445, -4.7750, 2.0315));
-        assert_eq!(cfg.lr, rr_curriculum::LrSchedule::WarmupStableDecay {
-            peak: 1.0,
-            warmup_steps: 125,
-            decay_fraction: 0.6,
-            floor_ratio: 0.001,
-            decay: rr_curriculum::DecayShape::Cosine,
-        });
+        assert_eq!(
+            cfg.lr,
+            rr_curriculum::LrSchedule::WarmupStableDecay {
+                peak: 1.0,
+                warmup_steps: 125,
+                decay_fraction: 0.6,
+                floor_ratio: 0.001,
+                decay: rr_curriculum::DecayShape::Cosine,
+            }
+        );
         let c = cfg.curriculum.unwrap();
         assert_eq!(c.mean.ramp_fraction, 0.75);
         assert_eq!(c.sampler.backprop_depth, 8);
@@ -59,11 +70,17 @@ fn paper_recipes_have_the_paper_constants() {
 
 #[test]
 fn unknown_keys_are_rejected() {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml")).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
     let bad = text.replace("[training]", "[training]\nbatch = 3");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
     std::fs::write(&p, bad).unwrap();
     let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
-    assert!(err.contains("unknown field `batch`") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("unknown field `batch`") && err.contains("bad.toml"),
+        "{err}"
+    );
 }
