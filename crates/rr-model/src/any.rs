@@ -129,6 +129,27 @@ impl CausalLm for AnyModel {
         }
     }
 
+    fn forward_masked(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+        match self {
+            AnyModel::Llama(m) => m.forward(ids, Some(mask)),
+            AnyModel::Recurrent {
+                model,
+                recurrence,
+                seed,
+            } => {
+                model
+                    .forward(
+                        ids,
+                        Some(mask),
+                        *recurrence,
+                        0,
+                        &InitialState::Random { seed: *seed },
+                    )
+                    .logits
+            }
+        }
+    }
+
     fn device(&self) -> Device {
         match self {
             AnyModel::Llama(m) => m.device(),

@@ -19,6 +19,9 @@ pub trait CausalLm {
     fn forward_cached(&self, ids: &Tensor, cache: &mut Self::Cache) -> Tensor;
     /// Logits [B, T, V] for a whole sequence, no cache.
     fn forward_full(&self, ids: &Tensor) -> Tensor;
+    /// Logits [B, T, V] for a padded batch: `mask` [B, T] is 1 on real tokens, 0 on padding;
+    /// each row gets exactly what it gets alone.
+    fn forward_masked(&self, ids: &Tensor, mask: &Tensor) -> Tensor;
     fn device(&self) -> Device;
     fn vocab_size(&self) -> usize;
 }
@@ -33,6 +36,9 @@ impl CausalLm for LlamaModel {
     }
     fn forward_full(&self, ids: &Tensor) -> Tensor {
         self.forward(ids, None)
+    }
+    fn forward_masked(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+        self.forward(ids, Some(mask))
     }
     fn device(&self) -> Device {
         LlamaModel::device(self)

@@ -548,8 +548,9 @@ impl RecurrentModel {
         RecurrentOutput { logits, state }
     }
 
-    /// One recurrence: `core(adapter(cat[state, e]))`.
-    fn core_step(
+    /// One recurrence: `core(adapter(cat[state, e]))`. Public for the inference loops of
+    /// `recurrent_infer`, which drive the iterations themselves.
+    pub fn core_step(
         &self,
         state: &Tensor,
         e: &Tensor,
@@ -564,7 +565,8 @@ impl RecurrentModel {
         x
     }
 
-    fn initial_state(&self, init: &InitialState, positions: &Tensor, like: &Tensor) -> Tensor {
+    /// The initial latent state for tokens at `positions` [B, T], shaped and typed like `like`.
+    pub fn initial_state(&self, init: &InitialState, positions: &Tensor, like: &Tensor) -> Tensor {
         match init {
             InitialState::Zeros => like.zeros_like().detach(),
             InitialState::Given(s) => s.to_device(like.device()).to_kind(like.kind()),

@@ -1,0 +1,530 @@
+//! Recurrent inference (`rr_model::recurrent_infer`): cached greedy generation against full
+//! recomputation, padded batches, the bounded latest-m cache, per-token adaptive exit with the
+//! "last computed" fill rule, and warm start. The model is the `raven_llama` fixture (formula
+//! weights, fp32, CPU; prelude 1, core 2, coda 1).
+
+mod common;
+
+use std::time::Instant;
+
+use anyhow::Result;
+use rr_model::recurrent::{InitialState, RecurrentCache, RecurrentModel};
+use rr_model::recurrent_infer::{
+    forward_step, generate_recurrent, generate_recurrent_batch, CacheMode, DecodeOptions,
+    ExitCriterion, InferCache, RecurrentGeneration, Steps,
+};
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+const SEED: u64 = 1234;
+
+fn fixture_model() -> Result<(tempfile::TempDir, RecurrentModel)> {
+    let fx = common::load_raven_fixture("raven_llama")?;
+    let dir = common::write_raven_model_dir(&fx["config"])?;
+    let model = RecurrentModel::load(dir.path(), Device::Cpu, Kind::Float)?;
+    Ok((dir, model))
+}
+
+fn prompts() -> Vec<Vec<i64>> {
+    vec![
+        vec![1, 17, 42, 5, 96, 33, 8, 71, 23],
+        vec![7],
+        vec![50, 2, 64, 11],
+    ]
+}
+
+fn opts(r: usize) -> DecodeOptions {
+    DecodeOptions {
+        recurrence: r,
+        seed: SEED,
+        keep_logits: true,
+        ..DecodeOptions::default()
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Largest per-step logit difference; the two runs must have the same ids.
+fn assert_same(a: &RecurrentGeneration, b: &RecurrentGeneration, what: &str) -> f64 {
+    assert_eq!(a.ids, b.ids, "{what}: token ids differ");
+    assert_eq!(a.logits.len(), b.logits.len(), "{what}");
+    let worst = a
+        .logits
+        .iter()
+        .zip(&b.logits)
+        .map(|(x, y)| max_abs(x, y))
+        .fold(0.0, f64::max);
+    assert!(worst <= TOL, "{what}: logits differ by {worst}");
+    worst
+}
+
+fn ids(v: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view([1, v.len() as i64])
+}
+
+#[test]
+fn cached_greedy_equals_recomputation() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    let mut by_r = Vec::new();
+    for r in [1, 4, 8] {
+        for p in prompts() {
+            let cached = generate_recurrent(&model, &p, 10, &[], &opts(r))?;
+            let full = generate_recurrent(
+                &model,
+                &p,
+                10,
+                &[],
+                &DecodeOptions {
+                    use_cache: false,
+                    ..opts(r)
+                },
+            )?;
+            assert_eq!(cached.ids.len(), 10);
+            let d = assert_same(&cached, &full, &format!("r={r} prompt {p:?}"));
+            eprintln!(
+                "r={r} prompt {p:?}: {:?} (max |Δlogit| {d:.2e})",
+                cached.ids
+            );
+            assert!(cached.steps_per_token.iter().all(|&s| s == r));
+            if p.len() == 9 {
+                by_r.push(cached);
+            }
+        }
+    }
+    // The comparison has teeth: recurrence changes the logits substantially.
+    let d = max_abs(&by_r[0].logits[0], &by_r[2].logits[0]);
+    assert!(d > 0.1, "r=1 and r=8 logits differ by only {d}");
+    Ok(())
+}
+
+#[test]
+fn eos_stops_generation() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    let p = &prompts()[0];
+    let all = generate_recurrent(&model, p, 6, &[], &opts(4))?;
+    let eos = all.ids[2];
+    let stop = generate_recurrent(&model, p, 6, &[eos], &opts(4))?;
+    let first = all.ids.iter().position(|&t| t == eos).unwrap();
+    assert_eq!(stop.ids, all.ids[..=first]);
+    Ok(())
+}
+
+#[test]
+fn padded_batch_rows_equal_solo_runs() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    for r in [1, 4] {
+        let batch = generate_recurrent_batch(&model, &prompts(), 8, &[], &opts(r))?;
+        for (p, got) in prompts().iter().zip(&batch) {
+            let alone = generate_recurrent(&model, p, 8, &[], &opts(r))?;
+            let d = assert_same(got, &alone, &format!("batch row {p:?} r={r}"));
+            eprintln!("batch r={r} row {p:?}: max |Δlogit| vs alone {d:.2e}");
+        }
+        // And the uncached path with the same padding agrees too.
+        let full = generate_recurrent_batch(
+            &model,
+            &prompts(),
+            8,
+            &[],
+            &DecodeOptions {
+                use_cache: false,
+                ..opts(r)
+            },
+        )?;
+        for (a, b) in batch.iter().zip(&full) {
+            assert_same(a, b, &format!("batch cached vs recomputed r={r}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn latest_m_with_m_at_least_r_equals_full() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    for (r, m) in [(4, 4), (4, 8), (1, 1)] {
+        for p in prompts() {
+            let full = generate_recurrent(&model, &p, 8, &[], &opts(r))?;
+            let lm = generate_recurrent(
+                &model,
+                &p,
+                8,
+                &[],
+                &DecodeOptions {
+                    cache_mode: CacheMode::LatestM(m),
+                    ..opts(r)
+                },
+            )?;
+            assert_same(&full, &lm, &format!("latest-{m} vs full, r={r}"));
+            assert_eq!(lm.cache_stats.unwrap(), full.cache_stats.unwrap());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn latest_m_memory_is_bounded_by_m() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    let p = &prompts()[0];
+    let n_new = 6;
+    let run = |r: usize, mode: CacheMode| {
+        generate_recurrent(
+            &model,
+            p,
+            n_new,
+            &[],
+            &DecodeOptions {
+                cache_mode: mode,
+                ..opts(r)
+            },
+        )
+        .unwrap()
+    };
+    let m4_r8 = run(8, CacheMode::LatestM(4));
+    let m4_r16 = run(16, CacheMode::LatestM(4));
+    let m4_r32 = run(32, CacheMode::LatestM(4));
+    let full_r16 = run(16, CacheMode::Full);
+    let full_r32 = run(32, CacheMode::Full);
+    let (s8, s16, s32) = (
+        m4_r8.cache_stats.unwrap(),
+        m4_r16.cache_stats.unwrap(),
+        m4_r32.cache_stats.unwrap(),
+    );
+    assert_eq!(s8.core_slots, 4);
+    assert_eq!(s8, s16);
+    assert_eq!(s16, s32);
+    let (f16, f32_) = (full_r16.cache_stats.unwrap(), full_r32.cache_stats.unwrap());
+    assert_eq!(f16.core_slots, 16);
+    assert_eq!(f32_.core_slots, 32);
+    // prelude 1 + coda 1 + core 2 per slot, K and V each.
+    assert_eq!(s16.tensors, 2 * (1 + 1 + 2 * 4));
+    assert_eq!(f32_.tensors, 2 * (1 + 1 + 2 * 32));
+    let per_layer = f32_.elements / (f32_.tensors as i64 / 2);
+    assert_eq!(s32.elements, per_layer * (s32.tensors as i64 / 2));
+    eprintln!(
+        "cache elements after {} positions: latest-4 (r=8/16/32) {}; full r=16 {}, r=32 {}",
+        p.len() + n_new - 1,
+        s32.elements,
+        f16.elements,
+        f32_.elements
+    );
+    // With m < r the mode is an approximation: it must still run and generally differ.
+    let exact = run(16, CacheMode::Full);
+    let d = exact
+        .logits
+        .iter()
+        .zip(&m4_r16.logits)
+        .map(|(a, b)| max_abs(a, b))
+        .fold(0.0, f64::max);
+    eprintln!(
+        "latest-4 vs full at r=16: max |Δlogit| {d:.3e}, ids {:?} vs {:?}",
+        m4_r16.ids, exact.ids
+    );
+    assert!(d > 0.0);
+    Ok(())
+}
+
+/// Runs `tokens` one by one through the *reference* cache of `RecurrentModel::
+/// forward_with_cache`, after a prefill, with `iters[i]` iterations for token i, filling the
+/// slots an earlier token skipped by hand ("last computed" rule) before a deeper token runs.
+fn reference_with_fill(
+    model: &RecurrentModel,
+    prompt: &[i64],
+    prompt_r: usize,
+    tokens: &[i64],
+    iters: &[usize],
+    fill: bool,
+) -> Tensor {
+    let init = InitialState::Random { seed: SEED };
+    let mut cache: RecurrentCache = model.new_cache();
+    let mut depth = vec![prompt_r; prompt.len()]; // iterations run by each cached position
+    let _ =
+        tch::no_grad(|| model.forward_with_cache(&ids(prompt), None, prompt_r, &init, &mut cache));
+    let mut last = None;
+    for (&tok, &r) in tokens.iter().zip(iters) {
+        if fill {
+            // Make slots 0..r hold, for every cached position p, iteration min(j, depth[p]-1).
+            while cache.core.len() < r {
+                cache.core.push(
+                    (0..model.core_block.len())
+                        .map(|_| Default::default())
+                        .collect(),
+                );
+            }
+            for j in 0..cache.core.len() {
+                for l in 0..model.core_block.len() {
+                    let cols: Vec<Tensor> = depth
+                        .iter()
+                        .enumerate()
+                        .map(|(p, &d)| {
+                            let (k, v) = cache.core[j.min(d - 1)][l].kv.as_ref().unwrap();
+                            Tensor::stack(&[k.narrow(2, p as i64, 1), v.narrow(2, p as i64, 1)], 0)
+                        })
+                        .collect();
+                    let kv = Tensor::cat(&cols, 3);
+                    cache.core[j][l].kv = Some((kv.get(0), kv.get(1)));
+                }
+            }
+            // Every position now holds its own value in every slot, as if it had run r
+            // iterations with the copies.
+            for d in depth.iter_mut() {
+                *d = (*d).max(cache.core.len());
+            }
+        }
+        let out =
+            tch::no_grad(|| model.forward_with_cache(&ids(&[tok]), None, r, &init, &mut cache));
+        depth.push(r);
+        last = Some(out.logits);
+    }
+    last.unwrap()
+}
+
+#[test]
+fn exited_tokens_fill_skipped_iterations_with_last_computed() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    let prompt = [1, 17, 42, 5, 96];
+    let tokens = [33, 8, 71];
+    // Token 0 exits after 2 iterations (any KL passes), token 1 after 3, token 2 runs all 8
+    // (no KL passes a negative threshold): it reads slots 2..8 of tokens that never ran them
+    // and slots 3..8 of the prompt (run at r = 3).
+    let crit = |threshold: f64, min_steps: usize| ExitCriterion {
+        threshold,
+        min_steps,
+        max_steps: 8,
+    };
+    let schedule = [
+        crit(f64::INFINITY, 2),
+        crit(f64::INFINITY, 3),
+        crit(-1.0, 1),
+    ];
+    for mode in [CacheMode::Full, CacheMode::LatestM(8)] {
+        let mut cache = InferCache::new(&model, mode)?;
+        let init = InitialState::Random { seed: SEED };
+        forward_step(
+            &model,
+            &ids(&prompt),
+            None,
+            &init,
+            Steps::Fixed(3),
+            &mut cache,
+        )?;
+        let mut steps = Vec::new();
+        let mut logits = None;
+        for (&tok, &c) in tokens.iter().zip(&schedule) {
+            let out = forward_step(
+                &model,
+                &ids(&[tok]),
+                None,
+                &init,
+                Steps::Adaptive(c),
+                &mut cache,
+            )?;
+            steps.push(out.steps);
+            logits = Some(out.logits);
+        }
+        assert_eq!(steps, [2, 3, 8]);
+        let got = logits.unwrap();
+        let want = reference_with_fill(&model, &prompt, 3, &tokens, &[2, 3, 8], true);
+        let d = max_abs(&got, &want);
+        assert!(
+            d <= TOL,
+            "{mode:?}: exit + fill differs from the explicit reference by {d}"
+        );
+        // The filled entries matter: leaving them out changes the result.
+        let unfilled = reference_with_fill(&model, &prompt, 3, &tokens, &[2, 3, 8], false);
+        let d_unfilled = max_abs(&got, &unfilled);
+        eprintln!("{mode:?}: |Δ| vs filled reference {d:.2e}, vs unfilled {d_unfilled:.3e}");
+        assert!(d_unfilled > 1e-3);
+        assert!(cache.stats().core_slots == 8);
+    }
+    Ok(())
+}
+
+#[test]
+fn adaptive_exit_steps_and_mean() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    let mut all = Vec::new();
+    for p in prompts() {
+        let g = generate_recurrent(
+            &model,
+            &p,
+            12,
+            &[],
+            &DecodeOptions {
+                recurrence: 8,
+                exit: Some(ExitCriterion::default()),
+                ..opts(8)
+            },
+        )?;
+        assert!(g.steps_per_token.iter().all(|&s| (2..=32).contains(&s)));
+        eprintln!(
+            "exit 1e-3, prompt {p:?}: steps {:?}, mean {:.2}",
+            g.steps_per_token,
+            g.mean_steps()
+        );
+        all.extend(g.steps_per_token);
+    }
+    eprintln!(
+        "mean steps per token (KL < 1e-3, max 32): {:.2} over {} tokens",
+        all.iter().sum::<usize>() as f64 / all.len() as f64,
+        all.len()
+    );
+    // The fixture's formula weights are no trained model: its latent rarely settles.
+    for threshold in [1e-1, 1e-2, 1e-3] {
+        let g = generate_recurrent(
+            &model,
+            &prompts()[0],
+            12,
+            &[],
+            &DecodeOptions {
+                exit: Some(ExitCriterion {
+                    threshold,
+                    ..ExitCriterion::default()
+                }),
+                ..opts(8)
+            },
+        )?;
+        eprintln!(
+            "KL < {threshold:e}: mean steps {:.2} {:?}",
+            g.mean_steps(),
+            g.steps_per_token
+        );
+    }
+    // A threshold nothing meets runs max_steps; min_steps is honoured.
+    let never = ExitCriterion {
+        threshold: -1.0,
+        min_steps: 1,
+        max_steps: 5,
+    };
+    let g = generate_recurrent(
+        &model,
+        &prompts()[0],
+        4,
+        &[],
+        &DecodeOptions {
+            exit: Some(never),
+            ..opts(4)
+        },
+    )?;
+    assert_eq!(g.steps_per_token, [5; 4]);
+    let always = ExitCriterion {
+        threshold: f64::INFINITY,
+        min_steps: 3,
+        max_steps: 5,
+    };
+    let g = generate_recurrent(
+        &model,
+        &prompts()[0],
+        4,
+        &[],
+        &DecodeOptions {
+            exit: Some(always),
+            ..opts(4)
+        },
+    )?;
+    assert_eq!(g.steps_per_token, [3; 4]);
+    // Adaptive exit that runs exactly r steps equals the fixed-r run.
+    let fixed = ExitCriterion {
+        threshold: -1.0,
+        min_steps: 4,
+        max_steps: 4,
+    };
+    let a = generate_recurrent(
+        &model,
+        &prompts()[0],
+        6,
+        &[],
+        &DecodeOptions {
+            exit: Some(fixed),
+            ..opts(4)
+        },
+    )?;
+    let b = generate_recurrent(&model, &prompts()[0], 6, &[], &opts(4))?;
+    assert_same(&a, &b, "adaptive with min = max = r vs fixed r");
+    Ok(())
+}
+
+#[test]
+fn warm_start_is_deterministic_and_changes_results() -> Result<()> {
+    let (_dir, model) = fixture_model()?;
+    for r in [2, 8] {
+        let warm = DecodeOptions {
+            warm_start: true,
+            ..opts(r)
+        };
+        let p = &prompts()[0];
+        let a = generate_recurrent(&model, p, 8, &[], &warm)?;
+        let b = generate_recurrent(&model, p, 8, &[], &warm)?;
+        assert_eq!(a.ids, b.ids);
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            assert_eq!(max_abs(x, y), 0.0, "warm start is not deterministic");
+        }
+        let cold = generate_recurrent(&model, p, 8, &[], &opts(r))?;
+        // The first token comes from the prompt (seeded state either way).
+        assert_eq!(max_abs(&a.logits[0], &cold.logits[0]), 0.0);
+        let d = max_abs(&a.logits[1], &cold.logits[1]);
+        eprintln!(
+            "r={r}: warm {:?} vs cold {:?}; |Δlogit| at token 2: {d:.3e}",
+            a.ids, cold.ids
+        );
+        assert!(d > 1e-3, "warm start barely changes the logits ({d})");
+    }
+    // Warm start together with adaptive exit.
+    let g = generate_recurrent(
+        &model,
+        &prompts()[0],
+        8,
+        &[],
+        &DecodeOptions {
+            warm_start: true,
+            exit: Some(ExitCriterion::default()),
+            ..opts(8)
+        },
+    )?;
+    eprintln!(
+        "warm start + exit: steps {:?}, mean {:.2}",
+        g.steps_per_token,
+        g.mean_steps()
+    );
+    Ok(())
+}
+
+/// CPU throughput, cached vs recomputed: `cargo test --release ... -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_tokens_per_second() -> Result<()> {
+    let fx = common::load_raven_fixture("raven_llama")?;
+    let mut bigger = fx["config"].clone();
+    bigger["n_embd"] = 256.into();
+    bigger["head_dim"] = 64.into();
+    bigger["intermediate_size"] = 768.into();
+    bigger["vocab_size"] = 512.into();
+    bigger["padded_vocab_size"] = 512.into();
+    for (name, cfg) in [
+        ("fixture h=64", fx["config"].clone()),
+        ("h=256 V=512", bigger),
+    ] {
+        let dir = common::write_raven_model_dir(&cfg)?;
+        let model = RecurrentModel::load(dir.path(), Device::Cpu, Kind::Float)?;
+        let prompt: Vec<i64> = (1..17).collect();
+        let n = 48;
+        for r in [1, 4, 16] {
+            for use_cache in [true, false] {
+                let o = DecodeOptions {
+                    use_cache,
+                    keep_logits: false,
+                    ..opts(r)
+                };
+                let t0 = Instant::now();
+                let g = generate_recurrent(&model, &prompt, n, &[], &o)?;
+                let s = t0.elapsed().as_secs_f64();
+                eprintln!(
+                    "{name}: r={r:2} cache={use_cache:5}: {:.1} tok/s ({} tokens, prompt 16)",
+                    g.ids.len() as f64 / s,
+                    g.ids.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
