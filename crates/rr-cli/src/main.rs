@@ -40,6 +40,8 @@ enum Command {
     Data(DataCommand),
     /// Train a recurrent model (or a static baseline) from a TOML recipe.
     Train(TrainArgs),
+    /// Evaluate a model on tasks at several test recurrences.
+    Eval(EvalArgs),
     /// A markdown report with plots comparing a run with its static baseline.
     Report {
         run_dir: PathBuf,
@@ -84,6 +86,34 @@ enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa,
+    /// winogrande, hellaswag, synth.
+    #[arg(long)]
+    tasks: String,
+    /// Test recurrences (recurrent models).
+    #[arg(long, default_value = "1,2,4,8,16,32")]
+    recurrences: String,
+    /// Evaluate the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Data directory (default: $RR_SHARED_DATA, else ../shared/data); for `synth`, the JSONL file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A static model's results.json, drawn as a flat line in the plots.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    #[arg(long, default_value = "results.json")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -327,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
+        Command::Eval(args) => run_eval(args)?,
         Command::Report {
             run_dir,
             baseline,
@@ -486,6 +517,55 @@ fn run_surgery(args: SurgeryArgs) -> Result<()> {
         return Ok(());
     }
     surgery.write(&args.out, args.force)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    use rr_eval::evaluate::{evaluate, parse_recurrences, write_outputs, EvalOptions};
+    use rr_eval::tasks::Task;
+    let tasks: Vec<Task> = args
+        .tasks
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Task::parse)
+        .collect::<Result<_>>()?;
+    if tasks.is_empty() {
+        bail!("--tasks is empty");
+    }
+    let recurrences = parse_recurrences(&args.recurrences).context("--recurrences")?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let data_dir = args.data.clone().unwrap_or_else(|| {
+        std::env::var_os("RR_SHARED_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("../shared/data"))
+    });
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            rr_eval::results::RecurrenceReport::from_json(&text)
+                .with_context(|| p.display().to_string())
+        })
+        .transpose()?;
+    let (mut model, tokenizer) = args.model.load()?;
+    let opts = EvalOptions {
+        tasks: tasks.clone(),
+        recurrences,
+        limit: args.limit,
+        seed: args.model.seed,
+        batch_size: args.batch_size,
+        max_new_tokens: args.max_new_tokens,
+        data_dir,
+    };
+    let report = evaluate(&mut model, &tokenizer, &opts, |line| eprintln!("{line}"))?;
+    write_outputs(&report, baseline.as_ref(), &tasks, &args.out)?;
+    print!("{}", report.to_markdown());
     println!("wrote {}", args.out.display());
     Ok(())
 }

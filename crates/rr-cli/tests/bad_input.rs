@@ -476,3 +476,67 @@ fn recurrence_flag_is_checked() {
     let err = rr_fails(&args);
     assert!(err.contains("--recurrence must be at least 1"), "{err}");
 }
+
+#[test]
+fn eval_bad_input() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let hf = hf.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r.json");
+    let out = out.to_str().unwrap();
+    let err = rr_fails(&[
+        "eval",
+        "--model",
+        hf,
+        "--tasks",
+        "arc_easy,trivia",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("trivia") && err.contains("arc_easy"), "{err}");
+    for bad in ["0", "-2", "1,x"] {
+        let arg = format!("--recurrences={bad}");
+        let err = rr_fails(&[
+            "eval", "--model", hf, "--tasks", "arc_easy", &arg, "--device", "cpu", "--out", out,
+        ]);
+        assert!(err.contains("recurrence"), "{bad}: {err}");
+    }
+    let err = rr_fails(&[
+        "eval",
+        "--model",
+        hf,
+        "--tasks",
+        "gsm8k",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("test.jsonl"), "{err}");
+    let bad_rows = tmp.path().join("synth.jsonl");
+    std::fs::write(
+        &bad_rows,
+        "{\"question\": \"q\", \"answer\": \"#### 1\", \"steps\": 1}\nnot json\n",
+    )
+    .unwrap();
+    let err = rr_fails(&[
+        "eval",
+        "--model",
+        hf,
+        "--tasks",
+        "synth",
+        "--data",
+        bad_rows.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out,
+    ]);
+    assert!(err.contains("synth.jsonl:2"), "{err}");
+    assert!(!Path::new(out).exists());
+}

@@ -1,0 +1,344 @@
+//! Task loaders on the real data files (`RR_SHARED_DATA`, default `<workspace>/../shared/data`;
+//! absent → skipped with a reason, except under `CI=true`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use rr_eval::tasks::*;
+use sha2::{Digest, Sha256};
+
+fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("RR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if dir.join("mc").is_dir() {
+        return Some(dir);
+    }
+    let msg = format!(
+        "shared data not found at {} (set RR_SHARED_DATA)",
+        dir.display()
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
+const MATH_EXEMPLAR: &str = "Problem:\nFind the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n\nSolution:\nThe expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.\n\n";
+
+const GSM8K_EXEMPLAR: &str = "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?\n\nA: Let's think step by step. Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72\n\n";
+
+#[test]
+fn counts() {
+    let Some(dir) = data_dir() else { return };
+    for (task, n) in [
+        (Task::ArcEasy, 2376),
+        (Task::ArcChallenge, 1172),
+        (Task::OpenBookQa, 500),
+        (Task::Piqa, 1838),
+        (Task::Winogrande, 1267),
+        (Task::Hellaswag, 1000),
+        (Task::Gsm8k, 1319),
+        (Task::Math500, 500),
+    ] {
+        let d = load(task, &dir, None).unwrap();
+        assert_eq!((d.n_original, d.requests.len()), (n, n), "{task}");
+        let d = load(task, &dir, Some(7)).unwrap();
+        assert_eq!((d.n_original, d.requests.len()), (n, 7), "{task} limited");
+    }
+}
+
+fn first_mc(task: Task) -> Option<McItem> {
+    let dir = data_dir()?;
+    let d = load(task, &dir, Some(1)).unwrap();
+    Some(d.multiple_choice().unwrap()[0].clone())
+}
+
+#[test]
+fn first_items_multiple_choice() {
+    let Some(arc) = first_mc(Task::ArcEasy) else {
+        return;
+    };
+    assert_eq!(arc.contexts, ["Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"]);
+    assert_eq!(
+        arc.continuations,
+        [
+            " Sunlight is the source of energy for nearly all ecosystems.",
+            " Most ecosystems are found on land instead of in water.",
+            " Carbon dioxide is more available than other gases.",
+            " The producers in all ecosystems are plants.",
+        ]
+    );
+    assert_eq!(arc.gold, 0);
+    assert_eq!(
+        arc.norm_lengths()[3],
+        "The producers in all ecosystems are plants.".len()
+    );
+
+    let arc = first_mc(Task::ArcChallenge).unwrap();
+    assert_eq!(arc.contexts, ["Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely effect of this increase in rotation?\nAnswer:"]);
+    assert_eq!(arc.continuations[2], " Planetary days will become shorter.");
+    assert_eq!(arc.gold, 2);
+
+    let obqa = first_mc(Task::OpenBookQa).unwrap();
+    assert_eq!(obqa.contexts, ["A person wants to start saving money so that they can afford a nice vacation at the end of the year. After looking over their budget and expenses, they decide the best way to save money is to"]);
+    assert_eq!(
+        obqa.continuations,
+        [
+            " make more phone calls",
+            " quit eating lunch out",
+            " buy less with monopoly money",
+            " have lunch with friends"
+        ]
+    );
+    assert_eq!(obqa.gold, 1);
+
+    let piqa = first_mc(Task::Piqa).unwrap();
+    assert_eq!(
+        piqa.contexts,
+        ["Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"]
+    );
+    assert_eq!(piqa.continuations, [
+        " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will also need to supply it with a water bottle and a food dish.",
+        " Provide the guinea pig with a cage full of a few inches of bedding made of ripped jeans material, you will also need to supply it with a water bottle and a food dish.",
+    ]);
+    assert_eq!(piqa.gold, 0);
+
+    let wg = first_mc(Task::Winogrande).unwrap();
+    assert_eq!(
+        wg.contexts,
+        [
+            "Sarah was a much better surgeon than Maria so Sarah",
+            "Sarah was a much better surgeon than Maria so Maria"
+        ]
+    );
+    assert_eq!(wg.continuations, [" always got the easier cases."]);
+    assert_eq!(wg.gold, 1);
+    assert_eq!(
+        wg.pairs(),
+        [
+            (
+                "Sarah was a much better surgeon than Maria so Sarah",
+                " always got the easier cases."
+            ),
+            (
+                "Sarah was a much better surgeon than Maria so Maria",
+                " always got the easier cases."
+            ),
+        ]
+    );
+
+    let hs = first_mc(Task::Hellaswag).unwrap();
+    // ctx_b "a few women" capitalised; activity label prefixed.
+    assert_eq!(hs.contexts, ["Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. A few women"]);
+    assert_eq!(
+        hs.continuations,
+        [
+            " go down a rock and stop.",
+            " watch from around a pole vault.",
+            " are in the wading pool.",
+            " are in the gym practicing to do this pole vault, trying to do their best.",
+        ]
+    );
+    assert_eq!(hs.gold, 3);
+}
+
+#[test]
+fn hellaswag_wikihow_preprocessing() {
+    let Some(dir) = data_dir() else { return };
+    let d = load(Task::Hellaswag, &dir, Some(4)).unwrap();
+    let item = &d.multiple_choice().unwrap()[3];
+    // Row 4 (ind 670): "[header] …[title] …[step] …", empty ctx_b; harness `preprocess`
+    // output worked out with Python's `re`.
+    assert_eq!(item.contexts, ["Sports and Fitness: How to bowl the leg spinner's variations. To bowl a googly, you grip the ball the same as you would for a leg break but hold it so your palm faces away from you. As you bowl, you bring your elbow close to your head and cock your wrist so that back of your hand faces the batsman. You spin the ball by rotating the fingers."]);
+    assert_eq!(item.continuations[0], "  If you're outside, the batsman only looks at the batsman as they dribble.. If you're inside, the batsman lets you line up the batsman with you.");
+    assert_eq!(item.continuations[1], " Bring your wrist back towards your head so that the ball is back in front of your body and your fist will be holding the ball. A barbell is not needed for this style of bowl.");
+    assert_eq!(item.gold, 2);
+    assert_eq!(python_capitalize("a FEW women"), "A few women");
+    assert_eq!(python_capitalize(""), "");
+}
+
+#[test]
+fn first_items_generative() {
+    let Some(dir) = data_dir() else { return };
+    let d = load(Task::Gsm8k, &dir, Some(1)).unwrap();
+    let r = &d.generate().unwrap()[0];
+    assert_eq!(r.prompt, format!("{GSM8K_EXEMPLAR}Q: Janet\u{2019}s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?\n\nA: Let's think step by step."));
+    assert_eq!(r.reference, "18");
+    assert_eq!(r.stop, ["Q:"]);
+    assert_eq!(r.difficulty, None);
+
+    // The exemplar is GSM8K train row 1, calculator annotations removed.
+    let train = std::fs::read_to_string(dir.join("gsm8k/train.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(train.lines().next().unwrap()).unwrap();
+    assert_eq!(row["question"], GSM8K_EXEMPLAR_QUESTION);
+    assert_eq!(
+        strip_calculator_annotations(row["answer"].as_str().unwrap()),
+        GSM8K_EXEMPLAR_ANSWER
+    );
+
+    let d = load(Task::Math500, &dir, Some(1)).unwrap();
+    let r = &d.generate().unwrap()[0];
+    assert_eq!(r.prompt, format!("{MATH_EXEMPLAR}Problem:\nConvert the point $(0,3)$ in rectangular coordinates to polar coordinates.  Enter your answer in the form $(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 \\pi.$\n\nSolution:"));
+    assert_eq!(r.reference, "\\left( 3, \\frac{\\pi}{2} \\right)");
+    assert_eq!(r.id, "test/precalculus/807.json");
+    assert_eq!(r.stop, ["Problem:"]);
+}
+
+fn digest_mc(items: &[McItem]) -> String {
+    let mut h = Sha256::new();
+    for it in items {
+        h.update(format!(
+            "{}\x1e{}\x1e{}\n",
+            it.contexts.join("\x1f"),
+            it.continuations.join("\x1f"),
+            it.gold
+        ));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Every request of every file against digests computed independently in Python from the
+/// harness's definitions (HellaSwag with the harness's own `preprocess` and `str.capitalize`).
+#[test]
+fn all_items_match_python_reference() {
+    let Some(dir) = data_dir() else { return };
+    for (task, want) in [
+        (
+            Task::ArcEasy,
+            "8b8ef373d3845ddf65b4eb149485cdf04fcd5af1583cd48edd1d722ae6d4c0cf",
+        ),
+        (
+            Task::ArcChallenge,
+            "b3eca9a7fa20e39237d70d5e820be3118ed3e0699a81b0eba827dad8c12342db",
+        ),
+        (
+            Task::OpenBookQa,
+            "c7350a785e447f2b64e0691f605ed2c7a6088413cc8a532c9c3d6cde54d9aeb3",
+        ),
+        (
+            Task::Piqa,
+            "8349ee9b7b50f1e12a21a8b4a5e97e6b72b53a7585cce6670f70a3c7618b3ecc",
+        ),
+        (
+            Task::Winogrande,
+            "c1639a4065403e1d5f904faca8740183180fa1e229fdfd33efbae3af03c67f28",
+        ),
+        (
+            Task::Hellaswag,
+            "fb2bb474661727baf3bade750aee35094ae7320b74af2b95a17b0264e338f8ba",
+        ),
+    ] {
+        let d = load(task, &dir, None).unwrap();
+        assert_eq!(digest_mc(d.multiple_choice().unwrap()), want, "{task}");
+    }
+    let d = load(Task::Gsm8k, &dir, None).unwrap();
+    let as_items: Vec<McItem> = d
+        .generate()
+        .unwrap()
+        .iter()
+        .map(|r| McItem {
+            id: r.id.clone(),
+            contexts: vec![r.prompt.clone()],
+            continuations: vec![r.reference.clone()],
+            gold: 0,
+        })
+        .collect();
+    assert_eq!(
+        digest_mc(&as_items),
+        "fa964ee57fcd153ca5fa50f35cb454fe3d1242126435b2217fd96eb7287dde0a"
+    );
+}
+
+#[test]
+fn math500_references_equal_themselves_and_their_solutions_box() {
+    let Some(dir) = data_dir() else { return };
+    let d = load(Task::Math500, &dir, None).unwrap();
+    let text = std::fs::read_to_string(dir.join("math/MATH500_test.jsonl")).unwrap();
+    let mut boxed_agree = 0;
+    for (r, line) in d.generate().unwrap().iter().zip(text.lines()) {
+        assert!(
+            rr_eval::metrics::math_equal(&r.reference, &r.reference),
+            "{}",
+            r.reference
+        );
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let boxed = rr_eval::metrics::last_boxed(row["solution"].as_str().unwrap()).unwrap();
+        boxed_agree += usize::from(rr_eval::metrics::math_equal(&boxed, &r.reference));
+    }
+    // The `answer` field is the solution's last box, up to normalisation, nearly always.
+    assert!(boxed_agree >= 490, "{boxed_agree}/500");
+}
+
+fn temp_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn malformed_rows_name_file_and_line() {
+    let f = temp_file("{\"query\": \"q\", \"choices\": [\"a\", \"b\"], \"gold\": 0}\n\n{\"query\": \"q\", \"choices\": [\"a\"]}\n");
+    let e = load_file(Task::ArcEasy, f.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with(&format!("{}:3: ", f.path().display())), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+
+    let f = temp_file("{\"query\": \"q\", \"choices\": [\"a\", \"b\"], \"gold\": 2}\n");
+    let e = load_file(Task::Piqa, f.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("{}:1: ", f.path().display())) && e.contains("gold 2 out of range"),
+        "{e}"
+    );
+
+    let f = temp_file("{\"question\": \"q\", \"answer\": \"#### 3\"}\nnot json\n");
+    let e = load_file(Task::Gsm8k, f.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with(&format!("{}:2: ", f.path().display())), "{e}");
+
+    let f = temp_file("{\"question\": \"q\", \"answer\": \"3\"}\n");
+    let e = load_file(Task::Gsm8k, f.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":1: ") && e.contains("####"), "{e}");
+
+    let f = temp_file("{\"question\": \"q\", \"answer\": \"#### 3\"}\n");
+    let e = load_file(Task::Synth, f.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":1: ") && e.contains("steps"), "{e}");
+
+    let e = load_file(
+        Task::Gsm8k,
+        std::path::Path::new("/nonexistent/x.jsonl"),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/x.jsonl"), "{e}");
+}
+
+#[test]
+fn synth_rows_carry_difficulty() {
+    let f = temp_file("{\"question\": \"Mia has 7 shells. She finds 5 more shells. How many shells does Mia have now?\", \"answer\": \"Mia has 7 shells and finds 5 more, so she has 7 + 5 = 12 shells.\\n#### 12\", \"steps\": 1}\n");
+    let d = load(Task::Synth, f.path(), None).unwrap();
+    let r = &d.generate().unwrap()[0];
+    assert_eq!(r.difficulty, Some(1));
+    assert_eq!(r.reference, "12");
+    assert!(r.prompt.starts_with(GSM8K_EXEMPLAR));
+    assert!(r.prompt.ends_with("Q: Mia has 7 shells. She finds 5 more shells. How many shells does Mia have now?\n\nA: Let's think step by step."));
+}
+
+#[test]
+fn task_names() {
+    for t in Task::ALL {
+        assert_eq!(Task::parse(t.name()).unwrap(), t);
+        assert_eq!(t.name().parse::<Task>().unwrap(), t);
+    }
+    let e = Task::parse("mmlu").unwrap_err().to_string();
+    assert_eq!(e, "unknown task `mmlu`; known tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa, winogrande, hellaswag, synth");
+}
