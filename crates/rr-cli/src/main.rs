@@ -260,6 +260,19 @@ struct GenerateArgs {
     /// Recompute the whole sequence every step instead of using the KV cache.
     #[arg(long)]
     no_cache: bool,
+    /// Recurrent models: stop iterating a token once the KL divergence between successive
+    /// next-token distributions is below this (e.g. 1e-3); --recurrence is then the maximum.
+    #[arg(long)]
+    exit_kl: Option<f64>,
+    /// With --exit-kl: iterations every token runs at least.
+    #[arg(long, default_value_t = 1)]
+    min_steps: usize,
+    /// Recurrent models: keep only the latest M iterations' keys/values per core layer.
+    #[arg(long)]
+    latest_m: Option<usize>,
+    /// Recurrent models: start each new token's state from the previous token's final state.
+    #[arg(long)]
+    warm_start: bool,
 }
 
 #[derive(Args)]
@@ -455,6 +468,10 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     let (model, tokenizer) = args.model.load()?;
     let prompt = tokenizer.encode(&args.prompt, true)?;
+    let recurrent_options = args.exit_kl.is_some() || args.latest_m.is_some() || args.warm_start;
+    if recurrent_options {
+        return run_generate_recurrent(&args, &model, &tokenizer, &prompt);
+    }
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
@@ -567,5 +584,54 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     write_outputs(&report, baseline.as_ref(), &tasks, &args.out)?;
     print!("{}", report.to_markdown());
     println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Greedy decoding with the recurrent options (adaptive exit, latest-m cache, warm start).
+fn run_generate_recurrent(
+    args: &GenerateArgs,
+    model: &AnyModel,
+    tokenizer: &Tokenizer,
+    prompt: &[i64],
+) -> Result<()> {
+    use rr_model::recurrent_infer::{generate_recurrent, CacheMode, DecodeOptions, ExitCriterion};
+    let AnyModel::Recurrent {
+        model,
+        recurrence,
+        seed,
+    } = model
+    else {
+        bail!("--exit-kl, --latest-m and --warm-start apply only to recurrent models");
+    };
+    if args.temperature.is_some() {
+        bail!("--exit-kl, --latest-m and --warm-start decode greedily; drop --temperature");
+    }
+    let opts = DecodeOptions {
+        recurrence: *recurrence,
+        cache_mode: match args.latest_m {
+            Some(0) => bail!("--latest-m must be at least 1"),
+            Some(m) => CacheMode::LatestM(m),
+            None => CacheMode::Full,
+        },
+        exit: args.exit_kl.map(|threshold| ExitCriterion {
+            threshold,
+            min_steps: args.min_steps,
+            max_steps: *recurrence,
+        }),
+        warm_start: args.warm_start,
+        seed: *seed,
+        use_cache: true,
+        keep_logits: false,
+    };
+    let eos: Vec<i64> = tokenizer.eos_id().into_iter().collect();
+    let out = generate_recurrent(model, prompt, args.max_new_tokens, &eos, &opts)?;
+    println!("{}{}", args.prompt, tokenizer.decode(&out.ids, true)?);
+    let mean =
+        out.steps_per_token.iter().sum::<usize>() as f64 / out.steps_per_token.len().max(1) as f64;
+    eprintln!(
+        "{} tokens, mean core iterations per token {mean:.2} (max {})",
+        out.ids.len(),
+        recurrence
+    );
     Ok(())
 }

@@ -287,6 +287,18 @@ mod tests {
     }
 
     #[test]
+    fn olmo2_1b_layer_parameters_match_the_spec() {
+        // OLMo-2-0425-1B (method.md §7: 67,117,056 per layer, QK-norm over full projections).
+        let text = r#"{"model_type":"olmo2","hidden_size":2048,"intermediate_size":8192,
+            "num_hidden_layers":16,"num_attention_heads":16,"num_key_value_heads":16,
+            "vocab_size":100352,"max_position_embeddings":4096,"rms_norm_eps":1e-6,
+            "rope_theta":500000,"tie_word_embeddings":false}"#;
+        let cfg = LlamaConfig::from_json_str(text).unwrap();
+        assert_eq!(cfg.model_type, ModelType::Olmo2);
+        assert_eq!(cfg.params_per_layer(), 67_117_056);
+    }
+
+    #[test]
     fn transformers5_rope_parameters_are_read() {
         let text = r#"{"hidden_size":64,"intermediate_size":96,"num_hidden_layers":1,
             "num_attention_heads":4,"vocab_size":97,"rope_parameters":{"rope_type":"llama3",
