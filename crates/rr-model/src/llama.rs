@@ -414,6 +414,28 @@ impl KvCache {
     }
 }
 
+/// The key padding mask after appending `t` new positions to `past` cached ones: None while
+/// nothing is padded, else [B, past + t] bool (missing parts count as real tokens).
+pub fn extend_key_mask(
+    cached: Option<&Tensor>,
+    new: Option<&Tensor>,
+    b: i64,
+    past: i64,
+    t: i64,
+    device: Device,
+) -> Option<Tensor> {
+    if cached.is_none() && new.is_none() {
+        return None;
+    }
+    let old = cached
+        .map(|m| m.shallow_clone())
+        .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
+    let new = new
+        .map(|m| m.to_kind(Kind::Bool).to_device(device))
+        .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
+    Some(Tensor::cat(&[&old, &new], 1))
+}
+
 /// Positions and attention mask for `t` new tokens on top of `past` cached ones.
 ///
 /// With padding, positions count only real tokens (`cumsum(mask) - 1`), so a left-padded row
@@ -621,21 +643,14 @@ impl LlamaModel {
         let device = self.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
         // The key mask covers cached and new positions; it exists once anything is padded.
-        let key_mask = match (
+        let key_mask = extend_key_mask(
             cache.as_ref().and_then(|c| c.key_mask.as_ref()),
             attention_mask,
-        ) {
-            (None, None) => None,
-            (old, new) => {
-                let old = old
-                    .map(|m| m.shallow_clone())
-                    .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
-                let new = new
-                    .map(|m| m.to_kind(Kind::Bool).to_device(device))
-                    .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
-                Some(Tensor::cat(&[&old, &new], 1))
-            }
-        };
+            b,
+            past,
+            t,
+            device,
+        );
         let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
         let cos_sin = self.rope.cos_sin(&positions, self.dtype());
         let mut x = Tensor::embedding(

@@ -24,7 +24,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LlamaConfig, ModelType, RopeScaling};
-use crate::llama::{positions_and_mask, Block, LayerKv, Layout, RmsNorm, Rope};
+use crate::llama::{extend_key_mask, positions_and_mask, Block, LayerKv, Layout, RmsNorm, Rope};
 use crate::weights::{write_safetensors, SafetensorsFiles};
 
 /// Huginn's state scale √(2/(5·5280)); not rescaled to the model width (method.md §2).
@@ -481,21 +481,14 @@ impl RecurrentModel {
         let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
         let device = self.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
-        let key_mask = match (
+        let key_mask = extend_key_mask(
             cache.as_ref().and_then(|c| c.key_mask.as_ref()),
             attention_mask,
-        ) {
-            (None, None) => None,
-            (old, new) => {
-                let old = old
-                    .map(|m| m.shallow_clone())
-                    .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
-                let new = new
-                    .map(|m| m.to_kind(Kind::Bool).to_device(device))
-                    .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
-                Some(Tensor::cat(&[&old, &new], 1))
-            }
-        };
+            b,
+            past,
+            t,
+            device,
+        );
         let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
         let cos_sin = self.rope.cos_sin(&positions, self.dtype());
 

@@ -225,19 +225,8 @@ fn forward_step_impl(
     };
     ensure!(max_steps >= 1, "at least one core iteration is needed");
 
-    // Same key-mask bookkeeping as `RecurrentModel::forward_with_cache`.
-    let key_mask = match (c.key_mask.as_ref(), attention_mask) {
-        (None, None) => None,
-        (old, new) => {
-            let old = old
-                .map(|m| m.shallow_clone())
-                .unwrap_or_else(|| Tensor::ones([b, past], (Kind::Bool, device)));
-            let new = new
-                .map(|m| m.to_kind(Kind::Bool).to_device(device))
-                .unwrap_or_else(|| Tensor::ones([b, t], (Kind::Bool, device)));
-            Some(Tensor::cat(&[&old, &new], 1))
-        }
-    };
+    let key_mask =
+        crate::llama::extend_key_mask(c.key_mask.as_ref(), attention_mask, b, past, t, device);
     let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
     let cos_sin = model.rope.cos_sin(&positions, model.dtype());
 
