@@ -50,6 +50,9 @@ enum Command {
         /// Output directory (default: the run's parent directory).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `rr eval` results of the run (task accuracy by test recurrence) to include.
+        #[arg(long)]
+        eval: Option<PathBuf>,
     },
 }
 
@@ -375,10 +378,25 @@ fn run(cli: Cli) -> Result<()> {
             run_dir,
             baseline,
             out,
+            eval,
         } => {
             let out =
                 out.unwrap_or_else(|| run_dir.parent().map(PathBuf::from).unwrap_or_default());
             let path = rr_train::report::write_comparison(&run_dir, baseline.as_deref(), &out)?;
+            if let Some(eval) = eval {
+                let text = std::fs::read_to_string(&eval)
+                    .with_context(|| format!("{}: cannot read", eval.display()))?;
+                let results = rr_eval::results::RecurrenceReport::from_json(&text)
+                    .with_context(|| eval.display().to_string())?;
+                let mut md = std::fs::read_to_string(&path)?;
+                md.push_str(&format!(
+                    "\n## Task accuracy by test recurrence\n\nFrom `{}`:\n\n{}",
+                    eval.display(),
+                    results.to_markdown()
+                ));
+                std::fs::write(&path, md)
+                    .with_context(|| format!("{}: cannot write", path.display()))?;
+            }
             println!("wrote {}", path.display());
         }
         Command::Train(args) => {
