@@ -67,10 +67,22 @@ pub fn line_plot(
             .y_desc(y_label)
             .x_label_formatter(&|x| {
                 if log_x {
-                    format!("{}", 2f64.powf(*x).round())
+                    // Label only the powers of two (the recurrences we test).
+                    if (x - x.round()).abs() < 1e-9 {
+                        format!("{}", 2f64.powf(x.round()))
+                    } else {
+                        String::new()
+                    }
+                } else if x.abs() >= 1e5 {
+                    format!("{x:.1e}")
                 } else {
                     format!("{x:.0}")
                 }
+            })
+            .x_labels(if log_x {
+                ((x1 - x0).round() as usize + 1).max(2)
+            } else {
+                8
             })
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -97,6 +109,7 @@ pub fn line_plot(
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
