@@ -388,12 +388,27 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("{}: cannot read", eval.display()))?;
                 let results = rr_eval::results::RecurrenceReport::from_json(&text)
                     .with_context(|| eval.display().to_string())?;
+                // The same plots `rr eval` draws: headline metric against test recurrence.
+                let tasks: Vec<rr_eval::tasks::Task> = results
+                    .recurrences
+                    .values()
+                    .flat_map(|r| r.results.keys())
+                    .filter_map(|name| rr_eval::tasks::Task::parse(name).ok())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                rr_eval::evaluate::write_outputs(&results, None, &tasks, &out.join("eval.json"))?;
                 let mut md = std::fs::read_to_string(&path)?;
                 md.push_str(&format!(
                     "\n## Task accuracy by test recurrence\n\nFrom `{}`:\n\n{}",
                     eval.display(),
                     results.to_markdown()
                 ));
+                if results.recurrences.len() > 1 {
+                    for t in &tasks {
+                        md.push_str(&format!("\n![{0}](eval_{0}.svg)\n", t.name()));
+                    }
+                }
                 std::fs::write(&path, md)
                     .with_context(|| format!("{}: cannot write", path.display()))?;
             }
