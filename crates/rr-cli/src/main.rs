@@ -97,7 +97,7 @@ struct EvalArgs {
     model: ModelArgs,
     /// Comma-separated tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa,
     /// winogrande, hellaswag, synth.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     tasks: String,
     /// Test recurrences (recurrent models).
     #[arg(long, default_value = "1,2,4,8,16,32")]
@@ -115,6 +115,13 @@ struct EvalArgs {
     /// A static model's results.json, drawn as a flat line in the plots.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Held-out loss and perplexity at each recurrence: a text file, or a packed directory
+    /// (its held-out split).
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// With a packed --heldout: rows to use.
+    #[arg(long, default_value_t = 64)]
+    heldout_rows: usize,
     #[arg(long, default_value = "results.json")]
     out: PathBuf,
 }
@@ -581,8 +588,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .filter(|t| !t.is_empty())
         .map(Task::parse)
         .collect::<Result<_>>()?;
-    if tasks.is_empty() {
-        bail!("--tasks is empty");
+    if tasks.is_empty() && args.heldout.is_none() {
+        bail!("--tasks is empty (and no --heldout)");
     }
     let recurrences = parse_recurrences(&args.recurrences).context("--recurrences")?;
     if args.batch_size == 0 {
@@ -604,7 +611,33 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         })
         .transpose()?;
     let (mut model, tokenizer) = args.model.load()?;
+    let heldout = match &args.heldout {
+        None => None,
+        Some(p) if p.join("manifest.json").exists() => {
+            let set = rr_train::data::PackedSet::open(p)?;
+            set.check_tokenizer(&tokenizer)?;
+            let split = rr_train::data::Split::Heldout;
+            let n = set.rows(split).min(args.heldout_rows);
+            if n == 0 {
+                bail!("{}: the held-out split has no rows", p.display());
+            }
+            Some(rr_eval::evaluate::Heldout::Rows(
+                (0..n).map(|i| set.row(split, i)).collect(),
+            ))
+        }
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            if text.trim().is_empty() {
+                bail!("{}: the text is empty", p.display());
+            }
+            Some(rr_eval::evaluate::Heldout::Text(
+                tokenizer.encode(&text, true)?,
+            ))
+        }
+    };
     let opts = EvalOptions {
+        heldout,
         tasks: tasks.clone(),
         recurrences,
         limit: args.limit,

@@ -14,7 +14,17 @@ use crate::results::{
 use crate::runner::{greedy_until, loglikelihoods};
 use crate::tasks::{load, Requests, Task};
 
+/// Held-out data whose loss is measured at each recurrence.
+pub enum Heldout {
+    /// One tokenised text, scored with sliding windows over the model's context.
+    Text(Vec<i64>),
+    /// Packed rows of T+1 tokens (input = row[..T], labels = row[1..]).
+    Rows(Vec<Vec<i64>>),
+}
+
 pub struct EvalOptions {
+    /// Also report held-out loss and perplexity (task `heldout`).
+    pub heldout: Option<Heldout>,
     pub tasks: Vec<Task>,
     /// Test recurrences (ignored for ordinary models, which are evaluated once as r = 1).
     pub recurrences: Vec<usize>,
@@ -76,6 +86,28 @@ pub fn evaluate(
             *seed = opts.seed;
         }
         let mut results = EvalResults::default();
+        if let Some(heldout) = &opts.heldout {
+            let (nll, tokens) = match heldout {
+                Heldout::Text(ids) => {
+                    let s = rr_model::score::score_ids(&*model, ids, max_len)?;
+                    (s.total_nll, s.tokens)
+                }
+                Heldout::Rows(rows) => crate::runner::rows_nll(&*model, rows, opts.batch_size)?,
+            };
+            let mean = nll / tokens as f64;
+            let mut m = crate::results::Metrics::new();
+            m.insert("loss,none".into(), serde_json::json!(mean));
+            m.insert("perplexity,none".into(), serde_json::json!(mean.exp()));
+            results.add(
+                "heldout",
+                m,
+                NSamples {
+                    original: tokens,
+                    effective: tokens,
+                },
+            );
+            progress(&format!("r={r} heldout: loss {mean:.4}"));
+        }
         for task in &data {
             let n = NSamples {
                 original: task.n_original,

@@ -141,3 +141,43 @@ pub fn greedy_until<M: CausalLm>(
     };
     Ok(generate(model, Some(tokenizer), &ids, &opts, |_| {})?.text)
 }
+
+/// Summed negative log-likelihood and token count of packed rows (input = row[..T], labels =
+/// row[1..]), `batch_size` rows at a time.
+pub fn rows_nll<M: CausalLm>(
+    model: &M,
+    rows: &[Vec<i64>],
+    batch_size: usize,
+) -> Result<(f64, usize)> {
+    let vocab = model.vocab_size() as i64;
+    let _guard = tch::no_grad_guard();
+    let (mut total, mut count) = (0f64, 0usize);
+    for batch in rows.chunks(batch_size.max(1)) {
+        let t = batch[0].len().saturating_sub(1);
+        if t == 0 || batch.iter().any(|r| r.len() != t + 1) {
+            bail!("packed rows must all have the same length of at least 2");
+        }
+        if let Some(bad) = batch.iter().flatten().find(|&&id| id < 0 || id >= vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
+        }
+        let input: Vec<i64> = batch.iter().flat_map(|r| r[..t].iter().copied()).collect();
+        let labels: Vec<i64> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
+        let ids = Tensor::from_slice(&input)
+            .view([batch.len() as i64, t as i64])
+            .to_device(model.device());
+        let logits = model.forward_full(&ids);
+        let loss = logits
+            .view([-1, logits.size()[2]])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &Tensor::from_slice(&labels).to_device(model.device()),
+                None,
+                tch::Reduction::Sum,
+                -100,
+                0.0,
+            );
+        total += loss.double_value(&[]);
+        count += labels.len();
+    }
+    Ok((total, count))
+}

@@ -119,3 +119,37 @@ fn scores_do_not_depend_on_the_batch() {
     let model = AnyModel::load(&out, Device::Cpu, Kind::Float, Some(4), 7).unwrap();
     check_batch_invariance(&model, &tok);
 }
+
+/// Held-out loss of packed rows agrees with sliding-window scoring of the same tokens.
+#[test]
+fn packed_rows_loss_equals_text_scoring() {
+    let Some(shared) = shared() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let tok = Tokenizer::from_path(&hf).unwrap();
+    let model = AnyModel::load(&hf, Device::Cpu, Kind::Float, None, 0).unwrap();
+    let a = tok
+        .encode(
+            "Once upon a time, there was a little girl named Lily. She loved to play.",
+            true,
+        )
+        .unwrap();
+    let b = tok
+        .encode(
+            "The sun was shining and the birds were singing in the big green tree.",
+            true,
+        )
+        .unwrap();
+    let n = a.len().min(b.len());
+    let rows = vec![a[..n].to_vec(), b[..n].to_vec()];
+    let (nll, count) = rr_eval::runner::rows_nll(&model, &rows, 2).unwrap();
+    assert_eq!(count, 2 * (n - 1));
+    let by_text: f64 = rows
+        .iter()
+        .map(|r| {
+            rr_model::score::score_ids(&model, r, 512)
+                .unwrap()
+                .total_nll
+        })
+        .sum();
+    assert!((nll - by_text).abs() < 1e-3, "{nll} vs {by_text}");
+}
