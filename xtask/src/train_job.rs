@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::torch_env::{self, Torch};
+use crate::torch_env::Torch;
 
 /// The parts of a recipe this job needs (the trainer validates the whole file).
 struct Recipe {
@@ -266,7 +266,3 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     );
     Ok(())
 }
-
-/// Keeps `torch_env` in the signature's vocabulary (the build env comes from there).
-#[allow(dead_code)]
-fn _uses(_: &torch_env::Torch) {}

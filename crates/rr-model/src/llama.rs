@@ -685,8 +685,3 @@ impl LlamaModel {
         (emb, blocks, h, head)
     }
 }
-
-/// Reads `dir/config.json` only, for commands that do not need the weights.
-pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
-    LlamaConfig::from_path(dir).with_context(|| format!("loading model from {}", dir.display()))
-}
