@@ -163,21 +163,21 @@ impl LlamaConfig {
                 bail!("invalid model config: `{name}` must be positive");
             }
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "invalid model config: hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             bail!(
                 "invalid model config: head_dim {} must be even and positive (RoPE)",
                 self.head_dim()
             );
         }
         let kv = self.num_kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             bail!(
                 "invalid model config: num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
                 self.num_attention_heads

@@ -494,7 +494,7 @@ impl RecurrentModel {
 
         let mut e = Tensor::embedding(&self.wte, &input_ids.to_device(device), -1, false, false);
         if self.config.init_values.embed_scale != 1.0 {
-            e = e * self.config.init_values.embed_scale;
+            e *= self.config.init_values.embed_scale;
         }
         for (i, block) in self.prelude.iter().enumerate() {
             e = block.forward(

@@ -253,7 +253,7 @@ impl TrainConfig {
         if t.keep_last == 0 {
             bail!("training.keep_last must be at least 1");
         }
-        if t.eval_recurrences.iter().any(|&r| r == 0) {
+        if t.eval_recurrences.contains(&0) {
             bail!("training.eval_recurrences must be at least 1");
         }
         if let Some(c) = &self.curriculum {

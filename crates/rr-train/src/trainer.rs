@@ -412,7 +412,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         state.step += 1;
         last_loss = loss_sum / cfg.training.grad_accum as f64;
         bar.inc(1);
-        if state.step % cfg.training.log_every == 0 || state.step == total {
+        if state.step.is_multiple_of(cfg.training.log_every) || state.step == total {
             let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
             let line = serde_json::json!({
                 "step": state.step,
@@ -442,7 +442,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             window_tokens = 0;
         }
         let every = cfg.training.checkpoint_every;
-        if state.step == total || (every > 0 && state.step % every == 0) {
+        if state.step == total || (every > 0 && state.step.is_multiple_of(every)) {
             state.data = phases.state();
             last_good = Some(save_checkpoint(
                 run_dir,
@@ -454,7 +454,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             )?);
         }
         let eval_every = cfg.training.eval_every;
-        if state.step < total && eval_every > 0 && state.step % eval_every == 0 {
+        if state.step < total && eval_every > 0 && state.step.is_multiple_of(eval_every) {
             let losses = eval(&model)?;
             log_eval(&mut metrics, state.step, &losses)?;
         }
@@ -517,7 +517,7 @@ fn accumulate_grads(compute: &TrainModel, master: &TrainModel) {
             } else {
                 // First gradient of this parameter: define it through a no-op backward.
                 tch::with_grad(|| (m * 0.0).sum(Kind::Float)).backward();
-                let _ = m.grad().copy_(&g.to_kind(Kind::Float));
+                m.grad().copy_(&g.to_kind(Kind::Float));
             }
         }
         let _ = g.zero_();
