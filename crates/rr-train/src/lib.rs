@@ -1,5 +1,6 @@
 //! Training: packed token data and its loader, optimizers (AdamW, Muon), and the trainer.
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod optim;

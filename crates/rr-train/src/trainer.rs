@@ -353,7 +353,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some(c) = &compute {
             copy_weights(&model, c);
         }
-        let runner = compute.as_ref().unwrap_or(&model);
         for _ in 0..cfg.training.grad_accum {
             let batch = phases.next_batch(step);
             let (n, k) = match &curriculum {
@@ -372,16 +371,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 .to_device(device);
             let state_seed =
                 rr_curriculum::sampler::stream_seed(cfg.seed ^ 0x5354_4154_4521, state.micro_batch);
-            let logits = runner.forward(&input, n, k, state_seed);
-            let vocab = logits.size()[2];
-            let loss = logits
-                .view([-1, vocab])
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
-            (&loss / cfg.training.grad_accum as f64).backward();
-            if let Some(c) = &compute {
-                accumulate_grads(c, &model);
-            }
+            let loss = micro_batch(
+                &model,
+                compute.as_ref(),
+                &input,
+                &labels,
+                (n, k),
+                state_seed,
+                cfg.training.grad_accum,
+            );
             let value = f64::try_from(&loss)?;
             if !value.is_finite() {
                 bail!(non_finite("loss", step, &last_good));
@@ -491,7 +489,7 @@ fn peak_lr(optimizer: &crate::optim::OptimizerConfig) -> f64 {
 }
 
 /// Copies the fp32 master weights into the compute-dtype model.
-fn copy_weights(master: &TrainModel, compute: &TrainModel) {
+pub(crate) fn copy_weights(master: &TrainModel, compute: &TrainModel) {
     let _guard = tch::no_grad_guard();
     let masters = master.vs().variables();
     for (name, mut p) in compute.vs().variables() {
@@ -499,6 +497,33 @@ fn copy_weights(master: &TrainModel, compute: &TrainModel) {
             p.copy_(m);
         }
     }
+}
+
+/// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (on
+/// the compute copy when there is one), mean cross-entropy, backward of `loss / grad_accum`;
+/// the gradients end on the fp32 masters. Returns the loss as a 0-d tensor (not read here, so
+/// the caller decides when to synchronise).
+pub(crate) fn micro_batch(
+    master: &TrainModel,
+    compute: Option<&TrainModel>,
+    input: &Tensor,
+    labels: &Tensor,
+    (n, k): (usize, usize),
+    state_seed: u64,
+    grad_accum: usize,
+) -> Tensor {
+    let runner = compute.unwrap_or(master);
+    let logits = runner.forward(input, n, k, state_seed);
+    let vocab = logits.size()[2];
+    let loss = logits
+        .view([-1, vocab])
+        .to_kind(Kind::Float)
+        .cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
+    (&loss / grad_accum as f64).backward();
+    if let Some(c) = compute {
+        accumulate_grads(c, master);
+    }
+    loss.detach()
 }
 
 /// Adds the compute model's gradients (cast to fp32) to the master gradients and clears them.
@@ -525,7 +550,7 @@ fn accumulate_grads(compute: &TrainModel, master: &TrainModel) {
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
-fn optimizer_params(model: &TrainModel) -> Vec<Tensor> {
+pub(crate) fn optimizer_params(model: &TrainModel) -> Vec<Tensor> {
     let mut vars: Vec<(String, Tensor)> = model
         .vs()
         .variables()

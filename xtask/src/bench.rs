@@ -1,0 +1,217 @@
+//! `cargo xtask bench-recurrence`: rr's benchmark and the PyTorch reference on the same points,
+//! side by side, and `cargo xtask gpu-bundle`: everything a GPU machine without cargo needs
+//! to run them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::torch_env::{self, Torch};
+
+/// Arguments shared with `rr bench recurrence`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// cpu, cuda or auto
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// tiny, smollm2, tinyllama or llama3.2-1b
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// Layers prelude,core,coda (default: the shape's)
+    #[arg(long)]
+    pub layers: Option<String>,
+    #[arg(long, default_value = "1,2,4,8,16,32")]
+    pub recurrences: String,
+    /// Iterations with gradient of the training points
+    #[arg(long, default_value = "4,8")]
+    pub backprop: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// PyTorch modes to run: eager, compile (default: eager,compile on CUDA, eager on CPU,
+    /// where torch.compile's C++ build takes minutes per point)
+    #[arg(long)]
+    pub torch_modes: Option<String>,
+    /// Skip the PyTorch reference
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Output folder (default: runs/bench/<shape>-<device>)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(root: &Path, torch: &Torch, args: &BenchArgs) -> Result<()> {
+    let rr = crate::build_rr_profile(root, torch, true)?;
+    let device_name = if args.device == "auto" {
+        "auto".to_string()
+    } else {
+        args.device.clone()
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        root.join("runs/bench")
+            .join(format!("{}-{device_name}", args.shape))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let rr_json = out.join("rr.json");
+    let mut cmd = Command::new(&rr);
+    cmd.args([
+        "bench",
+        "recurrence",
+        "--device",
+        &args.device,
+        "--shape",
+        &args.shape,
+    ])
+    .args([
+        "--recurrences",
+        &args.recurrences,
+        "--backprop",
+        &args.backprop,
+    ])
+    .args([
+        "--batch",
+        &args.batch.to_string(),
+        "--seq",
+        &args.seq.to_string(),
+    ])
+    .args([
+        "--warmup",
+        &args.warmup.to_string(),
+        "--repeats",
+        &args.repeats.to_string(),
+    ])
+    .arg("--out")
+    .arg(&rr_json);
+    if let Some(layers) = &args.layers {
+        cmd.args(["--layers", layers]);
+    }
+    run_step(&mut cmd, "rr bench recurrence")?;
+
+    let mut report = Command::new(&rr);
+    report
+        .args(["bench", "report"])
+        .arg(&rr_json)
+        .arg("--out")
+        .arg(&out);
+    if !args.no_reference {
+        match reference_python(root) {
+            Some(python) => {
+                let spec: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(&rr_json)
+                        .with_context(|| format!("{}: cannot read", rr_json.display()))?,
+                )?;
+                let on_cuda = spec["spec"]["device"] == "cuda";
+                let modes = args.torch_modes.clone().unwrap_or_else(|| {
+                    if on_cuda { "eager,compile" } else { "eager" }.to_string()
+                });
+                let torch_json = out.join("pytorch.json");
+                let mut py = Command::new(&python);
+                py.arg(root.join("bench/recurrent_ref.py"))
+                    .arg("--spec")
+                    .arg(&rr_json)
+                    .arg("--out")
+                    .arg(&torch_json)
+                    .args(["--modes", &modes]);
+                run_step(&mut py, "bench/recurrent_ref.py")?;
+                report.arg("--reference").arg(&torch_json);
+            }
+            None => println!(
+                "bench: no Python with torch found (run `cargo xtask setup`); rows carry no PyTorch ratio"
+            ),
+        }
+    }
+    run_step(&mut report, "rr bench report")?;
+    Ok(())
+}
+
+/// The project venv's Python when it has torch (the same 2.11.0 that rr links).
+fn reference_python(root: &Path) -> Option<PathBuf> {
+    let python = torch_env::venv_python(root);
+    let ok = Command::new(&python)
+        .args(["-c", "import torch"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(python)
+}
+
+fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
+    println!("bench: {what}");
+    let status = cmd.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The GPU run: the issue's target points on Llama-3.2-1B shapes, the fast-path check on CUDA.
+const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
+# rr GPU benchmark: run on a machine with an NVIDIA GPU and Python torch 2.11.0 (any CUDA
+# build of the same ABI). No cargo needed. Results go to $OUT (default ./results).
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PY="${PYTHON:-python3}"
+TORCH_LIB="$("$PY" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+OUT="${OUT:-$HERE/results}"
+mkdir -p "$OUT"
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))' | tee "$OUT/env.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.txt" 2>/dev/null || true
+# Fast paths (fused AdamW, bf16 compute) against the plain path on CUDA.
+"$HERE/rr" bench fast-paths --device cuda | tee "$OUT/fast_paths.txt"
+for layers in ${LAYERS:-4,8,4 4,6,4}; do
+  d="$OUT/llama3.2-1b-${layers//,/-}"
+  mkdir -p "$d"
+  "$HERE/rr" bench recurrence --device cuda --shape llama3.2-1b --layers "$layers" \
+    --recurrences "${RECURRENCES:-4,8,32}" --backprop "${BACKPROP:-4,8}" --batch 8 --seq 1024 \
+    --gen-prompt 32 --gen-tokens 32 --warmup 2 --repeats "${REPEATS:-5}" --out "$d/rr.json"
+  "$PY" "$HERE/recurrent_ref.py" --spec "$d/rr.json" --out "$d/pytorch.json" --modes "${MODES:-eager,compile}" || echo "reference failed" >&2
+  if [ -f "$d/pytorch.json" ]; then
+    "$HERE/rr" bench report "$d/rr.json" --reference "$d/pytorch.json" --out "$d"
+  else
+    "$HERE/rr" bench report "$d/rr.json" --out "$d"
+  fi
+done
+echo "results in $OUT"
+"#;
+
+/// Builds `rr` in release and writes `<target>/gpu-bundle/` with the binary, the PyTorch
+/// reference and `run.sh`.
+pub fn gpu_bundle(root: &Path, torch: &Torch) -> Result<PathBuf> {
+    let rr = crate::build_rr_profile(root, torch, true)?;
+    let dir = crate::target_dir(root).join("gpu-bundle");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("{}: cannot clear", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    std::fs::copy(&rr, dir.join("rr")).context("copying rr")?;
+    std::fs::copy(
+        root.join("bench/recurrent_ref.py"),
+        dir.join("recurrent_ref.py"),
+    )
+    .context("copying bench/recurrent_ref.py")?;
+    let script = dir.join("run.sh");
+    std::fs::write(&script, GPU_SCRIPT).context("writing run.sh")?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let size: u64 = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "gpu-bundle: {} ({:.1} MB): run `./run.sh` there (needs Python torch 2.11.0 with CUDA)",
+        dir.display(),
+        size as f64 / 1e6
+    );
+    Ok(dir)
+}
