@@ -11,7 +11,7 @@ use crate::results::{
     add_synth, score_gsm8k, score_math, score_multiple_choice, EvalResults, NSamples,
     RecurrenceReport,
 };
-use crate::runner::{greedy_until, loglikelihoods};
+use crate::runner::{greedy_until_batch, loglikelihoods};
 use crate::tasks::{load, Requests, Task};
 
 /// Held-out data whose loss is measured at each recurrence.
@@ -141,17 +141,18 @@ pub fn evaluate(
                     );
                 }
                 Requests::Generate(reqs) => {
-                    let mut generations = Vec::with_capacity(reqs.len());
-                    for req in reqs {
-                        generations.push(greedy_until(
-                            &*model,
-                            tokenizer,
-                            &req.prompt,
-                            &req.stop,
-                            &eos,
-                            opts.max_new_tokens,
-                        )?);
-                    }
+                    let prompts: Vec<(String, Vec<String>)> = reqs
+                        .iter()
+                        .map(|r| (r.prompt.clone(), r.stop.clone()))
+                        .collect();
+                    let generations = greedy_until_batch(
+                        &*model,
+                        tokenizer,
+                        &prompts,
+                        &eos,
+                        opts.max_new_tokens,
+                        opts.batch_size,
+                    )?;
                     match task.task {
                         Task::Math500 => {
                             results.add(task.task.name(), score_math(reqs, &generations)?, n)

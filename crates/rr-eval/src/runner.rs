@@ -142,6 +142,50 @@ pub fn greedy_until<M: CausalLm>(
     Ok(generate(model, Some(tokenizer), &ids, &opts, |_| {})?.text)
 }
 
+/// `greedy_until` for many prompts, `batch_size` at a time (padded batches with masks: each
+/// prompt gets what it gets alone). `stops[i]` are the stop strings of prompt i.
+pub fn greedy_until_batch<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    prompts: &[(String, Vec<String>)],
+    eos_ids: &[i64],
+    max_new_tokens: usize,
+    batch_size: usize,
+) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch_size.max(1)) {
+        // Rows of one batch share the union of their stop strings only if they are equal;
+        // otherwise run the odd ones alone.
+        if chunk.iter().all(|(_, s)| *s == chunk[0].1) {
+            let ids = chunk
+                .iter()
+                .map(|(p, _)| tokenizer.encode(p, true))
+                .collect::<Result<Vec<_>>>()?;
+            let gens = rr_model::generate::greedy_batch(
+                model,
+                tokenizer,
+                &ids,
+                eos_ids,
+                &chunk[0].1,
+                max_new_tokens,
+            )?;
+            out.extend(gens.into_iter().map(|g| g.text));
+        } else {
+            for (p, stop) in chunk {
+                out.push(greedy_until(
+                    model,
+                    tokenizer,
+                    p,
+                    stop,
+                    eos_ids,
+                    max_new_tokens,
+                )?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Summed negative log-likelihood and token count of packed rows (input = row[..T], labels =
 /// row[1..]), `batch_size` rows at a time.
 pub fn rows_nll<M: CausalLm>(

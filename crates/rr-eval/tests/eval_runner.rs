@@ -153,3 +153,62 @@ fn packed_rows_loss_equals_text_scoring() {
         .sum();
     assert!((nll - by_text).abs() < 1e-3, "{nll} vs {by_text}");
 }
+
+/// Batched greedy generation gives every prompt the text it gets alone, for an ordinary model
+/// and a recurrent one, whatever the batch and the padding.
+#[test]
+fn batched_generation_equals_generation_alone() {
+    use rr_eval::runner::{greedy_until, greedy_until_batch};
+    let Some(shared) = shared() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let tok = Tokenizer::from_path(&hf).unwrap();
+    let prompts: Vec<(String, Vec<String>)> = [
+        "Once upon a time",
+        "Lily wanted to play with her friend Tom in the park, but",
+        "The cat",
+        "One day, a little boy named Tim went to the store with his mom. He saw",
+        "A",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), vec![".".to_string()]))
+    .collect();
+    let eos = [2i64];
+    let check = |model: &AnyModel| {
+        let alone: Vec<String> = prompts
+            .iter()
+            .map(|(p, s)| greedy_until(model, &tok, p, s, &eos, 24).unwrap())
+            .collect();
+        for batch in [2, 5] {
+            let got = greedy_until_batch(model, &tok, &prompts, &eos, 24, batch).unwrap();
+            assert_eq!(got, alone, "batch size {batch}");
+        }
+        // Rows stop at different points (some at the stop string, some later).
+        assert!(alone.iter().any(|t| !t.is_empty()));
+        let lens: std::collections::BTreeSet<usize> = alone.iter().map(String::len).collect();
+        assert!(lens.len() > 1, "{alone:?}");
+    };
+    check(&AnyModel::load(&hf, Device::Cpu, Kind::Float, None, 0).unwrap());
+    // stories260K through surgery (prelude 0, core 1-3, coda 4, identity adapter) at r = 2:
+    // a recurrent model with the real weights, so its generations are text, not near-ties.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rec");
+    let selection = rr_surgery::LayerSelection::paper(5, 1, 3, 1).unwrap();
+    rr_surgery::Surgery::new(&hf, selection, rr_surgery::AdapterInit::Identity, 2)
+        .unwrap()
+        .write(&out, false)
+        .unwrap();
+    let model = AnyModel::load(&out, Device::Cpu, Kind::Float, Some(2), 7).unwrap();
+    let alone_rec: Vec<String> = prompts
+        .iter()
+        .map(|(p, s)| greedy_until(&model, &tok, p, s, &eos, 16).unwrap())
+        .collect();
+    for batch in [2, 5] {
+        let got = greedy_until_batch(&model, &tok, &prompts, &eos, 16, batch).unwrap();
+        assert_eq!(got, alone_rec, "recurrent, batch size {batch}");
+    }
+    assert!(
+        alone_rec.iter().filter(|t| t.len() > 3).count() >= 3,
+        "{alone_rec:?}"
+    );
+    assert_eq!(alone_rec.len(), prompts.len());
+}

@@ -108,6 +108,31 @@ impl CausalLm for AnyModel {
         }
     }
 
+    fn forward_cached_masked(&self, ids: &Tensor, mask: &Tensor, cache: &mut AnyCache) -> Tensor {
+        match (self, cache) {
+            (AnyModel::Llama(m), AnyCache::Llama(c)) => m.forward_with_cache(ids, Some(mask), c),
+            (
+                AnyModel::Recurrent {
+                    model,
+                    recurrence,
+                    seed,
+                },
+                AnyCache::Recurrent(c),
+            ) => {
+                model
+                    .forward_with_cache(
+                        ids,
+                        Some(mask),
+                        *recurrence,
+                        &InitialState::Random { seed: *seed },
+                        c,
+                    )
+                    .logits
+            }
+            _ => unreachable!("a cache is only ever made by its own model"),
+        }
+    }
+
     fn forward_full(&self, ids: &Tensor) -> Tensor {
         match self {
             AnyModel::Llama(m) => m.forward(ids, None),

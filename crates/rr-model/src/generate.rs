@@ -17,6 +17,10 @@ pub trait CausalLm {
     fn new_cache(&self) -> Self::Cache;
     /// Logits [B, T, V] for `ids` [B, T] appended after whatever `cache` holds.
     fn forward_cached(&self, ids: &Tensor, cache: &mut Self::Cache) -> Tensor;
+    /// As `forward_cached` for a padded batch: `mask` [B, T] is 1 on real tokens, 0 on padding,
+    /// and is remembered by the cache for later calls.
+    fn forward_cached_masked(&self, ids: &Tensor, mask: &Tensor, cache: &mut Self::Cache)
+        -> Tensor;
     /// Logits [B, T, V] for a whole sequence, no cache.
     fn forward_full(&self, ids: &Tensor) -> Tensor;
     /// Logits [B, T, V] for a padded batch: `mask` [B, T] is 1 on real tokens, 0 on padding;
@@ -33,6 +37,9 @@ impl CausalLm for LlamaModel {
     }
     fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
         self.forward_with_cache(ids, None, cache)
+    }
+    fn forward_cached_masked(&self, ids: &Tensor, mask: &Tensor, cache: &mut KvCache) -> Tensor {
+        self.forward_with_cache(ids, Some(mask), cache)
     }
     fn forward_full(&self, ids: &Tensor) -> Tensor {
         self.forward(ids, None)
@@ -189,6 +196,111 @@ pub fn generate<M: CausalLm>(
         text: emitted,
         stop,
     })
+}
+
+/// Greedy generation for several prompts at once, left-padded with an attention mask, so each
+/// row gets what it gets alone (the same tokens, up to float rounding of batched matmuls).
+/// Each row stops at an EOS id, at a stop string (its text is cut before it), or after
+/// `max_new_tokens`; the batch stops when every row has.
+pub fn greedy_batch<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<i64>],
+    eos_ids: &[i64],
+    stop_strings: &[String],
+    max_new_tokens: usize,
+) -> Result<Vec<Generation>> {
+    let vocab = model.vocab_size() as i64;
+    for p in prompts {
+        if p.is_empty() {
+            bail!("cannot generate from an empty prompt");
+        }
+        if let Some(bad) = p.iter().find(|&&id| id < 0 || id >= vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
+        }
+    }
+    let mut out: Vec<Generation> = prompts
+        .iter()
+        .map(|_| Generation {
+            ids: Vec::new(),
+            text: String::new(),
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
+    if prompts.is_empty() || max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let device = model.device();
+    let b = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut mask = Vec::with_capacity(b * longest);
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1i64, p.len())));
+    }
+    let _no_grad = tch::no_grad_guard();
+    let mut cache = model.new_cache();
+    let mut logits = model.forward_cached_masked(
+        &Tensor::from_slice(&ids)
+            .view([b as i64, longest as i64])
+            .to_device(device),
+        &Tensor::from_slice(&mask)
+            .view([b as i64, longest as i64])
+            .to_device(device),
+        &mut cache,
+    );
+    let step_mask = Tensor::ones([b as i64, 1], (Kind::Int64, device));
+    let mut done = vec![false; b];
+    for _ in 0..max_new_tokens {
+        let last = logits
+            .select(1, -1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+        let rows: Vec<f32> = Vec::try_from(last.flatten(0, -1))?;
+        let mut next = vec![0i64; b];
+        for (i, row) in rows.chunks(vocab as usize).enumerate() {
+            next[i] = argmax(row);
+            if done[i] {
+                continue;
+            }
+            let gen = &mut out[i];
+            if eos_ids.contains(&next[i]) {
+                gen.stop = StopReason::Eos;
+                done[i] = true;
+                continue;
+            }
+            gen.ids.push(next[i]);
+            let text = tokenizer.decode(&gen.ids, true)?;
+            // As `generate`: wait for the rest of a partial UTF-8 sequence.
+            if text.ends_with('\u{FFFD}') {
+                continue;
+            }
+            if let Some(cut) = stop_strings
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                gen.text = text[..cut].to_string();
+                gen.stop = StopReason::StopString;
+                done[i] = true;
+            } else {
+                gen.text = text;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        logits = model.forward_cached_masked(
+            &Tensor::from_slice(&next)
+                .view([b as i64, 1])
+                .to_device(device),
+            &step_mask,
+            &mut cache,
+        );
+    }
+    Ok(out)
 }
 
 /// Picks the next token from one row of logits.

@@ -28,11 +28,12 @@ impl RmsNorm {
         }
     }
 
+    /// `x / sqrt(mean(x²) + eps) · weight`, statistics in fp32. ATen's fused kernel (one pass
+    /// forward and backward where a fused kernel exists, and always when weight and input
+    /// share a dtype, as here); in fp32 it equals HF's `LlamaRMSNorm` exactly (parity tests).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let dtype = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let mean_sq = xf.square().mean_dim(-1, true, Kind::Float);
-        (xf * (mean_sq + self.eps).rsqrt()).to_kind(dtype) * &self.weight
+        let h = self.weight.size()[0];
+        x.rms_norm([h], Some(&self.weight), self.eps)
     }
 }
 
