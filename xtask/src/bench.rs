@@ -154,6 +154,8 @@ fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
 const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
 # rr GPU benchmark: run on a machine with an NVIDIA GPU and Python torch 2.11.0 (any CUDA
 # build of the same ABI). No cargo needed. Results go to $OUT (default ./results).
+# DEVICE, SHAPE, LAYERS, RECURRENCES, BACKPROP, BATCH, SEQ, REPEATS, MODES override the issue's
+# target points (e.g. DEVICE=cpu SHAPE=tiny BATCH=2 SEQ=64 for a smoke test without a GPU).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PY="${PYTHON:-python3}"
@@ -161,15 +163,18 @@ TORCH_LIB="$("$PY" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 OUT="${OUT:-$HERE/results}"
 mkdir -p "$OUT"
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0))' | tee "$OUT/env.txt"
+DEVICE="${DEVICE:-cuda}"
+SHAPE="${SHAPE:-llama3.2-1b}"
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")' | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.txt" 2>/dev/null || true
 # Fast paths (fused AdamW, bf16 compute) against the plain path on CUDA.
-"$HERE/rr" bench fast-paths --device cuda | tee "$OUT/fast_paths.txt"
+"$HERE/rr" bench fast-paths --device "$DEVICE" | tee "$OUT/fast_paths.txt"
 for layers in ${LAYERS:-4,8,4 4,6,4}; do
-  d="$OUT/llama3.2-1b-${layers//,/-}"
+  d="$OUT/$SHAPE-${layers//,/-}"
   mkdir -p "$d"
-  "$HERE/rr" bench recurrence --device cuda --shape llama3.2-1b --layers "$layers" \
-    --recurrences "${RECURRENCES:-4,8,32}" --backprop "${BACKPROP:-4,8}" --batch 8 --seq 1024 \
+  "$HERE/rr" bench recurrence --device "$DEVICE" --shape "$SHAPE" --layers "$layers" \
+    --recurrences "${RECURRENCES:-4,8,32}" --backprop "${BACKPROP:-4,8}" \
+    --batch "${BATCH:-8}" --seq "${SEQ:-1024}" \
     --gen-prompt 32 --gen-tokens 32 --warmup 2 --repeats "${REPEATS:-5}" --out "$d/rr.json"
   "$PY" "$HERE/recurrent_ref.py" --spec "$d/rr.json" --out "$d/pytorch.json" --modes "${MODES:-eager,compile}" || echo "reference failed" >&2
   if [ -f "$d/pytorch.json" ]; then
@@ -214,4 +219,31 @@ pub fn gpu_bundle(root: &Path, torch: &Torch) -> Result<PathBuf> {
         size as f64 / 1e6
     );
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GPU script parses as bash and runs every step the issue asks for.
+    #[test]
+    fn gpu_script_is_valid_bash_and_complete() {
+        let dir = std::env::temp_dir().join(format!("rr-gpu-script-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("run.sh");
+        std::fs::write(&script, GPU_SCRIPT).unwrap();
+        let status = Command::new("bash").arg("-n").arg(&script).status().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(status.success(), "bash -n run.sh failed");
+        for needle in [
+            "LD_LIBRARY_PATH",
+            "bench fast-paths",
+            "bench recurrence",
+            "recurrent_ref.py",
+            "bench report",
+            "--batch \"${BATCH:-8}\" --seq \"${SEQ:-1024}\"",
+        ] {
+            assert!(GPU_SCRIPT.contains(needle), "run.sh lacks {needle}");
+        }
+    }
 }
