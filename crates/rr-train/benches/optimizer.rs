@@ -25,7 +25,7 @@ fn params() -> Vec<(String, Tensor)> {
         .map(|(name, shape)| {
             let p =
                 Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            (p * 1.0).sum(Kind::Float).backward(); // a defined gradient of ones
+            (&p * 1.0).sum(Kind::Float).backward(); // a defined gradient of ones
             (name, p)
         })
         .collect()
