@@ -154,7 +154,7 @@ fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
 const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
 # rr GPU benchmark: run on a machine with an NVIDIA GPU and Python torch 2.11.0 (any CUDA
 # build of the same ABI). No cargo needed. Results go to $OUT (default ./results).
-# DEVICE, SHAPE, LAYERS, RECURRENCES, BACKPROP, BATCH, SEQ, REPEATS, MODES override the issue's
+# DEVICE, SHAPE, LAYERS, RECURRENCES, BACKPROP, BATCH, SEQ, GEN_PROMPT, GEN_TOKENS, REPEATS, MODES override the issue's
 # target points (e.g. DEVICE=cpu SHAPE=tiny BATCH=2 SEQ=64 for a smoke test without a GPU).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -175,7 +175,7 @@ for layers in ${LAYERS:-4,8,4 4,6,4}; do
   "$HERE/rr" bench recurrence --device "$DEVICE" --shape "$SHAPE" --layers "$layers" \
     --recurrences "${RECURRENCES:-4,8,32}" --backprop "${BACKPROP:-4,8}" \
     --batch "${BATCH:-8}" --seq "${SEQ:-1024}" \
-    --gen-prompt 32 --gen-tokens 32 --warmup 2 --repeats "${REPEATS:-5}" --out "$d/rr.json"
+    --gen-prompt "${GEN_PROMPT:-512}" --gen-tokens "${GEN_TOKENS:-64}" --warmup 2 --repeats "${REPEATS:-5}" --out "$d/rr.json"
   "$PY" "$HERE/recurrent_ref.py" --spec "$d/rr.json" --out "$d/pytorch.json" --modes "${MODES:-eager,compile}" || echo "reference failed" >&2
   if [ -f "$d/pytorch.json" ]; then
     "$HERE/rr" bench report "$d/rr.json" --reference "$d/pytorch.json" --out "$d"
@@ -232,7 +232,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("run.sh");
         std::fs::write(&script, GPU_SCRIPT).unwrap();
-        let status = Command::new("bash").arg("-n").arg(&script).status().unwrap();
+        let status = Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .status()
+            .unwrap();
         std::fs::remove_dir_all(&dir).ok();
         assert!(status.success(), "bash -n run.sh failed");
         for needle in [

@@ -220,7 +220,52 @@ pub struct BenchResult {
     /// Measured matmul throughput in the compute dtype (FLOP/s), the MFU denominator.
     pub matmul_peak_flops: f64,
     pub libtorch_threads: i64,
+    /// The kernel `scaled_dot_product_attention` picks for the training shape (causal, GQA).
+    #[serde(default)]
+    pub sdpa_backend: String,
     pub rows: Vec<Row>,
+}
+
+/// The kernel ATen's `scaled_dot_product_attention` dispatches to for queries [B, heads, T,
+/// head_dim] and grouped keys/values, causal, in `kind` on `device`.
+pub fn sdpa_backend(shape: &Shape, b: usize, t: usize, device: Device, kind: Kind) -> String {
+    let q = Tensor::zeros(
+        [
+            b as i64,
+            shape.heads as i64,
+            t as i64,
+            shape.head_dim as i64,
+        ],
+        (kind, device),
+    );
+    let kv = Tensor::zeros(
+        [
+            b as i64,
+            shape.kv_heads as i64,
+            t as i64,
+            shape.head_dim as i64,
+        ],
+        (kind, device),
+    );
+    let choice = Tensor::internal_fused_sdp_choice::<Tensor>(
+        &q,
+        &kv,
+        &kv,
+        None,
+        0.0,
+        true,
+        None,
+        shape.heads != shape.kv_heads,
+    );
+    match choice {
+        0 => "math",
+        1 => "flash",
+        2 => "memory-efficient",
+        3 => "cudnn",
+        4 => "overrideable",
+        _ => "unknown",
+    }
+    .to_string()
 }
 
 fn synchronize(device: Device) {
@@ -458,6 +503,7 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
         spec: spec.clone(),
         matmul_peak_flops,
         libtorch_threads: tch::get_num_threads() as i64,
+        sdpa_backend: sdpa_backend(&spec.shape, spec.batch, spec.seq, device, compute_kind),
         rows,
     })
 }
@@ -514,10 +560,28 @@ pub fn markdown(result: &BenchResult, reference: &[Row]) -> String {
     let mut out = format!(
         "Shape `{}` (h {}, {} heads / {} kv, intermediate {}, vocab {}, layers ({}, {}, {})), \
          {} {}, batch {}, seq {}; generation: batch 1, prompt {}, {} new tokens. \
-         Median of {} after {} warm-up. Matmul peak measured: {:.1} GFLOP/s; libtorch threads: {}.\n\n",
-        s.name, s.hidden, s.heads, s.kv_heads, s.intermediate, s.vocab, s.prelude, s.core, s.coda,
-        spec.device, spec.dtype, spec.batch, spec.seq, spec.gen_prompt, spec.gen_tokens,
-        spec.repeats, spec.warmup, result.matmul_peak_flops / 1e9, result.libtorch_threads,
+         Median of {} after {} warm-up. Matmul peak measured: {:.1} GFLOP/s; libtorch threads: {}; \
+         attention kernel: {}.\n\n",
+        s.name,
+        s.hidden,
+        s.heads,
+        s.kv_heads,
+        s.intermediate,
+        s.vocab,
+        s.prelude,
+        s.core,
+        s.coda,
+        spec.device,
+        spec.dtype,
+        spec.batch,
+        spec.seq,
+        spec.gen_prompt,
+        spec.gen_tokens,
+        spec.repeats,
+        spec.warmup,
+        result.matmul_peak_flops / 1e9,
+        result.libtorch_threads,
+        result.sdpa_backend,
     );
     out.push_str("| what | r | k | rr ms | rr tok/s | rr peak MiB | rr MFU |");
     for i in &impls {
@@ -587,6 +651,7 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         "spec": result.spec,
         "matmul_peak_flops": result.matmul_peak_flops,
         "libtorch_threads": result.libtorch_threads,
+        "sdpa_backend": result.sdpa_backend,
         "rows": result.rows,
         "reference_rows": reference,
     });
