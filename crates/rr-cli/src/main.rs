@@ -179,7 +179,9 @@ struct EvalArgs {
     /// Data directory (default: $RR_SHARED_DATA, else ../shared/data); for `synth`, the JSONL file.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// A static model's results.json, drawn as a flat line in the plots.
+    /// The static baseline, drawn as a flat line in the plots: a model directory (evaluated on
+    /// the same tasks, its results written beside --out as *.baseline.json) or the
+    /// results.json of an earlier `rr eval` of it.
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Held-out loss and perplexity at each recurrence: a text file, or a packed directory
@@ -772,16 +774,31 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("../shared/data"))
     });
-    let baseline = args
+    // A model directory is evaluated after the main model; a results file is read now, so a
+    // bad one fails before any compute.
+    let baseline_dir = args
         .baseline
-        .as_deref()
-        .map(|p| {
+        .clone()
+        .filter(|p| p.join("config.json").exists());
+    if let Some(dir) = &baseline_dir {
+        if rr_model::recurrent::is_recurrent_dir(dir) {
+            bail!(
+                "{}: --baseline must be a static (non-recurrent) model or a results.json",
+                dir.display()
+            );
+        }
+    }
+    let mut baseline = match (&args.baseline, &baseline_dir) {
+        (Some(p), None) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("{}: cannot read", p.display()))?;
-            rr_eval::results::RecurrenceReport::from_json(&text)
-                .with_context(|| p.display().to_string())
-        })
-        .transpose()?;
+            Some(
+                rr_eval::results::RecurrenceReport::from_json(&text)
+                    .with_context(|| p.display().to_string())?,
+            )
+        }
+        _ => None,
+    };
     let (mut model, tokenizer) = args.model.load()?;
     let heldout = match &args.heldout {
         None => None,
@@ -819,6 +836,23 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         data_dir,
     };
     let report = evaluate(&mut model, &tokenizer, &opts, |line| eprintln!("{line}"))?;
+    if let Some(dir) = &baseline_dir {
+        drop(model);
+        let device = parse_device(&args.model.device)?;
+        let dtype = parse_dtype(&args.model.dtype)?;
+        let mut static_model = AnyModel::load(dir, device, dtype, None, args.model.seed)?;
+        let static_tokenizer = Tokenizer::from_path(dir)?;
+        let static_report = evaluate(&mut static_model, &static_tokenizer, &opts, |line| {
+            eprintln!("baseline {line}")
+        })?;
+        let name = format!(
+            "{}.baseline.json",
+            args.out.file_stem().unwrap_or_default().to_string_lossy()
+        );
+        let path = args.out.with_file_name(name);
+        write_outputs(&static_report, None, &tasks, &path)?;
+        baseline = Some(static_report);
+    }
     write_outputs(&report, baseline.as_ref(), &tasks, &args.out)?;
     print!("{}", report.to_markdown());
     println!("wrote {}", args.out.display());

@@ -540,3 +540,99 @@ fn eval_bad_input() {
     assert!(err.contains("synth.jsonl:2"), "{err}");
     assert!(!Path::new(out).exists());
 }
+
+/// `rr eval --baseline MODEL_DIR` evaluates the static model on the same tasks, writes its
+/// results beside the output, and draws it in the plots; its scores are those of evaluating
+/// it alone. A recurrent model is refused as a baseline before any compute.
+#[test]
+fn eval_with_a_baseline_model_directory() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = tmp.path().join("rec");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rr"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "surgery",
+        "--model",
+        hf.to_str().unwrap(),
+        "--out",
+        rec.to_str().unwrap(),
+        "--layers",
+        "1,3,1",
+    ]);
+    let data = shared.to_str().unwrap();
+    let out = tmp.path().join("rec.json");
+    run(&[
+        "eval",
+        "--model",
+        rec.to_str().unwrap(),
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "12",
+        "--recurrences",
+        "1,2",
+        "--baseline",
+        hf.to_str().unwrap(),
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let alone = tmp.path().join("alone.json");
+    run(&[
+        "eval",
+        "--model",
+        hf.to_str().unwrap(),
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "12",
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--out",
+        alone.to_str().unwrap(),
+    ]);
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let beside = read(&tmp.path().join("rec.baseline.json"));
+    assert_eq!(beside, read(&alone));
+    let svg = std::fs::read_to_string(tmp.path().join("rec_arc_easy.svg")).unwrap();
+    assert!(
+        svg.contains("static baseline"),
+        "no baseline line in the plot"
+    );
+
+    let err = rr_fails(&[
+        "eval",
+        "--model",
+        hf.to_str().unwrap(),
+        "--tasks",
+        "arc_easy",
+        "--baseline",
+        rec.to_str().unwrap(),
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--out",
+        tmp.path().join("x.json").to_str().unwrap(),
+    ]);
+    assert!(err.contains("must be a static"), "{err}");
+    assert!(!tmp.path().join("x.json").exists());
+}

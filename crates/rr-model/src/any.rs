@@ -73,6 +73,40 @@ impl AnyModel {
     }
 }
 
+impl AnyModel {
+    /// Logits for `ids` appended after what `cache` holds (recurrent: at the model's
+    /// recurrence, state seeded per position).
+    fn forward_with_cache(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut AnyCache,
+    ) -> Tensor {
+        match (self, cache) {
+            (AnyModel::Llama(m), AnyCache::Llama(c)) => m.forward_with_cache(ids, mask, c),
+            (
+                AnyModel::Recurrent {
+                    model,
+                    recurrence,
+                    seed,
+                },
+                AnyCache::Recurrent(c),
+            ) => {
+                model
+                    .forward_with_cache(
+                        ids,
+                        mask,
+                        *recurrence,
+                        &InitialState::Random { seed: *seed },
+                        c,
+                    )
+                    .logits
+            }
+            _ => unreachable!("a cache is only ever made by its own model"),
+        }
+    }
+}
+
 impl CausalLm for AnyModel {
     type Cache = AnyCache;
 
@@ -84,53 +118,11 @@ impl CausalLm for AnyModel {
     }
 
     fn forward_cached(&self, ids: &Tensor, cache: &mut AnyCache) -> Tensor {
-        match (self, cache) {
-            (AnyModel::Llama(m), AnyCache::Llama(c)) => m.forward_with_cache(ids, None, c),
-            (
-                AnyModel::Recurrent {
-                    model,
-                    recurrence,
-                    seed,
-                },
-                AnyCache::Recurrent(c),
-            ) => {
-                model
-                    .forward_with_cache(
-                        ids,
-                        None,
-                        *recurrence,
-                        &InitialState::Random { seed: *seed },
-                        c,
-                    )
-                    .logits
-            }
-            _ => unreachable!("a cache is only ever made by its own model"),
-        }
+        self.forward_with_cache(ids, None, cache)
     }
 
     fn forward_cached_masked(&self, ids: &Tensor, mask: &Tensor, cache: &mut AnyCache) -> Tensor {
-        match (self, cache) {
-            (AnyModel::Llama(m), AnyCache::Llama(c)) => m.forward_with_cache(ids, Some(mask), c),
-            (
-                AnyModel::Recurrent {
-                    model,
-                    recurrence,
-                    seed,
-                },
-                AnyCache::Recurrent(c),
-            ) => {
-                model
-                    .forward_with_cache(
-                        ids,
-                        Some(mask),
-                        *recurrence,
-                        &InitialState::Random { seed: *seed },
-                        c,
-                    )
-                    .logits
-            }
-            _ => unreachable!("a cache is only ever made by its own model"),
-        }
+        self.forward_with_cache(ids, Some(mask), cache)
     }
 
     fn forward_full(&self, ids: &Tensor) -> Tensor {
