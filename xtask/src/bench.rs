@@ -41,57 +41,49 @@ pub struct BenchArgs {
     /// Skip the PyTorch reference
     #[arg(long)]
     pub no_reference: bool,
-    /// Output folder (default: runs/bench/<shape>-<device>)
+    /// Output folder (default: runs/bench/<shape>-<cpu|cuda>)
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(root: &Path, torch: &Torch, args: &BenchArgs) -> Result<()> {
     let rr = crate::build_rr_profile(root, torch, true)?;
-    let device_name = if args.device == "auto" {
-        "auto".to_string()
-    } else {
-        args.device.clone()
-    };
-    let out = args.out.clone().unwrap_or_else(|| {
-        root.join("runs/bench")
-            .join(format!("{}-{device_name}", args.shape))
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let rr_json = out.join("rr.json");
+    let bench_dir = root.join("runs/bench");
+    std::fs::create_dir_all(&bench_dir)
+        .with_context(|| format!("{}: cannot create", bench_dir.display()))?;
+    // rr's result first (it resolves `--device auto`), then the folder named after it.
+    let rr_tmp = bench_dir.join(format!(".{}-{}.rr.json", args.shape, std::process::id()));
     let mut cmd = Command::new(&rr);
-    cmd.args([
-        "bench",
-        "recurrence",
-        "--device",
-        &args.device,
-        "--shape",
-        &args.shape,
-    ])
-    .args([
-        "--recurrences",
-        &args.recurrences,
-        "--backprop",
-        &args.backprop,
-    ])
-    .args([
-        "--batch",
-        &args.batch.to_string(),
-        "--seq",
-        &args.seq.to_string(),
-    ])
-    .args([
-        "--warmup",
-        &args.warmup.to_string(),
-        "--repeats",
-        &args.repeats.to_string(),
-    ])
-    .arg("--out")
-    .arg(&rr_json);
+    cmd.args(["bench", "recurrence", "--device", &args.device])
+        .args(["--shape", &args.shape])
+        .args(["--recurrences", &args.recurrences])
+        .args(["--backprop", &args.backprop])
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--seq", &args.seq.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
+        .arg("--out")
+        .arg(&rr_tmp);
     if let Some(layers) = &args.layers {
         cmd.args(["--layers", layers]);
     }
     run_step(&mut cmd, "rr bench recurrence")?;
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&rr_tmp)
+            .with_context(|| format!("{}: cannot read", rr_tmp.display()))?,
+    )?;
+    let device = result["spec"]["device"]
+        .as_str()
+        .unwrap_or("cpu")
+        .to_string();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join(format!("{}-{device}", args.shape)));
+    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let rr_json = out.join("rr.json");
+    std::fs::rename(&rr_tmp, &rr_json)
+        .with_context(|| format!("{}: cannot write", rr_json.display()))?;
 
     let mut report = Command::new(&rr);
     report
@@ -102,13 +94,8 @@ pub fn run(root: &Path, torch: &Torch, args: &BenchArgs) -> Result<()> {
     if !args.no_reference {
         match reference_python(root) {
             Some(python) => {
-                let spec: serde_json::Value = serde_json::from_str(
-                    &std::fs::read_to_string(&rr_json)
-                        .with_context(|| format!("{}: cannot read", rr_json.display()))?,
-                )?;
-                let on_cuda = spec["spec"]["device"] == "cuda";
                 let modes = args.torch_modes.clone().unwrap_or_else(|| {
-                    if on_cuda { "eager,compile" } else { "eager" }.to_string()
+                    if device == "cuda" { "eager,compile" } else { "eager" }.to_string()
                 });
                 let torch_json = out.join("pytorch.json");
                 let mut py = Command::new(&python);
