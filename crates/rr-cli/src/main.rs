@@ -701,11 +701,19 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
     stdout.flush().ok();
-    generate(&model, Some(&tokenizer), &prompt, &options, |piece| {
+    let started = std::time::Instant::now();
+    let out = generate(&model, Some(&tokenizer), &prompt, &options, |piece| {
         print!("{piece}");
         stdout.flush().ok();
     })?;
+    let seconds = started.elapsed().as_secs_f64();
     println!();
+    eprintln!(
+        "{} tokens in {seconds:.2} s ({:.1} tokens/s, prompt of {} included)",
+        out.ids.len(),
+        out.ids.len() as f64 / seconds.max(1e-9),
+        prompt.len()
+    );
     Ok(())
 }
 
