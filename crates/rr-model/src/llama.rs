@@ -615,6 +615,12 @@ impl LlamaModel {
         self.forward_impl(input_ids, attention_mask, None)
     }
 
+    /// The final-normed hidden states [B, T, h] that `forward` multiplies by `lm_head`
+    /// (training computes its loss from these in chunks, without the full logits).
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        self.hidden_impl(input_ids, attention_mask, None)
+    }
+
     /// As `forward`, appending to (and attending over) `cache`.
     pub fn forward_with_cache(
         &self,
@@ -635,6 +641,16 @@ impl LlamaModel {
     }
 
     fn forward_impl(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        self.hidden_impl(input_ids, attention_mask, cache)
+            .linear::<&Tensor>(&self.lm_head, None)
+    }
+
+    fn hidden_impl(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -669,7 +685,7 @@ impl LlamaModel {
             c.len = past + t;
             c.key_mask = key_mask;
         }
-        self.norm.forward(&x).linear::<&Tensor>(&self.lm_head, None)
+        self.norm.forward(&x)
     }
 
     /// Number of parameters per part: (embeddings, blocks, final norm, head). A tied head

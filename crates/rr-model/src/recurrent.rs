@@ -476,8 +476,53 @@ impl RecurrentModel {
         num_steps_no_grad: usize,
         num_steps_with_grad: usize,
         initial_state: &InitialState,
-        mut cache: Option<&mut RecurrentCache>,
+        cache: Option<&mut RecurrentCache>,
     ) -> RecurrentOutput {
+        let (hidden, state) = self.hidden_impl(
+            input_ids,
+            attention_mask,
+            num_steps_no_grad,
+            num_steps_with_grad,
+            initial_state,
+            cache,
+        );
+        RecurrentOutput {
+            logits: hidden.linear::<&Tensor>(&self.head_weight(), None),
+            state,
+        }
+    }
+
+    /// As `forward`, but returns the final-normed hidden states [B, T, h] that the head
+    /// multiplies (training computes its loss from these in chunks, without the full logits).
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        num_steps_no_grad: usize,
+        num_steps_with_grad: usize,
+        initial_state: &InitialState,
+    ) -> Tensor {
+        self.hidden_impl(
+            input_ids,
+            attention_mask,
+            num_steps_no_grad,
+            num_steps_with_grad,
+            initial_state,
+            None,
+        )
+        .0
+    }
+
+    /// (final-normed hidden states, final latent state).
+    fn hidden_impl(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        num_steps_no_grad: usize,
+        num_steps_with_grad: usize,
+        initial_state: &InitialState,
+        mut cache: Option<&mut RecurrentCache>,
+    ) -> (Tensor, Tensor) {
         let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
         let device = self.device();
         let past = cache.as_ref().map_or(0, |c| c.len);
@@ -534,11 +579,17 @@ impl RecurrentModel {
             c.len = past + t;
             c.key_mask = key_mask;
         }
-        let mut logits = self.ln_f.forward(&h).linear::<&Tensor>(&self.lm_head, None);
+        (self.ln_f.forward(&h), state)
+    }
+
+    /// The head's rows for the real vocabulary, [vocab_size, h] (the padding rows never
+    /// produce a logit).
+    pub fn head_weight(&self) -> Tensor {
         if self.config.padded_vocab_size() > self.config.vocab_size {
-            logits = logits.narrow(-1, 0, self.config.vocab_size as i64);
+            self.lm_head.narrow(0, 0, self.config.vocab_size as i64)
+        } else {
+            self.lm_head.shallow_clone()
         }
-        RecurrentOutput { logits, state }
     }
 
     /// One recurrence: `core(adapter(cat[state, e]))`. Public for the inference loops of

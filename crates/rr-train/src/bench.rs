@@ -779,16 +779,28 @@ impl FastPathCheck {
     }
 }
 
+/// How a fast-path check trains.
+#[derive(Clone, Copy)]
+enum Path {
+    /// fp32, the full logits and PyTorch's cross-entropy, AdamW as separate ops.
+    Plain,
+    /// The trainer's step (memory-lean loss, fused AdamW) with compute in `Kind`.
+    Trainer(Kind),
+}
+
 /// Losses of `steps` training steps of the tiny shape on `device` from the same weights and
-/// data: fp32 compute with the plain or fused AdamW, or `compute_kind` compute over fp32
-/// masters with the fused AdamW.
-fn losses(device: Device, compute_kind: Kind, fused: bool, steps: usize) -> Result<Vec<f64>> {
+/// data along `path`.
+fn losses(device: Device, path: Path, steps: usize) -> Result<Vec<f64>> {
     let shape = Shape::preset("tiny", None)?;
     let (b, t) = (2i64, 64i64);
     tch::manual_seed(0);
     let master = TrainModel::Recurrent(random_model(&shape, t as usize, device, Kind::Float));
-    let compute = (compute_kind != Kind::Float)
-        .then(|| TrainModel::Recurrent(random_model(&shape, t as usize, device, compute_kind)));
+    let compute = match path {
+        Path::Trainer(kind) if kind != Kind::Float => Some(TrainModel::Recurrent(random_model(
+            &shape, t as usize, device, kind,
+        ))),
+        _ => None,
+    };
     let ids = Tensor::randint(shape.vocab as i64, [b, t], (Kind::Int64, device));
     let labels = ids.roll([-1], [1]).view([-1]);
     let mut opt = AdamW::from_var_store(
@@ -801,34 +813,49 @@ fn losses(device: Device, compute_kind: Kind, fused: bool, steps: usize) -> Resu
     let params = optimizer_params(&master);
     let mut out = Vec::with_capacity(steps);
     for step in 0..steps {
-        if let Some(c) = &compute {
-            copy_weights(&master, c);
-        }
-        let loss = micro_batch(
-            &master,
-            compute.as_ref(),
-            &ids,
-            &labels,
-            (2, 2),
-            step as u64,
-            1,
-        );
+        let loss = match (path, &master) {
+            (Path::Plain, TrainModel::Recurrent(m)) => {
+                let state = master.initial_state(m, &ids, step as u64);
+                let logits = m
+                    .forward(&ids, None, 2, 2, &InitialState::Given(state))
+                    .logits;
+                let loss = logits
+                    .view([-1, shape.vocab as i64])
+                    .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
+                loss.backward();
+                loss
+            }
+            _ => {
+                if let Some(c) = &compute {
+                    copy_weights(&master, c);
+                }
+                micro_batch(
+                    &master,
+                    compute.as_ref(),
+                    &ids,
+                    &labels,
+                    (2, 2),
+                    step as u64,
+                    1,
+                )
+            }
+        };
         out.push(f64::try_from(&loss)?);
         clip_grad_norm_lazy(&params, 1.0);
-        if fused {
-            opt.step_fused(1e-3)?;
-        } else {
-            opt.step_plain(1e-3);
+        match path {
+            Path::Plain => opt.step_plain(1e-3),
+            Path::Trainer(_) => opt.step_fused(1e-3)?,
         }
         opt.zero_grad();
     }
     Ok(out)
 }
 
-/// The fast paths against the plain path on `device`: the fused AdamW kernel (fp32 rounding)
-/// and bf16 compute over fp32 masters (bf16 rounding).
+/// The trainer's fast paths against the plain path on `device`: the memory-lean loss with
+/// the fused AdamW kernel (fp32 rounding), and the same with bf16 compute over fp32 masters
+/// (bf16 rounding).
 pub fn check_fast_paths(device: Device, steps: usize) -> Result<Vec<FastPathCheck>> {
-    let plain = losses(device, Kind::Float, false, steps)?;
+    let plain = losses(device, Path::Plain, steps)?;
     let compare = |name: &str, fast: Vec<f64>, tolerance: f64| {
         let max_rel_diff = plain
             .iter()
@@ -845,13 +872,13 @@ pub fn check_fast_paths(device: Device, steps: usize) -> Result<Vec<FastPathChec
     };
     Ok(vec![
         compare(
-            "fused AdamW",
-            losses(device, Kind::Float, true, steps)?,
+            "memory-lean loss + fused AdamW",
+            losses(device, Path::Trainer(Kind::Float), steps)?,
             1e-5,
         ),
         compare(
-            "bf16 compute + fused AdamW",
-            losses(device, Kind::BFloat16, true, steps)?,
+            "bf16 compute + memory-lean loss + fused AdamW",
+            losses(device, Path::Trainer(Kind::BFloat16), steps)?,
             2e-2,
         ),
     ])

@@ -87,31 +87,55 @@ impl TrainModel {
         }
     }
 
-    /// Logits [B, T, V] of one training forward pass.
-    fn forward(&self, input: &Tensor, no_grad: usize, with_grad: usize, state_seed: u64) -> Tensor {
-        match self {
-            TrainModel::Static(m) => m.forward(input, None),
-            TrainModel::Recurrent(m) => {
-                let (b, t) = input.size2().expect("[B, T]");
-                let h = m.config.n_embd;
-                // A fresh state for every element (as the reference draws it), reproducible from
-                // the micro-batch's seed.
-                let mut values = Vec::with_capacity(b as usize * t as usize * h);
-                for row in 0..b as u64 {
-                    values.extend(truncated_normal_row(
-                        state_seed,
-                        row,
-                        t as usize * h,
-                        m.config.init_values.std,
-                    ));
-                }
-                let state = Tensor::from_slice(&values)
-                    .view([b, t, h as i64])
-                    .to_device(m.device());
-                m.forward(input, None, no_grad, with_grad, &InitialState::Given(state))
-                    .logits
-            }
+    /// Mean cross-entropy of one training forward pass against `labels` [B·T], computed by
+    /// the memory-lean chunked loss from the final hidden states (no full logits tensor).
+    fn loss(
+        &self,
+        input: &Tensor,
+        labels: &Tensor,
+        no_grad: usize,
+        with_grad: usize,
+        state_seed: u64,
+    ) -> Tensor {
+        let (hidden, head) = match self {
+            TrainModel::Static(m) => (m.forward_hidden(input, None), m.lm_head.shallow_clone()),
+            TrainModel::Recurrent(m) => (
+                m.forward_hidden(
+                    input,
+                    None,
+                    no_grad,
+                    with_grad,
+                    &InitialState::Given(self.initial_state(m, input, state_seed)),
+                ),
+                m.head_weight(),
+            ),
+        };
+        let h = hidden.size()[2];
+        crate::loss::chunked_cross_entropy(&hidden.view([-1, h]), &head, labels)
+    }
+
+    /// A fresh state for every element (as the reference draws it), reproducible from the
+    /// micro-batch's seed.
+    pub(crate) fn initial_state(
+        &self,
+        m: &RecurrentModel,
+        input: &Tensor,
+        state_seed: u64,
+    ) -> Tensor {
+        let (b, t) = input.size2().expect("[B, T]");
+        let h = m.config.n_embd;
+        let mut values = Vec::with_capacity(b as usize * t as usize * h);
+        for row in 0..b as u64 {
+            values.extend(truncated_normal_row(
+                state_seed,
+                row,
+                t as usize * h,
+                m.config.init_values.std,
+            ));
         }
+        Tensor::from_slice(&values)
+            .view([b, t, h as i64])
+            .to_device(m.device())
     }
 
     /// Writes the model (config, weights) into the existing directory `dir`.
@@ -513,12 +537,7 @@ pub(crate) fn micro_batch(
     grad_accum: usize,
 ) -> Tensor {
     let runner = compute.unwrap_or(master);
-    let logits = runner.forward(input, n, k, state_seed);
-    let vocab = logits.size()[2];
-    let loss = logits
-        .view([-1, vocab])
-        .to_kind(Kind::Float)
-        .cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
+    let loss = runner.loss(input, labels, n, k, state_seed);
     (&loss / grad_accum as f64).backward();
     if let Some(c) = compute {
         accumulate_grads(c, master);
