@@ -18,7 +18,7 @@ fn model() -> RecurrentModel {
     );
     tch::no_grad(|| {
         for (_, mut t) in model.vs.variables() {
-            let _ = t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+            t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
         }
     });
     model

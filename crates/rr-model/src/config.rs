@@ -191,7 +191,7 @@ impl LlamaConfig {
         if self.attention_bias || self.mlp_bias {
             bail!("invalid model config: attention or MLP biases are not supported");
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if not_positive(self.rms_norm_eps) || not_positive(self.rope_theta) {
             bail!("invalid model config: rms_norm_eps and rope_theta must be positive");
         }
         if let Some(scaling) = &self.rope_scaling {
@@ -252,6 +252,11 @@ impl LlamaConfig {
             .map(TokenIds::to_vec)
             .unwrap_or_default()
     }
+}
+
+/// True for zero, negatives and NaN: what a "must be positive" check rejects.
+fn not_positive(x: f64) -> bool {
+    x.is_nan() || x <= 0.0
 }
 
 #[cfg(test)]

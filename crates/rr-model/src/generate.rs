@@ -118,7 +118,11 @@ pub fn generate<M: CausalLm>(
         bail!("cannot generate from an empty prompt");
     }
     if let Sampling::TopP { temperature, top_p } = opts.sampling {
-        if !(temperature > 0.0) || !(top_p > 0.0 && top_p <= 1.0) {
+        if temperature.is_nan()
+            || temperature <= 0.0
+            || !(0.0..=1.0).contains(&top_p)
+            || top_p == 0.0
+        {
             bail!("temperature must be > 0 and top-p in (0, 1] (got {temperature}, {top_p})");
         }
     }

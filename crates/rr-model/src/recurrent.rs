@@ -234,7 +234,7 @@ impl RecurrentConfig {
         if self.tie_embeddings {
             bail!("tie_embeddings must be false: the head is stored as its own tensor");
         }
-        if !(self.init_values.std > 0.0) {
+        if self.init_values.std.is_nan() || self.init_values.std <= 0.0 {
             bail!("init_values.std must be positive");
         }
         if self.mean_recurrence == 0 {

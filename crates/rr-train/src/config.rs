@@ -244,7 +244,7 @@ impl TrainConfig {
         if t.steps == 0 || t.micro_batch_size == 0 || t.grad_accum == 0 {
             bail!("training.steps, micro_batch_size and grad_accum must be at least 1");
         }
-        if !(t.max_grad_norm > 0.0) {
+        if t.max_grad_norm.is_nan() || t.max_grad_norm <= 0.0 {
             bail!("training.max_grad_norm must be positive");
         }
         if t.log_every == 0 {
@@ -266,7 +266,7 @@ impl TrainConfig {
             bail!("data: give at least one training source (data.train or each phase's train)");
         }
         for (i, p) in phases.iter().enumerate() {
-            if p.train.iter().any(|s| !(s.weight > 0.0)) {
+            if p.train.iter().any(|s| s.weight.is_nan() || s.weight <= 0.0) {
                 bail!("data: source weights must be positive");
             }
             if i + 1 < phases.len() && p.until_step.is_none() {

@@ -87,7 +87,7 @@ mod tests {
         let hidden = Tensor::randn([n, h], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let head =
             (Tensor::randn([v, h], (Kind::Float, Device::Cpu)) * 0.3).set_requires_grad(true);
-        let mut labels = Tensor::randint(v, [n], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::randint(v, [n], (Kind::Int64, Device::Cpu));
         let _ = labels.narrow(0, 10, 5).fill_(-100);
         let _ = labels.narrow(0, 290, 3).fill_(-100);
 

@@ -611,7 +611,7 @@ fn build_phases(cfg: &TrainConfig, sets: &BTreeMap<PathBuf, Arc<PackedSet>>) -> 
         }
         phases.push((
             phase.until_step,
-            Mixture::new(sources, cfg.seed ^ 0x4d49_58 ^ i as u64)?,
+            Mixture::new(sources, cfg.seed ^ 0x004d_4958 ^ i as u64)?,
         ));
     }
     Phases::new(phases)
