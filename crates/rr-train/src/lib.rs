@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod loss;
+pub mod noise;
 pub mod optim;
 pub mod report;
 pub mod trainer;

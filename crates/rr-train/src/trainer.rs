@@ -18,7 +18,7 @@ use rr_curriculum::Curriculum;
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::{parse_device, parse_dtype};
 use rr_model::import::hf_dir::StagingDir;
-use rr_model::recurrent::{is_recurrent_dir, truncated_normal_row, InitialState, RecurrentModel};
+use rr_model::recurrent::{is_recurrent_dir, InitialState, RecurrentModel};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::{LlamaModel, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -114,8 +114,8 @@ impl TrainModel {
         crate::loss::chunked_cross_entropy(&hidden.view([-1, h]), &head, labels)
     }
 
-    /// A fresh state for every element (as the reference draws it), reproducible from the
-    /// micro-batch's seed.
+    /// A fresh state for every element (as the reference draws it), drawn on the device and
+    /// reproducible from the micro-batch's seed.
     pub(crate) fn initial_state(
         &self,
         m: &RecurrentModel,
@@ -123,19 +123,12 @@ impl TrainModel {
         state_seed: u64,
     ) -> Tensor {
         let (b, t) = input.size2().expect("[B, T]");
-        let h = m.config.n_embd;
-        let mut values = Vec::with_capacity(b as usize * t as usize * h);
-        for row in 0..b as u64 {
-            values.extend(truncated_normal_row(
-                state_seed,
-                row,
-                t as usize * h,
-                m.config.init_values.std,
-            ));
-        }
-        Tensor::from_slice(&values)
-            .view([b, t, h as i64])
-            .to_device(m.device())
+        crate::noise::truncated_normal(
+            state_seed,
+            &[b, t, m.config.n_embd as i64],
+            m.config.init_values.std,
+            m.device(),
+        )
     }
 
     /// Writes the model (config, weights) into the existing directory `dir`.
