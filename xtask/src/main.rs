@@ -5,6 +5,7 @@
 mod bench;
 mod fetch_model;
 mod hub;
+mod test_run;
 mod torch_env;
 mod train_job;
 
@@ -179,27 +180,7 @@ fn run() -> Result<ExitCode> {
             let cache = fetch_model::cache_dir(&root, None);
             fetch_model::fetch_smollm2(&root, &cache, &torch)
                 .context("fetching the test model (cargo xtask fetch-model smollm2)")?;
-            let names_package = args.iter().any(|a| a == "-p" || a.starts_with("--package"));
-            let mut cmd = torch_env::cargo(&torch);
-            cmd.current_dir(&root).arg("test");
-            if !names_package {
-                cmd.arg("--workspace");
-            }
-            cmd.args(&args).env("RR_CACHE", &cache);
-            let shown = if names_package {
-                "cargo test"
-            } else {
-                "cargo test --workspace"
-            };
-            let shown = format!("{shown} {}", args.join(" "));
-            println!(
-                "test: {} ({}; RR_CACHE={})",
-                shown.trim_end(),
-                torch.summary(),
-                cache.display()
-            );
-            let status = cmd.status().context("cannot run cargo test")?;
-            Ok(child_code(status))
+            test_run::run(&root, &torch, &cache, &args)
         }
         Cmd::FetchModel {
             model: Model::Smollm2,

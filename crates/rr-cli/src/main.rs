@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rr_model::device::{parse_device, parse_dtype};
-use rr_model::generate::{generate, GenerateOptions, Sampling};
-use rr_model::{import, inspect, score, AnyModel, Tokenizer};
+use rr_model::{
+    decode, import, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
+    Tokenizer,
+};
 
 #[derive(Parser)]
 #[command(
@@ -295,8 +297,19 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         let dtype = parse_dtype(&self.dtype)?;
         let tokenizer = Tokenizer::from_path(&self.model)?;
-        let model = AnyModel::load(&self.model, device, dtype, self.recurrence, self.seed)?;
+        let model = AnyModel::load(&self.model, device, dtype)?;
         Ok((model, tokenizer))
+    }
+
+    /// The recurrence (`--recurrence`, else what the model was trained for) and state seed.
+    fn test_time(&self, model: &AnyModel) -> Result<TestTime> {
+        let recurrence = model
+            .recurrence(self.recurrence)
+            .with_context(|| self.model.display().to_string())?;
+        Ok(TestTime {
+            recurrence,
+            seed: self.seed,
+        })
     }
 }
 
@@ -645,6 +658,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
         bail!("{}: the text is empty", args.text_file.display());
     }
     let (model, tokenizer) = args.model.load()?;
+    let tt = args.model.test_time(&model)?;
     let mut ids = tokenizer.encode(&text, true)?;
     if let Some(max) = args.max_tokens {
         ids.truncate(max);
@@ -654,7 +668,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if window > context {
         bail!("--window {window} is longer than the model's context ({context})");
     }
-    let result = score::score_ids(&model, &ids, window)
+    let result = rr_eval::nll::score_text(&model, &ids, window, tt)
         .with_context(|| format!("scoring {}", args.text_file.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -681,12 +695,15 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         },
     };
     let (model, tokenizer) = args.model.load()?;
-    let prompt = tokenizer.encode(&args.prompt, true)?;
+    let test_time = args.model.test_time(&model)?;
     let recurrent_options = args.exit_kl.is_some() || args.latest_m.is_some() || args.warm_start;
-    if recurrent_options {
-        return run_generate_recurrent(&args, &model, &tokenizer, &prompt);
+    if recurrent_options && !model.is_recurrent() {
+        bail!("--exit-kl, --latest-m and --warm-start apply only to recurrent models");
     }
-    let options = GenerateOptions {
+    if let Some(kl) = args.exit_kl.filter(|kl| !(kl.is_finite() && *kl >= 0.0)) {
+        bail!("--exit-kl must be a finite number >= 0 (got {kl})");
+    }
+    let options = DecodeOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
         seed: args.model.seed,
@@ -697,23 +714,44 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         },
         stop_strings: args.stop,
         use_cache: !args.no_cache,
+        keep_logits: false,
+        test_time,
+        exit: args.exit_kl.map(|threshold| ExitCriterion {
+            threshold,
+            min_steps: args.min_steps,
+            max_steps: test_time.recurrence,
+        }),
+        warm_start: args.warm_start,
+        cache_mode: match args.latest_m {
+            Some(0) => bail!("--latest-m must be at least 1"),
+            Some(m) => CacheMode::LatestM(m),
+            None => CacheMode::Full,
+        },
     };
+    let prompt = tokenizer.encode(&args.prompt, true)?;
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
     stdout.flush().ok();
     let started = std::time::Instant::now();
-    let out = generate(&model, Some(&tokenizer), &prompt, &options, |piece| {
+    let out = decode(&model, Some(&tokenizer), &[prompt], &options, |_, piece| {
         print!("{piece}");
         stdout.flush().ok();
     })?;
     let seconds = started.elapsed().as_secs_f64();
     println!();
+    let generation = &out.rows[0];
+    let n = generation.ids.len();
     eprintln!(
-        "{} tokens in {seconds:.2} s ({:.1} tokens/s, prompt of {} included)",
-        out.ids.len(),
-        out.ids.len() as f64 / seconds.max(1e-9),
-        prompt.len()
+        "{n} tokens in {seconds:.2} s ({:.1} tokens/s)",
+        n as f64 / seconds.max(1e-9),
     );
+    if model.is_recurrent() {
+        eprintln!(
+            "mean core iterations per token {:.2} (max {})",
+            generation.mean_steps(),
+            test_time.recurrence
+        );
+    }
     Ok(())
 }
 
@@ -807,7 +845,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         }
         _ => None,
     };
-    let (mut model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load()?;
+    // Validates --recurrence against the model; evaluation runs at every --recurrences value.
+    args.model.test_time(&model)?;
     let heldout = match &args.heldout {
         None => None,
         Some(p) if p.join("manifest.json").exists() => {
@@ -843,14 +883,14 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         data_dir,
     };
-    let report = evaluate(&mut model, &tokenizer, &opts, |line| eprintln!("{line}"))?;
+    let report = evaluate(&model, &tokenizer, &opts, |line| eprintln!("{line}"))?;
     if let Some(dir) = &baseline_dir {
         drop(model);
         let device = parse_device(&args.model.device)?;
         let dtype = parse_dtype(&args.model.dtype)?;
-        let mut static_model = AnyModel::load(dir, device, dtype, None, args.model.seed)?;
+        let static_model = AnyModel::load(dir, device, dtype)?;
         let static_tokenizer = Tokenizer::from_path(dir)?;
-        let static_report = evaluate(&mut static_model, &static_tokenizer, &opts, |line| {
+        let static_report = evaluate(&static_model, &static_tokenizer, &opts, |line| {
             eprintln!("baseline {line}")
         })?;
         let name = format!(
@@ -864,54 +904,5 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     write_outputs(&report, baseline.as_ref(), &tasks, &args.out)?;
     print!("{}", report.to_markdown());
     println!("wrote {}", args.out.display());
-    Ok(())
-}
-
-/// Greedy decoding with the recurrent options (adaptive exit, latest-m cache, warm start).
-fn run_generate_recurrent(
-    args: &GenerateArgs,
-    model: &AnyModel,
-    tokenizer: &Tokenizer,
-    prompt: &[i64],
-) -> Result<()> {
-    use rr_model::recurrent_infer::{generate_recurrent, CacheMode, DecodeOptions, ExitCriterion};
-    let AnyModel::Recurrent {
-        model,
-        recurrence,
-        seed,
-    } = model
-    else {
-        bail!("--exit-kl, --latest-m and --warm-start apply only to recurrent models");
-    };
-    if args.temperature.is_some() {
-        bail!("--exit-kl, --latest-m and --warm-start decode greedily; drop --temperature");
-    }
-    let opts = DecodeOptions {
-        recurrence: *recurrence,
-        cache_mode: match args.latest_m {
-            Some(0) => bail!("--latest-m must be at least 1"),
-            Some(m) => CacheMode::LatestM(m),
-            None => CacheMode::Full,
-        },
-        exit: args.exit_kl.map(|threshold| ExitCriterion {
-            threshold,
-            min_steps: args.min_steps,
-            max_steps: *recurrence,
-        }),
-        warm_start: args.warm_start,
-        seed: *seed,
-        use_cache: true,
-        keep_logits: false,
-    };
-    let eos: Vec<i64> = tokenizer.eos_id().into_iter().collect();
-    let out = generate_recurrent(model, prompt, args.max_new_tokens, &eos, &opts)?;
-    println!("{}{}", args.prompt, tokenizer.decode(&out.ids, true)?);
-    let mean =
-        out.steps_per_token.iter().sum::<usize>() as f64 / out.steps_per_token.len().max(1) as f64;
-    eprintln!(
-        "{} tokens, mean core iterations per token {mean:.2} (max {})",
-        out.ids.len(),
-        recurrence
-    );
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use rr_model::{AnyModel, Tokenizer};
+use rr_model::{AnyModel, TestTime, Tokenizer};
 
 use crate::plot::{line_plot, Series};
 use crate::results::{
@@ -55,7 +55,7 @@ pub fn parse_recurrences(text: &str) -> Result<Vec<usize>> {
 
 /// Runs every task at every recurrence. `progress` is called with a line per finished task.
 pub fn evaluate(
-    model: &mut AnyModel,
+    model: &AnyModel,
     tokenizer: &Tokenizer,
     opts: &EvalOptions,
     mut progress: impl FnMut(&str),
@@ -67,8 +67,8 @@ pub fn evaluate(
         .map(|&t| load(t, &opts.data_dir, opts.limit))
         .collect::<Result<_>>()?;
     let recurrences = match model {
-        AnyModel::Recurrent { .. } => opts.recurrences.clone(),
-        AnyModel::Llama(_) => vec![1],
+        AnyModel::Recurrent(_) => opts.recurrences.clone(),
+        AnyModel::Static(_) => vec![1],
     };
     let eos: Vec<i64> = {
         let mut ids = model.eos_token_ids();
@@ -78,21 +78,18 @@ pub fn evaluate(
     let max_len = model.max_context();
     let mut report = RecurrenceReport::default();
     for &r in &recurrences {
-        if let AnyModel::Recurrent {
-            recurrence, seed, ..
-        } = model
-        {
-            *recurrence = r;
-            *seed = opts.seed;
-        }
+        let tt = TestTime {
+            recurrence: r,
+            seed: opts.seed,
+        };
         let mut results = EvalResults::default();
         if let Some(heldout) = &opts.heldout {
             let (nll, tokens) = match heldout {
                 Heldout::Text(ids) => {
-                    let s = rr_model::score::score_ids(&*model, ids, max_len)?;
+                    let s = crate::nll::score_text(model, ids, max_len, tt)?;
                     (s.total_nll, s.tokens)
                 }
-                Heldout::Rows(rows) => crate::runner::rows_nll(&*model, rows, opts.batch_size)?,
+                Heldout::Rows(rows) => crate::nll::rows_nll(model, rows, opts.batch_size, tt)?,
             };
             let mean = nll / tokens as f64;
             let mut m = crate::results::Metrics::new();
@@ -123,8 +120,9 @@ pub fn evaluate(
                                 .map(|(c, k)| (c.to_string(), k.to_string()))
                         })
                         .collect();
-                    let lls = loglikelihoods(&*model, tokenizer, &pairs, opts.batch_size, max_len)
-                        .with_context(|| format!("{}", task.file.display()))?;
+                    let lls =
+                        loglikelihoods(model, tokenizer, &pairs, opts.batch_size, max_len, tt)
+                            .with_context(|| format!("{}", task.file.display()))?;
                     let mut per_item = Vec::with_capacity(items.len());
                     let mut next = lls.iter();
                     for item in items {
@@ -146,12 +144,13 @@ pub fn evaluate(
                         .map(|r| (r.prompt.clone(), r.stop.clone()))
                         .collect();
                     let generations = greedy_until_batch(
-                        &*model,
+                        model,
                         tokenizer,
                         &prompts,
                         &eos,
                         opts.max_new_tokens,
                         opts.batch_size,
+                        tt,
                     )?;
                     match task.task {
                         Task::Math500 => {

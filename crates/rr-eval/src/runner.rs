@@ -6,8 +6,7 @@
 //! batch it sits in and whatever the order of the items.
 
 use anyhow::{bail, Result};
-use rr_model::generate::{generate, CausalLm, GenerateOptions, Sampling};
-use rr_model::Tokenizer;
+use rr_model::{decode, AnyModel, DecodeOptions, Sampling, TestTime, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
 /// One scored continuation: summed log-probability and whether every continuation token was
@@ -41,22 +40,20 @@ pub fn split_tokens(
 
 /// Summed log-likelihood of each `(context, continuation)`, `batch_size` sequences at a time,
 /// keeping at most `max_len` tokens (the context is cut from the left).
-pub fn loglikelihoods<M: CausalLm>(
-    model: &M,
+pub fn loglikelihoods(
+    model: &AnyModel,
     tokenizer: &Tokenizer,
     requests: &[(String, String)],
     batch_size: usize,
     max_len: usize,
+    tt: TestTime,
 ) -> Result<Vec<LogLikelihood>> {
-    let vocab = model.vocab_size() as i64;
     let mut seqs = Vec::with_capacity(requests.len());
     for (ctx, cont) in requests {
         let (c, k) = split_tokens(tokenizer, ctx, cont)?;
         let mut all = c;
         all.extend(&k);
-        if let Some(bad) = all.iter().find(|&&id| id < 0 || id >= vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
-        }
+        model.check_tokens(&all)?;
         // Inputs are all but the last token; cut from the left to fit the context.
         let keep = (max_len + 1).min(all.len());
         let all = all[all.len() - keep..].to_vec();
@@ -91,7 +88,7 @@ pub fn loglikelihoods<M: CausalLm>(
             .view([batch.len() as i64, t as i64])
             .to_device(device);
         let logp = model
-            .forward_masked(&ids, &mask)
+            .logits(&ids, Some(&mask), tt)?
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float)
             .to_device(Device::Cpu);
@@ -121,107 +118,43 @@ pub fn loglikelihoods<M: CausalLm>(
     Ok(out)
 }
 
-/// Greedy continuation of `prompt`, stopped at EOS or any of `stop`, without the stop string.
-pub fn greedy_until<M: CausalLm>(
-    model: &M,
-    tokenizer: &Tokenizer,
-    prompt: &str,
-    stop: &[String],
-    eos_ids: &[i64],
-    max_new_tokens: usize,
-) -> Result<String> {
-    let ids = tokenizer.encode(prompt, true)?;
-    let opts = GenerateOptions {
-        max_new_tokens,
-        sampling: Sampling::Greedy,
-        seed: 0,
-        eos_ids: eos_ids.to_vec(),
-        stop_strings: stop.to_vec(),
-        use_cache: true,
-    };
-    Ok(generate(model, Some(tokenizer), &ids, &opts, |_| {})?.text)
-}
-
-/// `greedy_until` for many prompts, `batch_size` at a time (padded batches with masks: each
-/// prompt gets what it gets alone). `stops[i]` are the stop strings of prompt i.
-pub fn greedy_until_batch<M: CausalLm>(
-    model: &M,
+/// Greedy continuations of many prompts, `batch_size` at a time (padded batches with masks:
+/// each prompt gets what it gets alone), each stopped at EOS or at one of its stop strings,
+/// which is cut off. `prompts[i]` is (prompt, stop strings).
+pub fn greedy_until_batch(
+    model: &AnyModel,
     tokenizer: &Tokenizer,
     prompts: &[(String, Vec<String>)],
     eos_ids: &[i64],
     max_new_tokens: usize,
     batch_size: usize,
+    tt: TestTime,
 ) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        // Rows of one batch share the union of their stop strings only if they are equal;
-        // otherwise run the odd ones alone.
-        if chunk.iter().all(|(_, s)| *s == chunk[0].1) {
-            let ids = chunk
-                .iter()
-                .map(|(p, _)| tokenizer.encode(p, true))
-                .collect::<Result<Vec<_>>>()?;
-            let gens = rr_model::generate::greedy_batch(
-                model,
-                tokenizer,
-                &ids,
-                eos_ids,
-                &chunk[0].1,
-                max_new_tokens,
-            )?;
-            out.extend(gens.into_iter().map(|g| g.text));
-        } else {
-            for (p, stop) in chunk {
-                out.push(greedy_until(
-                    model,
-                    tokenizer,
-                    p,
-                    stop,
-                    eos_ids,
-                    max_new_tokens,
-                )?);
-            }
-        }
+    let mut start = 0;
+    while start < prompts.len() {
+        // A batch takes consecutive prompts that share their stop strings.
+        let stop = &prompts[start].1;
+        let len = prompts[start..]
+            .iter()
+            .take(batch_size.max(1))
+            .take_while(|(_, s)| s == stop)
+            .count();
+        let ids = prompts[start..start + len]
+            .iter()
+            .map(|(p, _)| tokenizer.encode(p, true))
+            .collect::<Result<Vec<_>>>()?;
+        let opts = DecodeOptions {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_ids: eos_ids.to_vec(),
+            stop_strings: stop.clone(),
+            test_time: tt,
+            ..DecodeOptions::default()
+        };
+        let decoded = decode(model, Some(tokenizer), &ids, &opts, |_, _| {})?;
+        out.extend(decoded.rows.into_iter().map(|g| g.text));
+        start += len;
     }
     Ok(out)
-}
-
-/// Summed negative log-likelihood and token count of packed rows (input = row[..T], labels =
-/// row[1..]), `batch_size` rows at a time.
-pub fn rows_nll<M: CausalLm>(
-    model: &M,
-    rows: &[Vec<i64>],
-    batch_size: usize,
-) -> Result<(f64, usize)> {
-    let vocab = model.vocab_size() as i64;
-    let _guard = tch::no_grad_guard();
-    let (mut total, mut count) = (0f64, 0usize);
-    for batch in rows.chunks(batch_size.max(1)) {
-        let t = batch[0].len().saturating_sub(1);
-        if t == 0 || batch.iter().any(|r| r.len() != t + 1) {
-            bail!("packed rows must all have the same length of at least 2");
-        }
-        if let Some(bad) = batch.iter().flatten().find(|&&id| id < 0 || id >= vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
-        }
-        let input: Vec<i64> = batch.iter().flat_map(|r| r[..t].iter().copied()).collect();
-        let labels: Vec<i64> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
-        let ids = Tensor::from_slice(&input)
-            .view([batch.len() as i64, t as i64])
-            .to_device(model.device());
-        let logits = model.forward_full(&ids);
-        let loss = logits
-            .view([-1, logits.size()[2]])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &Tensor::from_slice(&labels).to_device(model.device()),
-                None,
-                tch::Reduction::Sum,
-                -100,
-                0.0,
-            );
-        total += loss.double_value(&[]);
-        count += labels.len();
-    }
-    Ok((total, count))
 }

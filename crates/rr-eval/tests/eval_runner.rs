@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use rr_eval::runner::loglikelihoods;
-use rr_model::{AnyModel, Tokenizer};
+use rr_model::{AnyModel, TestTime, Tokenizer};
 use tch::{Device, Kind};
 
 fn shared() -> Option<PathBuf> {
@@ -19,6 +19,10 @@ fn shared() -> Option<PathBuf> {
     }
     eprintln!("skipping: shared data missing at {}", dir.display());
     None
+}
+
+fn tt(recurrence: usize, seed: u64) -> TestTime {
+    TestTime { recurrence, seed }
 }
 
 fn requests() -> Vec<(String, String)> {
@@ -39,21 +43,21 @@ fn requests() -> Vec<(String, String)> {
         .collect()
 }
 
-fn check_batch_invariance(model: &AnyModel, tok: &Tokenizer) {
+fn check_batch_invariance(model: &AnyModel, tok: &Tokenizer, tt: TestTime) {
     let reqs = requests();
-    let one: Vec<f64> = loglikelihoods(model, tok, &reqs, 1, 512)
+    let one: Vec<f64> = loglikelihoods(model, tok, &reqs, 1, 512, tt)
         .unwrap()
         .iter()
         .map(|l| l.sum)
         .collect();
-    let five: Vec<f64> = loglikelihoods(model, tok, &reqs, 5, 512)
+    let five: Vec<f64> = loglikelihoods(model, tok, &reqs, 5, 512, tt)
         .unwrap()
         .iter()
         .map(|l| l.sum)
         .collect();
     let mut reversed = reqs.clone();
     reversed.reverse();
-    let mut rev: Vec<f64> = loglikelihoods(model, tok, &reversed, 16, 512)
+    let mut rev: Vec<f64> = loglikelihoods(model, tok, &reversed, 16, 512, tt)
         .unwrap()
         .iter()
         .map(|l| l.sum)
@@ -90,8 +94,8 @@ fn scores_do_not_depend_on_the_batch() {
     let Some(shared) = shared() else { return };
     let hf = shared.join("models/stories260K/hf");
     let tok = Tokenizer::from_path(&hf).unwrap();
-    let model = AnyModel::load(&hf, Device::Cpu, Kind::Float, None, 0).unwrap();
-    check_batch_invariance(&model, &tok);
+    let model = AnyModel::load(&hf, Device::Cpu, Kind::Float).unwrap();
+    check_batch_invariance(&model, &tok, tt(1, 0));
 
     // A recurrent retrofit at r = 4 with a seeded state.
     let tmp = tempfile::tempdir().unwrap();
@@ -116,8 +120,8 @@ fn scores_do_not_depend_on_the_batch() {
     std::fs::create_dir_all(&out).unwrap();
     rec.save_weights_and_config(&out).unwrap();
     std::fs::copy(hf.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
-    let model = AnyModel::load(&out, Device::Cpu, Kind::Float, Some(4), 7).unwrap();
-    check_batch_invariance(&model, &tok);
+    let model = AnyModel::load(&out, Device::Cpu, Kind::Float).unwrap();
+    check_batch_invariance(&model, &tok, tt(4, 7));
 }
 
 /// Held-out loss of packed rows agrees with sliding-window scoring of the same tokens.
@@ -126,7 +130,7 @@ fn packed_rows_loss_equals_text_scoring() {
     let Some(shared) = shared() else { return };
     let hf = shared.join("models/stories260K/hf");
     let tok = Tokenizer::from_path(&hf).unwrap();
-    let model = AnyModel::load(&hf, Device::Cpu, Kind::Float, None, 0).unwrap();
+    let model = AnyModel::load(&hf, Device::Cpu, Kind::Float).unwrap();
     let a = tok
         .encode(
             "Once upon a time, there was a little girl named Lily. She loved to play.",
@@ -141,12 +145,12 @@ fn packed_rows_loss_equals_text_scoring() {
         .unwrap();
     let n = a.len().min(b.len());
     let rows = vec![a[..n].to_vec(), b[..n].to_vec()];
-    let (nll, count) = rr_eval::runner::rows_nll(&model, &rows, 2).unwrap();
+    let (nll, count) = rr_eval::nll::rows_nll(&model, &rows, 2, tt(1, 0)).unwrap();
     assert_eq!(count, 2 * (n - 1));
     let by_text: f64 = rows
         .iter()
         .map(|r| {
-            rr_model::score::score_ids(&model, r, 512)
+            rr_eval::nll::score_text(&model, r, 512, tt(1, 0))
                 .unwrap()
                 .total_nll
         })
@@ -158,7 +162,7 @@ fn packed_rows_loss_equals_text_scoring() {
 /// and a recurrent one, whatever the batch and the padding.
 #[test]
 fn batched_generation_equals_generation_alone() {
-    use rr_eval::runner::{greedy_until, greedy_until_batch};
+    use rr_eval::runner::greedy_until_batch;
     let Some(shared) = shared() else { return };
     let hf = shared.join("models/stories260K/hf");
     let tok = Tokenizer::from_path(&hf).unwrap();
@@ -174,12 +178,9 @@ fn batched_generation_equals_generation_alone() {
     .collect();
     let eos = [2i64];
     let check = |model: &AnyModel| {
-        let alone: Vec<String> = prompts
-            .iter()
-            .map(|(p, s)| greedy_until(model, &tok, p, s, &eos, 24).unwrap())
-            .collect();
+        let alone = greedy_until_batch(model, &tok, &prompts, &eos, 24, 1, tt(1, 0)).unwrap();
         for batch in [2, 5] {
-            let got = greedy_until_batch(model, &tok, &prompts, &eos, 24, batch).unwrap();
+            let got = greedy_until_batch(model, &tok, &prompts, &eos, 24, batch, tt(1, 0)).unwrap();
             assert_eq!(got, alone, "batch size {batch}");
         }
         // Rows stop at different points (some at the stop string, some later).
@@ -187,7 +188,7 @@ fn batched_generation_equals_generation_alone() {
         let lens: std::collections::BTreeSet<usize> = alone.iter().map(String::len).collect();
         assert!(lens.len() > 1, "{alone:?}");
     };
-    check(&AnyModel::load(&hf, Device::Cpu, Kind::Float, None, 0).unwrap());
+    check(&AnyModel::load(&hf, Device::Cpu, Kind::Float).unwrap());
     // stories260K through surgery (prelude 0, core 1-3, coda 4, identity adapter) at r = 2:
     // a recurrent model with the real weights, so its generations are text, not near-ties.
     let tmp = tempfile::tempdir().unwrap();
@@ -197,13 +198,10 @@ fn batched_generation_equals_generation_alone() {
         .unwrap()
         .write(&out, false)
         .unwrap();
-    let model = AnyModel::load(&out, Device::Cpu, Kind::Float, Some(2), 7).unwrap();
-    let alone_rec: Vec<String> = prompts
-        .iter()
-        .map(|(p, s)| greedy_until(&model, &tok, p, s, &eos, 16).unwrap())
-        .collect();
+    let model = AnyModel::load(&out, Device::Cpu, Kind::Float).unwrap();
+    let alone_rec = greedy_until_batch(&model, &tok, &prompts, &eos, 16, 1, tt(2, 7)).unwrap();
     for batch in [2, 5] {
-        let got = greedy_until_batch(&model, &tok, &prompts, &eos, 16, batch).unwrap();
+        let got = greedy_until_batch(&model, &tok, &prompts, &eos, 16, batch, tt(2, 7)).unwrap();
         assert_eq!(got, alone_rec, "recurrent, batch size {batch}");
     }
     assert!(

@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rr_model::config::LlamaConfig;
-use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
+use rr_model::recurrent::{Depth, InitialState, RecurrentConfig, RecurrentModel};
 use tch::{nn, Device, Kind, Tensor};
 
 fn model() -> RecurrentModel {
@@ -31,16 +31,23 @@ fn bench(c: &mut Criterion) {
     c.bench_function("recurrent forward r=4, B=2 T=128 h=256 (no grad)", |b| {
         b.iter(|| {
             tch::no_grad(|| {
-                model
-                    .forward(&ids, None, 4, 0, &InitialState::Random { seed: 1 })
-                    .logits
+                let init = InitialState::Random { seed: 1 };
+                let out = model.forward(&ids, None, Depth::recurrence(4), &init, None);
+                model.logits(&out.expect("forward").hidden)
             })
         })
     });
     c.bench_function("recurrent forward+backward n=2 k=2, B=2 T=128 h=256", |b| {
         b.iter(|| {
-            let out = model.forward(&ids, None, 2, 2, &InitialState::Random { seed: 1 });
-            out.logits.mean(Kind::Float).backward();
+            let depth = Depth::Fixed {
+                no_grad: 2,
+                with_grad: 2,
+            };
+            let init = InitialState::Random { seed: 1 };
+            let out = model
+                .forward(&ids, None, depth, &init, None)
+                .expect("forward");
+            model.logits(&out.hidden).mean(Kind::Float).backward();
         })
     });
 }

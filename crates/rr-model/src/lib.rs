@@ -1,27 +1,32 @@
 //! Llama-family models (Llama, TinyLlama, SmolLM2, Llama-3.x, OLMo-2) on libtorch: configs read
 //! straight from Hugging Face `config.json`, the depth-recurrent model built from their blocks,
-//! checkpoint I/O, KV caches and generation.
+//! checkpoint I/O, KV caches and decoding.
+//!
+//! Where things are: `llama.rs` (the blocks and the static model), `recurrent/` (prelude, core,
+//! coda and the adapter in `mod.rs`, the initial state in `state.rs`, the per-iteration KV
+//! cache in `cache.rs`, the depth and exit rule in `depth.rs`), `any.rs` (one model type for
+//! either), `decode.rs` (the one decoding loop).
 //!
 //! This crate knows nothing of training.
 
 pub mod any;
 pub mod config;
+pub mod decode;
 pub mod device;
-pub mod generate;
 pub mod import;
 pub mod inspect;
 pub mod llama;
 pub mod recurrent;
-pub mod recurrent_infer;
-pub mod score;
 pub mod tokenizer;
 pub mod weights;
 
-pub use any::AnyModel;
+pub use any::{AnyCache, AnyModel, LmOutput, TestTime};
 pub use config::{LlamaConfig, ModelType};
+pub use decode::{decode, DecodeOptions, Decoded, Generation, Sampling, StopReason};
 pub use device::parse_device;
-pub use generate::{generate, GenerateOptions, Sampling};
 pub use import::hf_dir::StagingDir;
 pub use llama::{KvCache, LlamaModel};
-pub use recurrent::{InitialState, RecurrentConfig, RecurrentModel};
+pub use recurrent::{
+    CacheMode, Depth, ExitCriterion, InitialState, RecurrentCache, RecurrentConfig, RecurrentModel,
+};
 pub use tokenizer::Tokenizer;

@@ -417,7 +417,7 @@ impl KvCache {
 
 /// The key padding mask after appending `t` new positions to `past` cached ones: None while
 /// nothing is padded, else [B, past + t] bool (missing parts count as real tokens).
-pub fn extend_key_mask(
+fn extend_key_mask(
     cached: Option<&Tensor>,
     new: Option<&Tensor>,
     b: i64,
@@ -443,7 +443,7 @@ pub fn extend_key_mask(
 /// gets the same positions as it would alone; padded keys are never attended to. A query
 /// whose every key is masked (a pad token with only pads before it) may see itself, which
 /// keeps SDPA free of NaNs without affecting real tokens.
-pub fn positions_and_mask(
+fn positions_and_mask(
     b: i64,
     t: i64,
     past: i64,
@@ -491,6 +491,47 @@ fn explicit_causal(
             .logical_or(&diagonal);
     }
     AttnMask::Explicit(allowed)
+}
+
+/// What every forward call derives from its ids, padding and cache before the first layer:
+/// token positions, the attention mask, the RoPE angles, and the key mask the cache keeps.
+pub struct Prologue {
+    /// [B, T]: positions of the new tokens, counting only real (unpadded) tokens.
+    pub positions: Tensor,
+    pub mask: AttnMask,
+    pub cos_sin: (Tensor, Tensor),
+    /// [B, past + T] bool over cached and new positions; None while nothing is padded.
+    pub key_mask: Option<Tensor>,
+    /// Cached positions before this call, and new ones in it.
+    pub past: i64,
+    pub t: i64,
+}
+
+impl Prologue {
+    /// For `input_ids` [B, T] (padding marked 0 in `attention_mask`) appended after a cache
+    /// holding `cached` = (length, key mask), or a fresh sequence when None.
+    pub fn new(
+        rope: &Rope,
+        dtype: Kind,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cached: Option<(i64, Option<&Tensor>)>,
+    ) -> Self {
+        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        let device = rope.inv_freq.device();
+        let (past, cached_mask) = cached.unwrap_or((0, None));
+        let key_mask = extend_key_mask(cached_mask, attention_mask, b, past, t, device);
+        let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
+        let cos_sin = rope.cos_sin(&positions, dtype);
+        Self {
+            positions,
+            mask,
+            cos_sin,
+            key_mask,
+            past,
+            t,
+        }
+    }
 }
 
 /// A Llama-family causal language model with its parameters.
@@ -612,78 +653,43 @@ impl LlamaModel {
     /// Logits [B, T, V] for token ids [B, T]; `attention_mask` [B, T] marks real tokens with 1
     /// (padding with 0), so each row of a padded batch gets what it gets alone.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.forward_impl(input_ids, attention_mask, None)
+        self.head(&self.hidden(input_ids, attention_mask, None))
     }
 
-    /// The final-normed hidden states [B, T, h] that `forward` multiplies by `lm_head`
-    /// (training computes its loss from these in chunks, without the full logits).
-    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.hidden_impl(input_ids, attention_mask, None)
+    /// Logits from final-normed hidden states.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<&Tensor>(&self.lm_head, None)
     }
 
-    /// As `forward`, appending to (and attending over) `cache`.
-    pub fn forward_with_cache(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: &mut KvCache,
-    ) -> Tensor {
-        self.forward_impl(input_ids, attention_mask, Some(cache))
-    }
-
-    /// Checks token ids against the vocabulary before any compute.
-    pub fn check_tokens(&self, ids: &[i64]) -> Result<()> {
-        let vocab = self.config.vocab_size as i64;
-        if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
-        }
-        Ok(())
-    }
-
-    fn forward_impl(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor {
-        self.hidden_impl(input_ids, attention_mask, cache)
-            .linear::<&Tensor>(&self.lm_head, None)
-    }
-
-    fn hidden_impl(
+    /// The final-normed hidden states [B, T, h] that the head multiplies, for ids appended
+    /// after what `cache` holds (or a fresh sequence).
+    pub fn hidden(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
-        let device = self.device();
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        // The key mask covers cached and new positions; it exists once anything is padded.
-        let key_mask = extend_key_mask(
-            cache.as_ref().and_then(|c| c.key_mask.as_ref()),
+        let p = Prologue::new(
+            &self.rope,
+            self.dtype(),
+            input_ids,
             attention_mask,
-            b,
-            past,
-            t,
-            device,
+            cache.as_ref().map(|c| (c.len, c.key_mask.as_ref())),
         );
-        let (positions, mask) = positions_and_mask(b, t, past, key_mask.as_ref(), device);
-        let cos_sin = self.rope.cos_sin(&positions, self.dtype());
         let mut x = Tensor::embedding(
             &self.embed_tokens,
-            &input_ids.to_device(device),
+            &input_ids.to_device(self.device()),
             -1,
             false,
             false,
         );
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, &cos_sin, &mask, layer_cache);
+            x = layer.forward(&x, &p.cos_sin, &p.mask, layer_cache);
         }
         if let Some(c) = cache {
-            c.len = past + t;
-            c.key_mask = key_mask;
+            c.len = p.past + p.t;
+            c.key_mask = p.key_mask;
         }
         self.norm.forward(&x)
     }

@@ -13,10 +13,14 @@ use rr_model::LlamaModel;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-/// Max abs difference allowed against HF (fp32, CPU).
-const TOL: f64 = 1e-4;
-/// Max abs difference allowed between a padded-batch row and the same row run alone.
-const TOL_SELF: f64 = 1e-5;
+/// Allowed difference against HF, in units of fp32 epsilon times the logits' magnitude: two
+/// fp32 implementations of the same layers differ by reduction order in every matmul, softmax
+/// and norm (a few hundred ε at this depth; measured ~20).
+const ULPS_HF: f64 = 1024.0;
+/// Allowed difference between a padded-batch row and the same row run alone: only the BLAS
+/// blocking of a different batch shape changes (measured 1.05e-5 ≈ 20 ε·max|logit| on one
+/// machine and 2e-6 on another). A wrong mask changes logits by O(1).
+const ULPS_SELF: f64 = 512.0;
 
 fn ids_tensor(v: &Value) -> Tensor {
     let rows: Vec<Vec<i64>> = v
@@ -105,17 +109,18 @@ fn check_case(case: &str) -> Result<()> {
         "{case}: logits shape"
     );
     let d = max_abs(&got, &want);
-    eprintln!("{case}: single sequence, max |rr - hf| = {d:.3e}");
+    let tol = common::fp32_tolerance(&want, ULPS_HF);
+    eprintln!("{case}: single sequence, max |rr - hf| = {d:.3e} (tolerance {tol:.1e})");
     assert!(
-        d <= TOL,
-        "{case}: single sequence differs from HF by {d:.3e} > {TOL:e}; per position: {:?}",
+        d <= tol,
+        "{case}: single sequence differs from HF by {d:.3e} > {tol:.1e}; per position: {:?}",
         per_position(&got, &want)
     );
     let got_nomask = forward(&model, &ids, None);
     let d = max_abs(&got_nomask, &want);
     assert!(
-        d <= TOL,
-        "{case}: single sequence without mask differs from HF by {d:.3e}"
+        d <= tol,
+        "{case}: single sequence without mask differs from HF by {d:.3e} > {tol:.1e}"
     );
 
     // (b) right-padded batch: real positions against HF, and each row against itself run alone.
@@ -136,10 +141,13 @@ fn check_case(case: &str) -> Result<()> {
         let got_r = got.get(r).narrow(0, 0, len);
         let want_r = want.get(r).narrow(0, 0, len);
         let d = max_abs(&got_r, &want_r);
-        eprintln!("{case}: batch row {r} (len {len}/{t}), max |rr - hf| = {d:.3e}");
+        let tol = common::fp32_tolerance(&want_r, ULPS_HF);
+        eprintln!(
+            "{case}: batch row {r} (len {len}/{t}), max |rr - hf| = {d:.3e} (tolerance {tol:.1e})"
+        );
         assert!(
-            d <= TOL,
-            "{case}: batch row {r} (len {len}) differs from HF by {d:.3e} > {TOL:e}; per position: {:?}",
+            d <= tol,
+            "{case}: batch row {r} (len {len}) differs from HF by {d:.3e} > {tol:.1e}; per position: {:?}",
             per_position(&got_r, &want_r)
         );
         let ids_r = ids.get(r).narrow(0, 0, len).unsqueeze(0);
@@ -150,9 +158,13 @@ fn check_case(case: &str) -> Result<()> {
         )
         .get(0);
         let d = max_abs(&got_r, &alone);
+        let tol = common::fp32_tolerance(&alone, ULPS_SELF);
+        eprintln!(
+            "{case}: batch row {r} against itself alone, max diff {d:.3e} (tolerance {tol:.1e})"
+        );
         assert!(
-            d <= TOL_SELF,
-            "{case}: batch row {r} differs from the same row run alone by {d:.3e}"
+            d <= tol,
+            "{case}: batch row {r} differs from the same row run alone by {d:.3e} > {tol:.1e}"
         );
     }
     Ok(())
@@ -197,9 +209,11 @@ fn llama3_fixture_depends_on_rope_scaling() -> Result<()> {
     );
     let plain = common::load_hf_fixture("llama")?;
     assert_eq!(plain["single"]["input_ids"], fx["single"]["input_ids"]);
-    let d = max_abs(&got, &logits_tensor(&plain["single"]["logits"]));
+    let plain_logits = logits_tensor(&plain["single"]["logits"]);
+    let d = max_abs(&got, &plain_logits);
+    let tol = common::fp32_tolerance(&plain_logits, ULPS_HF);
     assert!(
-        d <= TOL,
+        d <= tol,
         "llama3 weights without scaling differ from the llama fixture by {d:.3e}"
     );
     Ok(())

@@ -2,6 +2,8 @@
 //! the last k iterations keep activations for backward. Measured as the process's resident
 //! high-water mark (Linux `VmHWM`), alone in this test binary so nothing else moves it.
 
+mod common;
+
 use rr_model::config::{LlamaConfig, ModelType};
 use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
 use tch::{nn, Device, Kind, Tensor};
@@ -14,9 +16,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn step(model: &RecurrentModel, ids: &Tensor, n: usize, k: usize) {
-    let logits = model
-        .forward(ids, None, n, k, &InitialState::Random { seed: 1 })
-        .logits;
+    let logits =
+        common::recurrent_forward(&model, ids, n, k, &InitialState::Random { seed: 1 }).logits;
     logits.mean(Kind::Float).backward();
 }
 

@@ -128,9 +128,9 @@ fn run(
     init: &InitialState,
 ) -> Tensor {
     let out = if with_grad == 0 {
-        tch::no_grad(|| model.forward(ids, None, no_grad, 0, init))
+        tch::no_grad(|| common::recurrent_forward(model, ids, no_grad, 0, init))
     } else {
-        model.forward(ids, None, no_grad, with_grad, init)
+        common::recurrent_forward(model, ids, no_grad, with_grad, init)
     };
     assert_eq!(out.logits.kind(), Kind::Float);
     assert_eq!(

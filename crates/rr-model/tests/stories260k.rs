@@ -3,8 +3,7 @@
 
 mod common;
 
-use rr_model::generate::{generate, GenerateOptions};
-use rr_model::{LlamaModel, Tokenizer};
+use rr_model::{decode, AnyModel, DecodeOptions, LlamaModel, TestTime, Tokenizer};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -16,9 +15,10 @@ fn ids(v: &Value) -> Vec<i64> {
         .collect()
 }
 
-fn setup() -> Option<(LlamaModel, Tokenizer, Value)> {
+fn setup() -> Option<(AnyModel, Tokenizer, Value)> {
     let dir = common::shared_data_dir()?.join("models/stories260K");
-    let model = LlamaModel::load(&dir.join("hf"), Device::Cpu, Kind::Float).unwrap();
+    let model =
+        AnyModel::Static(LlamaModel::load(&dir.join("hf"), Device::Cpu, Kind::Float).unwrap());
     let tokenizer = Tokenizer::from_path(&dir.join("tokenizer.json")).unwrap();
     let golden: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
@@ -26,14 +26,15 @@ fn setup() -> Option<(LlamaModel, Tokenizer, Value)> {
 }
 
 /// llama2.c's run.c semantics: greedy argmax, stop when BOS (1) comes out.
-fn greedy(model: &LlamaModel, prompt: &[i64], n: usize, use_cache: bool) -> Vec<i64> {
-    let opts = GenerateOptions {
+fn greedy(model: &AnyModel, prompt: &[i64], n: usize, use_cache: bool) -> Vec<i64> {
+    let opts = DecodeOptions {
         max_new_tokens: n,
         eos_ids: vec![1],
         use_cache,
         ..Default::default()
     };
-    generate(model, None, prompt, &opts, |_| {}).unwrap().ids
+    let mut out = decode(model, None, &[prompt.to_vec()], &opts, |_, _| {}).unwrap();
+    out.rows.remove(0).ids
 }
 
 #[test]
@@ -88,7 +89,12 @@ fn logits_match_golden_to_1e4() {
                 .collect()
         })
         .collect();
-    let logits = tch::no_grad(|| model.forward(&Tensor::from_slice(&input).view([1, -1]), None));
+    let tt = TestTime {
+        recurrence: 1,
+        seed: 0,
+    };
+    let logits =
+        tch::no_grad(|| model.logits(&Tensor::from_slice(&input).view([1, -1]), None, tt)).unwrap();
     for (pos, row) in expected.iter().enumerate() {
         let got: Vec<f32> = Vec::try_from(logits.get(0).get(pos as i64)).unwrap();
         let max_diff = got

@@ -41,51 +41,40 @@ fn gradients_equal_the_detached_reference() {
     let (model, _dir) = model();
     let ids = Tensor::from_slice(&[1i64, 4, 9, 16, 25, 36, 49, 64]).view([1, 8]);
     let h = model.config.n_embd as i64;
-    let state = Tensor::from_slice(&rr_model::recurrent::truncated_normal_row(
-        3,
-        0,
-        8 * h as usize,
-        0.5,
-    ))
-    .view([1, 8, h]);
+    let state = rr_model::recurrent::truncated_normal_rows(3, 1, 8, h, 0.5, tch::Device::Cpu);
     let (n, k) = (3, 2);
     let truncated = grads(&model, || {
-        model
-            .forward(
-                &ids,
-                None,
-                n,
-                k,
-                &InitialState::Given(state.shallow_clone()),
-            )
-            .logits
+        common::recurrent_forward(
+            &model,
+            &ids,
+            n,
+            k,
+            &InitialState::Given(state.shallow_clone()),
+        )
+        .logits
     });
     let reference = grads(&model, || {
         // n iterations, then the state is cut from the graph; k iterations with gradient.
-        let after_n = model
-            .forward(
-                &ids,
-                None,
-                0,
-                n,
-                &InitialState::Given(state.shallow_clone()),
-            )
-            .state
-            .detach();
-        model
-            .forward(&ids, None, 0, k, &InitialState::Given(after_n))
-            .logits
+        let after_n = common::recurrent_forward(
+            &model,
+            &ids,
+            0,
+            n,
+            &InitialState::Given(state.shallow_clone()),
+        )
+        .state
+        .detach();
+        common::recurrent_forward(&model, &ids, 0, k, &InitialState::Given(after_n)).logits
     });
     let full = grads(&model, || {
-        model
-            .forward(
-                &ids,
-                None,
-                0,
-                n + k,
-                &InitialState::Given(state.shallow_clone()),
-            )
-            .logits
+        common::recurrent_forward(
+            &model,
+            &ids,
+            0,
+            n + k,
+            &InitialState::Given(state.shallow_clone()),
+        )
+        .logits
     });
     let mut core_differs_from_full = false;
     for (((name, a), (_, b)), (_, c)) in truncated.iter().zip(&reference).zip(&full) {
@@ -107,11 +96,11 @@ fn gradients_equal_the_detached_reference() {
 fn no_grad_iterations_build_no_graph() {
     let (model, _dir) = model();
     let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
-    let out = model.forward(&ids, None, 5, 0, &InitialState::Zeros);
+    let out = common::recurrent_forward(&model, &ids, 5, 0, &InitialState::Zeros);
     assert!(
         !out.state.requires_grad(),
         "state after no-grad iterations carries a graph"
     );
-    let out = model.forward(&ids, None, 5, 1, &InitialState::Zeros);
+    let out = common::recurrent_forward(&model, &ids, 5, 1, &InitialState::Zeros);
     assert!(out.state.requires_grad());
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use proptest::prelude::*;
-use rr_model::recurrent::{InitialState, RecurrentModel};
+use rr_model::recurrent::{Depth, InitialState, RecurrentModel};
 use rr_model::LlamaModel;
 use rr_surgery::{parse_indices, AdapterInit, LayerSelection, Surgery};
 use serde_json::json;
@@ -78,7 +78,8 @@ fn conversion_check(source: &Path, selection: LayerSelection, ids: &[i64]) -> f6
     let ids = Tensor::from_slice(ids).view([1, -1]);
     tch::no_grad(|| {
         let want = base.forward(&ids, None);
-        let got = rec.forward(&ids, None, 1, 0, &InitialState::Zeros).logits;
+        let out = rec.forward(&ids, None, Depth::recurrence(1), &InitialState::Zeros, None);
+        let got = rec.logits(&out.unwrap().hidden);
         max_abs_diff(&want, &got)
     })
 }
@@ -216,6 +217,22 @@ fn smollm2_dir() -> Option<std::path::PathBuf> {
     None
 }
 
+/// Mean next-token NLL of `ids` in one forward pass at recurrence `r` (state seed 0).
+fn mean_nll(model: &rr_model::AnyModel, ids: &[i64], r: usize) -> f64 {
+    let tt = rr_model::TestTime {
+        recurrence: r,
+        seed: 0,
+    };
+    let input = Tensor::from_slice(&ids[..ids.len() - 1]).view([1, -1]);
+    let targets = Tensor::from_slice(&ids[1..]).view([-1, 1]);
+    let logits = tch::no_grad(|| model.logits(&input, None, tt)).unwrap();
+    let logp = logits.get(0).log_softmax(-1, Kind::Float);
+    -logp
+        .gather(1, &targets, false)
+        .mean(Kind::Double)
+        .double_value(&[])
+}
+
 /// Retrofitted SmolLM2 (2,4,2 and 4,8,4; untrained) scores real text at r = 1, 2, 4, 8. Before
 /// training the dropped layers and random adapter make it far worse than the source.
 #[test]
@@ -228,10 +245,9 @@ fn retrofitted_smollm2_scores_text_at_several_recurrences() {
         .unwrap();
     let tokenizer = rr_model::Tokenizer::from_path(&source).unwrap();
     let ids: Vec<i64> = tokenizer.encode(&text[..2000], true).unwrap();
-    let base = rr_model::AnyModel::load(&source, Device::Cpu, Kind::Float, None, 0).unwrap();
-    let base_nll = rr_model::score::score_ids(&base, &ids, 1024)
-        .unwrap()
-        .mean_nll;
+    assert!(ids.len() < 1024, "one window of the model's context");
+    let base = rr_model::AnyModel::load(&source, Device::Cpu, Kind::Float).unwrap();
+    let base_nll = mean_nll(&base, &ids, 1);
     assert!(base_nll < 3.0, "source SmolLM2 NLL {base_nll}");
     for (p, b, c) in [(2, 4, 2), (4, 8, 4)] {
         let tmp = tempfile::tempdir().unwrap();
@@ -242,11 +258,8 @@ fn retrofitted_smollm2_scores_text_at_several_recurrences() {
             .write(&out, false)
             .unwrap();
         for r in [1, 2, 4, 8] {
-            let model =
-                rr_model::AnyModel::load(&out, Device::Cpu, Kind::Float, Some(r), 0).unwrap();
-            let nll = rr_model::score::score_ids(&model, &ids, 1024)
-                .unwrap()
-                .mean_nll;
+            let model = rr_model::AnyModel::load(&out, Device::Cpu, Kind::Float).unwrap();
+            let nll = mean_nll(&model, &ids, r);
             eprintln!("SmolLM2 ({p},{b},{c}) r={r}: NLL {nll:.3} (source {base_nll:.3})");
             assert!(
                 nll.is_finite() && nll > base_nll,

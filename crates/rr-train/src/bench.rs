@@ -16,12 +16,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use rr_model::config::LlamaConfig;
 use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
-use rr_model::recurrent_infer::{generate_recurrent, DecodeOptions};
+use rr_model::{decode, AnyModel, DecodeOptions, Depth, TestTime};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::optim::{clip_grad_norm_lazy, AdamW, AdamWConfig, Optimizer};
-use crate::trainer::{copy_weights, micro_batch, optimizer_params, TrainModel};
+use crate::trainer::{copy_weights, micro_batch, optimizer_params};
 
 /// Dimensions of the benchmarked model (a Llama-family block in the Raven layout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,14 +374,14 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
     let matmul_peak_flops = matmul_peak(device, compute_kind)?;
     let max_positions = spec.seq.max(spec.gen_prompt + spec.gen_tokens);
 
-    let master = TrainModel::Recurrent(random_model(
+    let master = AnyModel::Recurrent(random_model(
         &spec.shape,
         max_positions,
         device,
         Kind::Float,
     ));
     let compute = (compute_kind != Kind::Float).then(|| {
-        TrainModel::Recurrent(random_model(
+        AnyModel::Recurrent(random_model(
             &spec.shape,
             max_positions,
             device,
@@ -426,7 +426,7 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
                         (r - k, k),
                         seed,
                         1,
-                    );
+                    )?;
                     let _norm = clip_grad_norm_lazy(&params, 1.0);
                     optimizer.step(1.0);
                     optimizer.zero_grad();
@@ -435,23 +435,19 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
                 (s, p, spec.shape.train_flops(tokens, spec.seq, r, k), tokens)
             }
             PointKind::Forward => {
-                let model = match compute.as_ref().unwrap_or(&master) {
-                    TrainModel::Recurrent(m) => m,
-                    TrainModel::Static(_) => unreachable!("the bench model is recurrent"),
+                let model = compute.as_ref().unwrap_or(&master);
+                let tt = TestTime {
+                    recurrence: r,
+                    seed: 1,
                 };
                 let (s, p) = timed(device, spec.warmup, spec.repeats, || {
-                    tch::no_grad(|| {
-                        let _ = model.forward(&ids, None, r, 0, &InitialState::Random { seed: 1 });
-                    });
+                    let _logits = tch::no_grad(|| model.logits(&ids, None, tt))?;
                     Ok(())
                 })?;
                 (s, p, spec.shape.forward_flops(tokens, spec.seq, r), tokens)
             }
             PointKind::Generate => {
-                let model = match compute.as_ref().unwrap_or(&master) {
-                    TrainModel::Recurrent(m) => m,
-                    TrainModel::Static(_) => unreachable!("the bench model is recurrent"),
-                };
+                let model = compute.as_ref().unwrap_or(&master);
                 let prompt: Vec<i64> = Vec::<i64>::try_from(
                     ids.get(0)
                         .narrow(0, 0, spec.gen_prompt as i64)
@@ -459,8 +455,11 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
                 )
                 .context("prompt ids")?;
                 let opts = DecodeOptions {
-                    recurrence: r,
-                    seed: 1,
+                    max_new_tokens: spec.gen_tokens,
+                    test_time: TestTime {
+                        recurrence: r,
+                        seed: 1,
+                    },
                     ..DecodeOptions::default()
                 };
                 let (s, p) = timed(
@@ -468,8 +467,12 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
                     spec.warmup.div_ceil(2),
                     spec.repeats.div_ceil(2),
                     || {
-                        let out = generate_recurrent(model, &prompt, spec.gen_tokens, &[], &opts)?;
-                        ensure!(out.ids.len() == spec.gen_tokens, "generation stopped early");
+                        let out =
+                            decode(model, None, std::slice::from_ref(&prompt), &opts, |_, _| {})?;
+                        ensure!(
+                            out.rows[0].ids.len() == spec.gen_tokens,
+                            "generation stopped early"
+                        );
                         Ok(())
                     },
                 )?;
@@ -794,9 +797,9 @@ fn losses(device: Device, path: Path, steps: usize) -> Result<Vec<f64>> {
     let shape = Shape::preset("tiny", None)?;
     let (b, t) = (2i64, 64i64);
     tch::manual_seed(0);
-    let master = TrainModel::Recurrent(random_model(&shape, t as usize, device, Kind::Float));
+    let master = AnyModel::Recurrent(random_model(&shape, t as usize, device, Kind::Float));
     let compute = match path {
-        Path::Trainer(kind) if kind != Kind::Float => Some(TrainModel::Recurrent(random_model(
+        Path::Trainer(kind) if kind != Kind::Float => Some(AnyModel::Recurrent(random_model(
             &shape, t as usize, device, kind,
         ))),
         _ => None,
@@ -814,11 +817,13 @@ fn losses(device: Device, path: Path, steps: usize) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(steps);
     for step in 0..steps {
         let loss = match (path, &master) {
-            (Path::Plain, TrainModel::Recurrent(m)) => {
-                let state = master.initial_state(m, &ids, step as u64);
-                let logits = m
-                    .forward(&ids, None, 2, 2, &InitialState::Given(state))
-                    .logits;
+            (Path::Plain, AnyModel::Recurrent(m)) => {
+                let depth = Depth::Fixed {
+                    no_grad: 2,
+                    with_grad: 2,
+                };
+                let init = InitialState::RandomPerRow { seed: step as u64 };
+                let logits = m.logits(&m.forward(&ids, None, depth, &init, None)?.hidden);
                 let loss = logits
                     .view([-1, shape.vocab as i64])
                     .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
@@ -837,7 +842,7 @@ fn losses(device: Device, path: Path, steps: usize) -> Result<Vec<f64>> {
                     (2, 2),
                     step as u64,
                     1,
-                )
+                )?
             }
         };
         out.push(f64::try_from(&loss)?);

@@ -4,7 +4,6 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod loss;
-pub mod noise;
 pub mod optim;
 pub mod report;
 pub mod trainer;

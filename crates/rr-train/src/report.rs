@@ -6,22 +6,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rr_eval::plot::{line_plot, Series};
 
+use crate::trainer::metrics::read_steps;
 use crate::trainer::TrainSummary;
 
 /// Training losses `(step, loss)` from a run's `metrics.jsonl`.
 pub fn read_losses(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: corrupt line", path.display()))?;
-        if let (Some(step), Some(loss)) = (v["step"].as_f64(), v["loss"].as_f64()) {
-            out.push((step, loss));
-        }
-    }
-    Ok(out)
+    let steps = read_steps(&run_dir.join("metrics.jsonl"))?;
+    Ok(steps.iter().map(|l| (l.step as f64, l.loss)).collect())
 }
 
 fn recurrence_points(losses: &std::collections::BTreeMap<String, f64>) -> Vec<(f64, f64)> {
@@ -95,18 +86,8 @@ pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
 
 /// `(flops, loss)` of every training line in a run's metrics.
 pub fn read_loss_vs_flops(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: corrupt line", path.display()))?;
-        if let (Some(f), Some(l)) = (v["flops"].as_f64(), v["loss"].as_f64()) {
-            out.push((f, l));
-        }
-    }
-    Ok(out)
+    let steps = read_steps(&run_dir.join("metrics.jsonl"))?;
+    Ok(steps.iter().map(|l| (l.flops, l.loss)).collect())
 }
 
 fn read_summary(run_dir: &Path) -> Result<serde_json::Value> {

@@ -47,7 +47,7 @@ fn newton_schulz_output_is_nearly_orthogonal() {
     for shape in [[64i64, 32], [32, 64]] {
         let g = randn(&shape);
         let (in_min, in_max) = singular_values(&g);
-        let x = newton_schulz(&g, 5, COEFFS);
+        let x = newton_schulz(&g, 5, COEFFS, Kind::BFloat16);
         assert_eq!(x.kind(), Kind::BFloat16);
         assert_eq!(x.size(), shape.to_vec());
         let (lo, hi) = singular_values(&x);
@@ -77,10 +77,11 @@ fn newton_schulz_edge_cases() {
         &Tensor::zeros([3, 5], (Kind::Float, Device::Cpu)),
         5,
         COEFFS,
+        Kind::BFloat16,
     );
     assert_eq!(f64::try_from(z.abs().sum(Kind::Float)).unwrap(), 0.0);
     let g = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2]);
-    let x0 = newton_schulz(&g, 0, COEFFS).to_kind(Kind::Float);
+    let x0 = newton_schulz(&g, 0, COEFFS, Kind::BFloat16).to_kind(Kind::Float);
     // ‖g‖_F = 5: X = g/5 = [[0.6, 0], [0, 0.8]] (bf16: 0.6 -> 0.6015625, 0.8 -> 0.80078125)
     let want = Tensor::from_slice(&[0.6015625f32, 0.0, 0.0, 0.80078125]).view([2, 2]);
     assert!(max_abs_diff(&x0, &want) < 1e-6, "{x0}");
@@ -92,7 +93,14 @@ fn reference_step(p0: &Tensor, buf: &Tensor, g: &Tensor, lr: f64, wd: f64) -> (T
     let buf = buf * mu + g; // buf = μ·buf + g
     let u = g + &buf * mu; // Nesterov: u = g + μ·buf
     let (rows, cols) = (u.size()[0], u.size()[1]);
-    let mut x = u.to_kind(Kind::BFloat16);
+    // bf16 as the reference, where this CPU multiplies bf16 natively (else the optimizer
+    // iterates in fp32, see `optim::muon`).
+    let kind = if rr_model::device::bf16_is_fast(Device::Cpu) {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let mut x = u.to_kind(kind);
     if rows > cols {
         x = x.transpose(0, 1);
     }
@@ -192,7 +200,13 @@ fn shape_scale_factor() {
         let g = randn(&shape);
         set_grad(&p, &g);
         opt.step(1.0);
-        let ns = newton_schulz(&(&g * 1.95), 5, COEFFS).to_kind(Kind::Float);
+        // The optimizer iterates in bf16 where this CPU multiplies bf16 natively, else fp32.
+        let kind = if rr_model::device::bf16_is_fast(Device::Cpu) {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        let ns = newton_schulz(&(&g * 1.95), 5, COEFFS, kind).to_kind(Kind::Float);
         let want = &ns * (-factor);
         let d = max_abs_diff(&p.detach(), &want);
         assert!(

@@ -84,6 +84,15 @@ pub fn load_hf_fixture(case: &str) -> Result<Value> {
     Ok(v)
 }
 
+/// A float tolerance for comparing an fp32 computation with `reference`: `ulps` units of fp32
+/// epsilon times the reference's magnitude (its largest |value|, at least 1). Differences in
+/// reduction order (BLAS blocking, thread count, batch shape) scale with the magnitude of what
+/// is summed, so an absolute constant would pass on one machine and fail on the next.
+pub fn fp32_tolerance(reference: &tch::Tensor, ulps: f64) -> f64 {
+    let magnitude = reference.abs().max().double_value(&[]).max(1.0);
+    ulps * f32::EPSILON as f64 * magnitude
+}
+
 pub fn fnv1a64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in s.as_bytes() {
@@ -527,4 +536,31 @@ pub fn write_raven_model_dir(cfg: &Value) -> Result<tempfile::TempDir> {
         &raven_formula_weights(cfg),
     )?;
     Ok(dir)
+}
+
+/// Logits and final latent state of a fresh recurrent forward with `n` iterations without and
+/// `k` with gradient.
+pub struct Forward {
+    pub logits: tch::Tensor,
+    pub state: tch::Tensor,
+}
+
+pub fn recurrent_forward(
+    model: &rr_model::RecurrentModel,
+    ids: &tch::Tensor,
+    n: usize,
+    k: usize,
+    init: &rr_model::InitialState,
+) -> Forward {
+    let depth = rr_model::Depth::Fixed {
+        no_grad: n,
+        with_grad: k,
+    };
+    let out = model
+        .forward(ids, None, depth, init, None)
+        .expect("recurrent forward");
+    Forward {
+        logits: model.logits(&out.hidden),
+        state: out.state,
+    }
 }

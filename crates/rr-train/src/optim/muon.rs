@@ -7,7 +7,7 @@
 //! ```text
 //! buf    = μ·buf + g                        (fp32)
 //! u      = g + μ·buf                        (Nesterov; `buf` itself when nesterov = false)
-//! X      = newton_schulz(u)                 (bf16, see [`newton_schulz`])
+//! X      = newton_schulz(u)                 (bf16 where fast, see [`newton_schulz`])
 //! update = f32(X) · max(1, rows/cols)^0.5   (fp32)
 //! p     *= 1 - lr·wd                        (decoupled weight decay, skipped if wd = 0)
 //! p     += update · (-lr)
@@ -19,9 +19,11 @@
 //! the Frobenius norm first, so the two differ only through the `1e-7` in that division and
 //! rounding.
 //!
-//! The Newton–Schulz iteration runs in bf16 on every device, CPU included (libtorch has bf16
-//! matmul on CPU), so that CPU tests exercise the arithmetic a GPU run uses; the momentum, the
-//! scaling and the parameter update are fp32.
+//! The Newton–Schulz iteration runs in bf16, as the reference does, wherever bf16 matmuls are
+//! fast: on CUDA and on CPUs with native bf16 (AVX-512 BF16). On other CPUs (AVX2 only) oneDNN
+//! emulates bf16 at several times the cost of fp32, so the iteration runs in fp32 there
+//! (`rr_model::device::bf16_is_fast`); the momentum, the scaling and the parameter update are
+//! fp32 everywhere.
 
 use std::collections::BTreeSet;
 
@@ -50,11 +52,12 @@ pub fn muon_scale(rows: i64, cols: i64) -> f64 {
     (1f64).max(rows as f64 / cols as f64).sqrt()
 }
 
-/// The quintic Newton–Schulz iteration of Muon, in bf16, on a 2-D tensor `g` (any float
-/// kind; cast to bf16 first). Returns a bf16 tensor of `g`'s shape (possibly non-contiguous).
+/// The quintic Newton–Schulz iteration of Muon in `kind` (bf16 in the reference) on a 2-D
+/// tensor `g` of any float kind. Returns a tensor of `kind` and `g`'s shape (possibly
+/// non-contiguous).
 ///
 /// ```text
-/// X = bf16(G); if rows > cols { X = Xᵀ }
+/// X = kind(G); if rows > cols { X = Xᵀ }
 /// X = X / (‖X‖_F + 1e-7)
 /// repeat steps: A = X·Xᵀ;  B = b·A + (c·A)·A;  X = a·X + B·X
 /// if rows > cols { X = Xᵀ }
@@ -63,7 +66,12 @@ pub fn muon_scale(rows: i64, cols: i64) -> f64 {
 /// The grouping `(c·A)·A` is Python's for `c * A @ A`, as in the reference. With the
 /// coefficients (3.4445, −4.7750, 2.0315) and 5 steps the result is not exactly orthogonal:
 /// its singular values lie roughly in [0.68, 1.13].
-pub fn newton_schulz(g: &Tensor, steps: usize, coefficients: (f64, f64, f64)) -> Tensor {
+pub fn newton_schulz(
+    g: &Tensor,
+    steps: usize,
+    coefficients: (f64, f64, f64),
+    kind: Kind,
+) -> Tensor {
     let size = g.size();
     assert_eq!(
         size.len(),
@@ -72,7 +80,7 @@ pub fn newton_schulz(g: &Tensor, steps: usize, coefficients: (f64, f64, f64)) ->
     );
     let (a, b, c) = coefficients;
     let tall = size[0] > size[1];
-    let mut x = g.to_kind(Kind::BFloat16);
+    let mut x = g.to_kind(kind);
     if tall {
         x = x.transpose(0, 1);
     }
@@ -251,6 +259,10 @@ impl Muon {
             let _guard = tch::no_grad_guard();
             let mu = self.config.momentum;
             let wd = self.config.weight_decay;
+            let ns_kind = match self.params.first() {
+                Some(st) if !rr_model::device::bf16_is_fast(st.param.device()) => Kind::Float,
+                _ => Kind::BFloat16,
+            };
             for st in &mut self.params {
                 let g = st.param.grad();
                 if !g.defined() {
@@ -263,7 +275,12 @@ impl Muon {
                 } else {
                     st.momentum.shallow_clone()
                 };
-                let x = newton_schulz(&u, self.config.ns_steps, self.config.ns_coefficients);
+                let x = newton_schulz(
+                    &u,
+                    self.config.ns_steps,
+                    self.config.ns_coefficients,
+                    ns_kind,
+                );
                 let update = x.to_kind(Kind::Float).g_mul_scalar(st.scale);
                 if wd != 0.0 {
                     let _ = st.param.g_mul_scalar_(1.0 - muon_lr * wd);

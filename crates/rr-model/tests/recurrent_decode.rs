@@ -1,6 +1,6 @@
-//! Recurrent inference (`rr_model::recurrent_infer`): cached greedy generation against full
-//! recomputation, padded batches, the bounded latest-m cache, per-token adaptive exit with the
-//! "last computed" fill rule, and warm start. The model is the `raven_llama` fixture (formula
+//! Recurrent decoding (`rr_model::decode` over `RecurrentModel::forward` with its cache): cached
+//! greedy generation against full recomputation, padded batches, the bounded latest-m cache,
+//! per-token adaptive exit with the "last computed" fill rule, and warm start. The model is the `raven_llama` fixture (formula
 //! weights, fp32, CPU; prelude 1, core 2, coda 1).
 
 mod common;
@@ -8,21 +8,72 @@ mod common;
 use std::time::Instant;
 
 use anyhow::Result;
-use rr_model::recurrent::{InitialState, RecurrentCache, RecurrentModel};
-use rr_model::recurrent_infer::{
-    forward_step, generate_recurrent, generate_recurrent_batch, CacheMode, DecodeOptions,
-    ExitCriterion, InferCache, RecurrentGeneration, Steps,
+use rr_model::recurrent::CacheStats;
+use rr_model::{
+    decode, AnyCache, AnyModel, CacheMode, DecodeOptions, Depth, ExitCriterion, InitialState,
+    RecurrentModel, TestTime,
 };
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 const SEED: u64 = 1234;
 
-fn fixture_model() -> Result<(tempfile::TempDir, RecurrentModel)> {
+fn fixture_model() -> Result<(tempfile::TempDir, AnyModel)> {
     let fx = common::load_raven_fixture("raven_llama")?;
     let dir = common::write_raven_model_dir(&fx["config"])?;
     let model = RecurrentModel::load(dir.path(), Device::Cpu, Kind::Float)?;
-    Ok((dir, model))
+    Ok((dir, AnyModel::Recurrent(model)))
+}
+
+/// One row's generation and what the batch's cache held at the end.
+struct RecurrentGeneration {
+    ids: Vec<i64>,
+    steps_per_token: Vec<usize>,
+    logits: Vec<Tensor>,
+    cache_stats: Option<CacheStats>,
+}
+
+impl RecurrentGeneration {
+    fn mean_steps(&self) -> f64 {
+        self.steps_per_token.iter().sum::<usize>() as f64 / self.steps_per_token.len() as f64
+    }
+}
+
+fn generate_recurrent_batch(
+    model: &AnyModel,
+    prompts: &[Vec<i64>],
+    max_new_tokens: usize,
+    eos_ids: &[i64],
+    opts: &DecodeOptions,
+) -> Result<Vec<RecurrentGeneration>> {
+    let opts = DecodeOptions {
+        max_new_tokens,
+        eos_ids: eos_ids.to_vec(),
+        ..opts.clone()
+    };
+    let out = decode(model, None, prompts, &opts, |_, _| {})?;
+    Ok(out
+        .rows
+        .into_iter()
+        .map(|g| RecurrentGeneration {
+            ids: g.ids,
+            steps_per_token: g.steps_per_token,
+            logits: g.logits,
+            cache_stats: out.cache_stats,
+        })
+        .collect())
+}
+
+fn generate_recurrent(
+    model: &AnyModel,
+    prompt: &[i64],
+    max_new_tokens: usize,
+    eos_ids: &[i64],
+    opts: &DecodeOptions,
+) -> Result<RecurrentGeneration> {
+    let mut rows =
+        generate_recurrent_batch(model, &[prompt.to_vec()], max_new_tokens, eos_ids, opts)?;
+    Ok(rows.remove(0))
 }
 
 fn prompts() -> Vec<Vec<i64>> {
@@ -35,8 +86,10 @@ fn prompts() -> Vec<Vec<i64>> {
 
 fn opts(r: usize) -> DecodeOptions {
     DecodeOptions {
-        recurrence: r,
-        seed: SEED,
+        test_time: TestTime {
+            recurrence: r,
+            seed: SEED,
+        },
         keep_logits: true,
         ..DecodeOptions::default()
     }
@@ -106,8 +159,9 @@ fn eos_stops_generation() -> Result<()> {
     let all = generate_recurrent(&model, p, 6, &[], &opts(4))?;
     let eos = all.ids[2];
     let stop = generate_recurrent(&model, p, 6, &[eos], &opts(4))?;
+    // Generation stops at the first EOS, which is not part of the output.
     let first = all.ids.iter().position(|&t| t == eos).unwrap();
-    assert_eq!(stop.ids, all.ids[..=first]);
+    assert_eq!(stop.ids, all.ids[..first]);
     Ok(())
 }
 
@@ -224,59 +278,48 @@ fn latest_m_memory_is_bounded_by_m() -> Result<()> {
     Ok(())
 }
 
-/// Runs `tokens` one by one through the *reference* cache of `RecurrentModel::
-/// forward_with_cache`, after a prefill, with `iters[i]` iterations for token i, filling the
-/// slots an earlier token skipped by hand ("last computed" rule) before a deeper token runs.
-fn reference_with_fill(
-    model: &RecurrentModel,
+/// Runs `tokens` one by one after a prompt at `prompt_r`, token i at the fixed recurrence
+/// `iters[i]`: the reference for an adaptive run whose tokens exit after those iterations.
+fn fixed_reference(
+    model: &AnyModel,
     prompt: &[i64],
     prompt_r: usize,
     tokens: &[i64],
     iters: &[usize],
-    fill: bool,
-) -> Tensor {
+) -> Result<Tensor> {
     let init = InitialState::Random { seed: SEED };
-    let mut cache: RecurrentCache = model.new_cache();
-    let mut depth = vec![prompt_r; prompt.len()]; // iterations run by each cached position
-    let _ =
-        tch::no_grad(|| model.forward_with_cache(&ids(prompt), None, prompt_r, &init, &mut cache));
-    let mut last = None;
+    let mut cache = model.new_cache(CacheMode::Full)?;
+    let _no_grad = tch::no_grad_guard();
+    let run = |cache: &mut AnyCache, ids: &Tensor, r: usize| {
+        model.forward(ids, None, Some(cache), Depth::recurrence(r), &init)
+    };
+    let mut logits = run(&mut cache, &ids(prompt), prompt_r)?.logits;
     for (&tok, &r) in tokens.iter().zip(iters) {
-        if fill {
-            // Make slots 0..r hold, for every cached position p, iteration min(j, depth[p]-1).
-            while cache.core.len() < r {
-                cache.core.push(
-                    (0..model.core_block.len())
-                        .map(|_| Default::default())
-                        .collect(),
+        logits = run(&mut cache, &ids(&[tok]), r)?.logits;
+    }
+    Ok(logits)
+}
+
+/// The "last computed" rule on the cache itself: slot j holds, for a position that ran d
+/// iterations, the keys and values of iteration min(j, d − 1).
+fn assert_last_computed_fill(cache: &AnyCache, depth_per_position: &[usize]) {
+    let AnyCache::Recurrent(c) = cache else {
+        panic!("a recurrent cache")
+    };
+    for j in 0..c.core.len() {
+        for (l, layer) in c.core[j].iter().enumerate() {
+            let (k, v) = layer.kv.as_ref().expect("every slot holds every position");
+            for (p, &d) in depth_per_position.iter().enumerate() {
+                let (wk, wv) = c.core[j.min(d - 1)][l].kv.as_ref().unwrap();
+                let at = |x: &Tensor| x.narrow(2, p as i64, 1);
+                assert!(
+                    at(k).equal(&at(wk)) && at(v).equal(&at(wv)),
+                    "slot {j}, core layer {l}, position {p} (ran {d}): not iteration {}",
+                    j.min(d - 1)
                 );
             }
-            for j in 0..cache.core.len() {
-                for l in 0..model.core_block.len() {
-                    let cols: Vec<Tensor> = depth
-                        .iter()
-                        .enumerate()
-                        .map(|(p, &d)| {
-                            let (k, v) = cache.core[j.min(d - 1)][l].kv.as_ref().unwrap();
-                            Tensor::stack(&[k.narrow(2, p as i64, 1), v.narrow(2, p as i64, 1)], 0)
-                        })
-                        .collect();
-                    let kv = Tensor::cat(&cols, 3);
-                    cache.core[j][l].kv = Some((kv.get(0), kv.get(1)));
-                }
-            }
-            // Every position now holds its own value in every slot, as if it had run r
-            // iterations with the copies.
-            for d in depth.iter_mut() {
-                *d = (*d).max(cache.core.len());
-            }
         }
-        let out =
-            tch::no_grad(|| model.forward_with_cache(&ids(&[tok]), None, r, &init, &mut cache));
-        depth.push(r);
-        last = Some(out.logits);
     }
-    last.unwrap()
 }
 
 #[test]
@@ -297,45 +340,48 @@ fn exited_tokens_fill_skipped_iterations_with_last_computed() -> Result<()> {
         crit(f64::INFINITY, 3),
         crit(-1.0, 1),
     ];
+    let want = fixed_reference(&model, &prompt, 3, &tokens, &[2, 3, 8])?;
     for mode in [CacheMode::Full, CacheMode::LatestM(8)] {
-        let mut cache = InferCache::new(&model, mode)?;
+        let mut cache = model.new_cache(mode)?;
         let init = InitialState::Random { seed: SEED };
-        forward_step(
-            &model,
+        let _no_grad = tch::no_grad_guard();
+        model.forward(
             &ids(&prompt),
             None,
+            Some(&mut cache),
+            Depth::recurrence(3),
             &init,
-            Steps::Fixed(3),
-            &mut cache,
         )?;
         let mut steps = Vec::new();
         let mut logits = None;
         for (&tok, &c) in tokens.iter().zip(&schedule) {
-            let out = forward_step(
-                &model,
+            let out = model.forward(
                 &ids(&[tok]),
                 None,
+                Some(&mut cache),
+                Depth::Adaptive(c),
                 &init,
-                Steps::Adaptive(c),
-                &mut cache,
             )?;
             steps.push(out.steps);
             logits = Some(out.logits);
         }
         assert_eq!(steps, [2, 3, 8]);
         let got = logits.unwrap();
-        let want = reference_with_fill(&model, &prompt, 3, &tokens, &[2, 3, 8], true);
         let d = max_abs(&got, &want);
         assert!(
             d <= TOL,
-            "{mode:?}: exit + fill differs from the explicit reference by {d}"
+            "{mode:?}: adaptive exit differs from the fixed-depth reference by {d}"
         );
-        // The filled entries matter: leaving them out changes the result.
-        let unfilled = reference_with_fill(&model, &prompt, 3, &tokens, &[2, 3, 8], false);
-        let d_unfilled = max_abs(&got, &unfilled);
-        eprintln!("{mode:?}: |Δ| vs filled reference {d:.2e}, vs unfilled {d_unfilled:.3e}");
-        assert!(d_unfilled > 1e-3);
-        assert!(cache.stats().core_slots == 8);
+        assert_last_computed_fill(&cache, &[3, 3, 3, 3, 3, 2, 3, 8]);
+        assert_eq!(cache.stats().unwrap().core_slots, 8);
+        // The rule has teeth: a token's entry in a slot past its depth differs from the
+        // other iterations' entries.
+        let AnyCache::Recurrent(c) = &cache else {
+            unreachable!()
+        };
+        let (k0, _) = c.core[0][0].kv.as_ref().unwrap();
+        let (k7, _) = c.core[7][0].kv.as_ref().unwrap();
+        assert!(!k0.narrow(2, 5, 1).equal(&k7.narrow(2, 5, 1)));
     }
     Ok(())
 }
@@ -351,7 +397,6 @@ fn adaptive_exit_steps_and_mean() -> Result<()> {
             12,
             &[],
             &DecodeOptions {
-                recurrence: 8,
                 exit: Some(ExitCriterion::default()),
                 ..opts(8)
             },
@@ -505,7 +550,8 @@ fn bench_tokens_per_second() -> Result<()> {
         ("h=256 V=512", bigger),
     ] {
         let dir = common::write_raven_model_dir(&cfg)?;
-        let model = RecurrentModel::load(dir.path(), Device::Cpu, Kind::Float)?;
+        let model =
+            AnyModel::Recurrent(RecurrentModel::load(dir.path(), Device::Cpu, Kind::Float)?);
         let prompt: Vec<i64> = (1..17).collect();
         let n = 48;
         for r in [1, 4, 16] {

@@ -1,11 +1,11 @@
-//! Teacher-forced scoring: mean negative log-likelihood and perplexity of a token sequence,
-//! windowed over the model's context.
+//! Teacher-forced negative log-likelihood, the one implementation behind `rr score`,
+//! `rr eval --heldout` and the trainer's held-out loss: a token sequence scored with sliding
+//! windows over the model's context, or packed rows scored as they are.
 
 use anyhow::{bail, Result};
+use rr_model::{AnyModel, TestTime};
 use serde::Serialize;
 use tch::{Kind, Tensor};
-
-use crate::generate::CausalLm;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Score {
@@ -24,17 +24,14 @@ pub struct Score {
 /// Scores `ids` with windows of `window` tokens that advance by half a window: each token is
 /// predicted exactly once, and after the first window always with at least half a window of
 /// context (the usual sliding-window perplexity).
-pub fn score_ids<M: CausalLm>(model: &M, ids: &[i64], window: usize) -> Result<Score> {
+pub fn score_text(model: &AnyModel, ids: &[i64], window: usize, tt: TestTime) -> Result<Score> {
     if ids.len() < 2 {
         bail!("need at least two tokens to score (got {})", ids.len());
     }
     if window < 2 {
         bail!("window must be at least 2 tokens");
     }
-    let vocab = model.vocab_size() as i64;
-    if let Some(bad) = ids.iter().find(|&&id| id < 0 || id >= vocab) {
-        bail!("token id {bad} is out of range for a vocabulary of {vocab}");
-    }
+    model.check_tokens(ids)?;
     let stride = (window / 2).max(1);
     let _no_grad = tch::no_grad_guard();
     let mut total = 0f64;
@@ -47,7 +44,7 @@ pub fn score_ids<M: CausalLm>(model: &M, ids: &[i64], window: usize) -> Result<S
         let chunk = Tensor::from_slice(&ids[start..end])
             .view([1, -1])
             .to_device(model.device());
-        let logits = model.forward_full(&chunk);
+        let logits = model.logits(&chunk, None, tt)?;
         // Position p in the chunk predicts token start+p+1; keep targets >= done.
         let first = done - start - 1;
         let n = end - done;
@@ -76,4 +73,42 @@ pub fn score_ids<M: CausalLm>(model: &M, ids: &[i64], window: usize) -> Result<S
         window,
         stride,
     })
+}
+
+/// Summed negative log-likelihood and token count of packed rows (input = row[..T], labels =
+/// row[1..]), `batch_size` rows at a time.
+pub fn rows_nll(
+    model: &AnyModel,
+    rows: &[Vec<i64>],
+    batch_size: usize,
+    tt: TestTime,
+) -> Result<(f64, usize)> {
+    let _guard = tch::no_grad_guard();
+    let (mut total, mut count) = (0f64, 0usize);
+    for batch in rows.chunks(batch_size.max(1)) {
+        let t = batch[0].len().saturating_sub(1);
+        if t == 0 || batch.iter().any(|r| r.len() != t + 1) {
+            bail!("packed rows must all have the same length of at least 2");
+        }
+        model.check_tokens(batch.iter().flatten())?;
+        let input: Vec<i64> = batch.iter().flat_map(|r| r[..t].iter().copied()).collect();
+        let labels: Vec<i64> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
+        let ids = Tensor::from_slice(&input)
+            .view([batch.len() as i64, t as i64])
+            .to_device(model.device());
+        let logits = model.logits(&ids, None, tt)?;
+        let loss = logits
+            .view([-1, logits.size()[2]])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &Tensor::from_slice(&labels).to_device(model.device()),
+                None,
+                tch::Reduction::Sum,
+                -100,
+                0.0,
+            );
+        total += loss.double_value(&[]);
+        count += labels.len();
+    }
+    Ok((total, count))
 }

@@ -1,0 +1,119 @@
+//! Checkpoints: `checkpoints/step-NNNNNN/`, each a usable model directory (config, weights,
+//! tokenizer files) plus `optimizer.safetensors` and `trainer_state.json`, written through a
+//! staging directory and renamed into place, so a checkpoint is complete or absent.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rr_model::import::hf_dir::StagingDir;
+use rr_model::weights::SafetensorsFiles;
+use rr_model::AnyModel;
+use serde::{Deserialize, Serialize};
+
+use crate::data::PhasesState;
+use crate::optim::Optimizer;
+
+pub const CHECKPOINTS: &str = "checkpoints";
+
+/// Everything besides model and optimizer that a resumed run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Micro-batches consumed (seeds the recurrence draw and the state).
+    pub micro_batch: u64,
+    pub tokens: u64,
+    pub flops: f64,
+    pub data: PhasesState,
+    pub config_hash: String,
+}
+
+/// Complete checkpoints of a run by step, oldest first. Temporary (incomplete) directories
+/// start with a dot and are never listed.
+fn checkpoint_dirs(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let dir = run_dir.join(CHECKPOINTS);
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("{}: cannot list", dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The newest complete checkpoint of a run.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(checkpoint_dirs(run_dir)?.pop().map(|(_, p)| p))
+}
+
+/// Reads a checkpoint's trainer state and restores its optimizer state into `optimizer`.
+pub fn restore(checkpoint: &Path, optimizer: &mut dyn Optimizer) -> Result<TrainerState> {
+    let path = checkpoint.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read trainer state", path.display()))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid trainer state", path.display()))?;
+    let files = SafetensorsFiles::open_files(&[checkpoint.join("optimizer.safetensors")])?;
+    optimizer.load_state(&files)?;
+    Ok(state)
+}
+
+/// Files of the source model directory that every checkpoint carries along.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Writes `checkpoints/step-NNNNNN/` atomically (tokenizer files copied from `init`) and
+/// keeps the newest `keep` checkpoints.
+pub fn save(
+    run_dir: &Path,
+    init: &Path,
+    model: &AnyModel,
+    optimizer: &dyn Optimizer,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let path = run_dir
+        .join(CHECKPOINTS)
+        .join(format!("step-{:06}", state.step));
+    let staging = StagingDir::create(&path)?;
+    model.save_weights_and_config(staging.path())?;
+    rr_model::weights::write_safetensors(
+        &optimizer.state_tensors(),
+        &staging.path().join("optimizer.safetensors"),
+    )?;
+    std::fs::write(
+        staging.path().join("trainer_state.json"),
+        serde_json::to_string_pretty(state)?,
+    )?;
+    for name in TOKENIZER_FILES {
+        let src = init.join(name);
+        if src.exists() {
+            std::fs::copy(&src, staging.path().join(name))
+                .with_context(|| format!("{}: cannot copy", src.display()))?;
+        }
+    }
+    staging.commit()?;
+    let all = checkpoint_dirs(run_dir)?;
+    if all.len() > keep {
+        for (_, old) in &all[..all.len() - keep] {
+            std::fs::remove_dir_all(old)
+                .with_context(|| format!("{}: cannot remove old checkpoint", old.display()))?;
+        }
+    }
+    Ok(path)
+}

@@ -1,0 +1,690 @@
+//! The trainer, taken apart as torchtitan does it: [`Trainer::new`] checks every input before
+//! any compute and starts or resumes a run, [`Trainer::train_step`] is one optimizer step (one
+//! recurrence draw per micro-batch: the first n iterations without gradient, the last k with;
+//! gradient accumulation; global-norm clipping), and [`Trainer::run`] is the loop with its
+//! logging, evaluation and checkpoint cadence. Checkpoints (`checkpoint.rs`), metrics
+//! (`metrics.rs`) and mixed precision (`precision.rs`) are separate components.
+//!
+//! Determinism: every random number is a function of (seed, micro-batch counter) or of the
+//! data loader's saved position, so a resumed run repeats the uninterrupted one bit for bit on
+//! CPU.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod precision;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rr_curriculum::Curriculum;
+use rr_eval::compute::{static_training_flops, StackParams};
+use rr_model::device::parse_device;
+use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::data::{Loader, Mixture, PackedSet, Phases, Split};
+use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
+use checkpoint::TrainerState;
+use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
+use precision::Precision;
+
+pub use checkpoint::latest_checkpoint;
+pub(crate) use precision::copy_weights;
+
+const METRICS: &str = "metrics.jsonl";
+
+/// Block parameters per stack, for FLOP accounting (a static model is all "prelude").
+pub fn stack_params(model: &AnyModel) -> StackParams {
+    match model {
+        AnyModel::Recurrent(m) => {
+            let c = &m.config;
+            StackParams::from_layers(
+                c.params_per_layer() as u64,
+                c.n_layers_in_prelude,
+                c.n_layers_in_recurrent_block,
+                c.n_layers_in_coda,
+            )
+        }
+        AnyModel::Static(m) => StackParams::from_layers(
+            m.config.params_per_layer() as u64,
+            m.config.num_hidden_layers,
+            0,
+            0,
+        ),
+    }
+}
+
+/// Mean cross-entropy of one training forward pass against `labels` [B·T]: `n` iterations
+/// without and `k` with gradient, every row's initial state its own draw from `state_seed`;
+/// computed by the memory-lean chunked loss from the final hidden states (no full logits).
+pub(crate) fn training_loss(
+    model: &AnyModel,
+    input: &Tensor,
+    labels: &Tensor,
+    (n, k): (usize, usize),
+    state_seed: u64,
+) -> Result<Tensor> {
+    let depth = Depth::Fixed {
+        no_grad: n,
+        with_grad: k,
+    };
+    let init = InitialState::RandomPerRow { seed: state_seed };
+    let (hidden, head) = model.hidden_and_head(input, depth, &init)?;
+    let h = hidden.size()[2];
+    Ok(crate::loss::chunked_cross_entropy(
+        &hidden.view([-1, h]),
+        &head,
+        labels,
+    ))
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    /// Resume despite a changed config, or start over in an existing run directory.
+    pub force: bool,
+    /// Train for as many steps as spend these FLOPs (compute-matched baselines).
+    pub match_flops: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub name: String,
+    pub kind: String,
+    pub steps: usize,
+    pub tokens: u64,
+    pub flops: f64,
+    pub final_loss: f64,
+    pub wall_seconds: f64,
+    /// Held-out loss per test recurrence (key "static" for the baseline), before and after.
+    pub heldout_before: BTreeMap<String, f64>,
+    pub heldout_after: BTreeMap<String, f64>,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// Mean loss of the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr_multiplier: f64,
+    /// The curriculum's scheduled mean recurrence (1 for a static model).
+    pub mean_recurrence: usize,
+    /// The (n, k) drawn for each micro-batch.
+    pub draws: Vec<(usize, usize)>,
+}
+
+/// A run in progress: the model (fp32 masters) and its compute copy, optimizer, data, the
+/// resumable state and the metrics log.
+pub struct Trainer {
+    cfg: TrainConfig,
+    run_dir: PathBuf,
+    device: Device,
+    model: AnyModel,
+    precision: Precision,
+    optimizer: Box<dyn Optimizer>,
+    /// Parameters that receive gradients, in the optimizer's order.
+    params: Vec<Tensor>,
+    phases: Phases,
+    curriculum: Option<Curriculum>,
+    heldout: Arc<PackedSet>,
+    state: TrainerState,
+    metrics: MetricsLog,
+    /// The newest checkpoint written or resumed from (named when a step goes non-finite).
+    last_good: Option<PathBuf>,
+    tokens_per_micro: u64,
+    heldout_before: BTreeMap<String, f64>,
+    started: Instant,
+    window: (Instant, u64),
+}
+
+/// Runs (or resumes) training as `cfg` describes, writing everything under `opts.run_dir`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    Trainer::new(cfg, opts)?.run()
+}
+
+impl Trainer {
+    /// Checks every input (run directory, model, data, tokenizer, sizes) before any compute,
+    /// then starts the run directory or restores the newest checkpoint.
+    pub fn new(cfg: &TrainConfig, opts: &TrainOptions) -> Result<Self> {
+        let started = Instant::now();
+        let mut cfg = cfg.clone();
+        let device = parse_device(&cfg.training.device)?;
+        let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
+        let latest = check_run_dir(opts)?;
+        let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
+        if !init_dir.join("config.json").exists() {
+            bail!(
+                "{}: no model here (config.json missing)",
+                init_dir.display()
+            );
+        }
+        let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
+        let (sets, heldout) = open_data(&cfg, &tokenizer)?;
+        let model = AnyModel::load(&init_dir, device, Kind::Float)?;
+        check_data_fits(&model, &heldout)?;
+        if let Some(flops) = opts.match_flops {
+            cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops);
+        }
+        let curriculum = match (&model, &cfg.curriculum) {
+            (AnyModel::Recurrent(_), Some(c)) => Some(*c),
+            (AnyModel::Recurrent(_), None) => {
+                bail!("a recurrent model needs a [curriculum] section")
+            }
+            (AnyModel::Static(_), _) => None,
+        };
+        let precision = Precision::load(&init_dir, device, compute_kind)?;
+        let mut phases = build_phases(&cfg, &sets)?;
+        let mut optimizer = cfg.optimizer.build_for(model.vs())?;
+        let fresh = TrainerState {
+            step: 0,
+            micro_batch: 0,
+            tokens: 0,
+            flops: 0.0,
+            data: phases.state(),
+            config_hash: cfg.hash(),
+        };
+        let state = match &latest {
+            Some(ckpt) => {
+                let saved = checkpoint::restore(ckpt, optimizer.as_mut())?;
+                if saved.config_hash != fresh.config_hash && !opts.force {
+                    bail!(
+                        "{}: the config changed since this run started (use --force to resume anyway)",
+                        opts.run_dir.display()
+                    );
+                }
+                phases.restore(&saved.data)?;
+                TrainerState {
+                    config_hash: fresh.config_hash,
+                    ..saved
+                }
+            }
+            None => {
+                start_run_dir(&opts.run_dir, &cfg)?;
+                fresh
+            }
+        };
+        let metrics = MetricsLog::open(&opts.run_dir.join(METRICS), state.step)?;
+        let tokens_per_micro = (cfg.training.micro_batch_size * heldout.seq_len()) as u64;
+        let params = optimizer_params(&model);
+        Ok(Self {
+            run_dir: opts.run_dir.clone(),
+            device,
+            model,
+            precision,
+            optimizer,
+            params,
+            phases,
+            curriculum,
+            heldout,
+            state,
+            metrics,
+            last_good: latest,
+            tokens_per_micro,
+            heldout_before: BTreeMap::new(),
+            started,
+            window: (Instant::now(), 0),
+            cfg,
+        })
+    }
+
+    /// Trains to the recipe's last step: held-out loss before (or as logged before a resume),
+    /// the steps with their logging, evaluation and checkpoint cadence, the final evaluation
+    /// and the run report.
+    pub fn run(mut self) -> Result<TrainSummary> {
+        let total = self.cfg.training.steps;
+        let path = self.run_dir.join(METRICS);
+        if self.state.step >= total && metrics::eval_at(&path, total)?.is_some() {
+            // A finished run: resuming it changes nothing.
+            if let Ok(summary) = read_summary(&self.run_dir) {
+                eprintln!(
+                    "{}: already finished at step {total}",
+                    self.run_dir.display()
+                );
+                return Ok(summary);
+            }
+        }
+        self.heldout_before = match metrics::eval_at(&path, 0)? {
+            Some(losses) => losses,
+            None => self.evaluate_and_log()?,
+        };
+        if self.eval_due(self.state.step) && metrics::eval_at(&path, self.state.step)?.is_none() {
+            // Killed between a checkpoint and its evaluation: redo the evaluation.
+            self.evaluate_and_log()?;
+        }
+        let bar = progress_bar(total as u64, self.state.step as u64);
+        let mut last_loss = f64::NAN;
+        while self.state.step < total {
+            let outcome = self.train_step()?;
+            last_loss = outcome.loss;
+            bar.inc(1);
+            self.after_step(&outcome, &bar)?;
+        }
+        bar.finish_and_clear();
+        self.finish(last_loss)
+    }
+
+    /// One optimizer step: for each micro-batch a recurrence draw, forward and backward;
+    /// then the non-finite check, clipping and the update.
+    pub fn train_step(&mut self) -> Result<StepOutcome> {
+        let step = self.state.step;
+        let total = self.cfg.training.steps;
+        let grad_accum = self.cfg.training.grad_accum;
+        self.precision.refresh(&self.model);
+        let mut loss_sum = 0f64;
+        let mut draws = Vec::with_capacity(grad_accum);
+        for _ in 0..grad_accum {
+            let batch = self.phases.next_batch(step);
+            let (n, k) = match &self.curriculum {
+                Some(c) => {
+                    let d = c.draw(step, total, self.cfg.seed, self.state.micro_batch);
+                    (d.no_grad, d.with_grad)
+                }
+                None => (0, 0),
+            };
+            draws.push((n, k));
+            let input = Tensor::from_slice(&batch.input)
+                .view([batch.rows as i64, batch.seq_len as i64])
+                .to_device(self.device);
+            let labels = Tensor::from_slice(&batch.labels)
+                .view([-1])
+                .to_device(self.device);
+            let state_seed = rr_curriculum::sampler::stream_seed(
+                self.cfg.seed ^ 0x5354_4154_4521,
+                self.state.micro_batch,
+            );
+            let loss = micro_batch(
+                &self.model,
+                self.precision.compute(),
+                &input,
+                &labels,
+                (n, k),
+                state_seed,
+                grad_accum,
+            )?;
+            let value = f64::try_from(&loss)?;
+            if !value.is_finite() {
+                bail!(non_finite("loss", step, &self.last_good));
+            }
+            loss_sum += value;
+            self.state.micro_batch += 1;
+            self.state.tokens += self.tokens_per_micro;
+            self.window.1 += self.tokens_per_micro;
+        }
+        // (A data-parallel run averages the gradients across ranks here.)
+        if !grads_are_finite(&self.params) {
+            bail!(non_finite("gradient", step, &self.last_good));
+        }
+        let grad_norm = clip_grad_norm(&self.params, self.cfg.training.max_grad_norm);
+        let lr_multiplier = self.cfg.lr.multiplier_at(step, total);
+        self.optimizer.step(lr_multiplier);
+        self.optimizer.zero_grad();
+        let mean_recurrence = self
+            .curriculum
+            .as_ref()
+            .map_or(1, |c| c.mean.mean_at(step, total));
+        self.state.flops += self.step_flops(mean_recurrence);
+        self.state.step += 1;
+        Ok(StepOutcome {
+            loss: loss_sum / grad_accum as f64,
+            grad_norm,
+            lr_multiplier,
+            mean_recurrence,
+            draws,
+        })
+    }
+
+    /// Training FLOPs of one step at the scheduled mean recurrence (method.md §7).
+    fn step_flops(&self, mean_recurrence: usize) -> f64 {
+        let stacks = stack_params(&self.model);
+        let tokens = self.tokens_per_micro * self.cfg.training.grad_accum as u64;
+        match &self.model {
+            AnyModel::Recurrent(_) => stacks.training_flops(tokens, mean_recurrence as f64),
+            AnyModel::Static(_) => static_training_flops(stacks.prelude, tokens),
+        }
+    }
+
+    /// The cadence after a step: a metrics line every `log_every` steps, a checkpoint every
+    /// `checkpoint_every`, a held-out evaluation every `eval_every`.
+    fn after_step(&mut self, outcome: &StepOutcome, bar: &ProgressBar) -> Result<()> {
+        let step = self.state.step;
+        let total = self.cfg.training.steps;
+        if step.is_multiple_of(self.cfg.training.log_every) || step == total {
+            self.log_step(outcome, bar)?;
+        }
+        let every = self.cfg.training.checkpoint_every;
+        if step == total || (every > 0 && step.is_multiple_of(every)) {
+            self.state.data = self.phases.state();
+            self.last_good = Some(checkpoint::save(
+                &self.run_dir,
+                &self.cfg.model.init,
+                &self.model,
+                self.optimizer.as_ref(),
+                &self.state,
+                self.cfg.training.keep_last,
+            )?);
+        }
+        if step < total && self.eval_due(step) {
+            self.evaluate_and_log()?;
+        }
+        Ok(())
+    }
+
+    fn eval_due(&self, step: usize) -> bool {
+        let every = self.cfg.training.eval_every;
+        step > 0 && every > 0 && step.is_multiple_of(every) && step < self.cfg.training.steps
+    }
+
+    fn log_step(&mut self, outcome: &StepOutcome, bar: &ProgressBar) -> Result<()> {
+        let elapsed = self.window.0.elapsed().as_secs_f64().max(1e-9);
+        let line = StepLine {
+            step: self.state.step,
+            tokens: self.state.tokens,
+            loss: outcome.loss,
+            lr: outcome.lr_multiplier * peak_lr(&self.cfg.optimizer),
+            lr_multiplier: outcome.lr_multiplier,
+            mean_recurrence: outcome.mean_recurrence,
+            n: outcome.draws.iter().map(|d| d.0).collect(),
+            k: outcome.draws.iter().map(|d| d.1).collect(),
+            grad_norm: outcome.grad_norm,
+            tokens_per_s: self.window.1 as f64 / elapsed,
+            flops: self.state.flops,
+        };
+        self.metrics.log(&MetricsLine::Step(line))?;
+        let msg = format!(
+            "step {}/{} loss {:.4} r̄ {} grad {:.3}",
+            self.state.step,
+            self.cfg.training.steps,
+            outcome.loss,
+            outcome.mean_recurrence,
+            outcome.grad_norm
+        );
+        if bar.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            bar.set_message(msg);
+        }
+        self.window = (Instant::now(), 0);
+        Ok(())
+    }
+
+    /// Held-out loss at the test recurrences, logged at the current step.
+    fn evaluate_and_log(&mut self) -> Result<BTreeMap<String, f64>> {
+        let recurrences = match &self.model {
+            AnyModel::Recurrent(_) => self.cfg.training.eval_recurrences.clone(),
+            AnyModel::Static(_) => vec![1],
+        };
+        let losses = heldout_losses(
+            &self.model,
+            &self.heldout,
+            self.cfg.training.eval_rows,
+            &recurrences,
+            self.cfg.seed,
+        )?;
+        self.metrics.log(&MetricsLine::Eval(EvalLine {
+            step: self.state.step,
+            heldout_loss: losses.clone(),
+        }))?;
+        Ok(losses)
+    }
+
+    /// The final evaluation, `summary.json`, `summary.md` and the plots.
+    fn finish(mut self, final_loss: f64) -> Result<TrainSummary> {
+        let heldout_after = self.evaluate_and_log()?;
+        let summary = TrainSummary {
+            name: self.cfg.name.clone(),
+            kind: match self.model {
+                AnyModel::Recurrent(_) => "recurrent".into(),
+                AnyModel::Static(_) => "static".into(),
+            },
+            steps: self.state.step,
+            tokens: self.state.tokens,
+            flops: self.state.flops,
+            final_loss,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+            heldout_before: std::mem::take(&mut self.heldout_before),
+            heldout_after,
+        };
+        crate::report::write_run_report(&self.run_dir, &summary)?;
+        Ok(summary)
+    }
+}
+
+/// The resume and `--force` rules for the run directory; returns the checkpoint to resume.
+fn check_run_dir(opts: &TrainOptions) -> Result<Option<PathBuf>> {
+    let run_dir = &opts.run_dir;
+    if !opts.resume {
+        if run_dir.exists() && !opts.force {
+            bail!(
+                "{}: run directory exists (use --resume to continue it or --force to start over)",
+                run_dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    match latest_checkpoint(run_dir)? {
+        Some(ckpt) => Ok(Some(ckpt)),
+        None => bail!(
+            "{}: nothing to resume (no complete checkpoint)",
+            run_dir.display()
+        ),
+    }
+}
+
+/// A fresh run directory with the recipe in it (an existing one is cleared under --force).
+fn start_run_dir(run_dir: &Path, cfg: &TrainConfig) -> Result<()> {
+    if run_dir.exists() {
+        std::fs::remove_dir_all(run_dir)
+            .with_context(|| format!("{}: cannot clear", run_dir.display()))?;
+    }
+    std::fs::create_dir_all(run_dir.join(checkpoint::CHECKPOINTS))
+        .with_context(|| format!("{}: cannot create run directory", run_dir.display()))?;
+    let path = run_dir.join("config.toml");
+    std::fs::write(&path, toml::to_string(cfg)?)
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Opens every packed set the recipe names, checked against the model's tokenizer; returns
+/// them by path and the held-out set (the first training set when none is named).
+fn open_data(
+    cfg: &TrainConfig,
+    tokenizer: &Tokenizer,
+) -> Result<(BTreeMap<PathBuf, Arc<PackedSet>>, Arc<PackedSet>)> {
+    let phases = cfg.data.phases();
+    let mut sets: BTreeMap<PathBuf, Arc<PackedSet>> = BTreeMap::new();
+    let paths = phases
+        .iter()
+        .flat_map(|p| p.train.iter())
+        .map(|s| &s.path)
+        .chain(cfg.data.heldout.iter());
+    for source in paths {
+        if !sets.contains_key(source) {
+            let set = PackedSet::open(source)?;
+            set.check_tokenizer(tokenizer).with_context(|| {
+                format!("{} does not match the model's tokenizer", source.display())
+            })?;
+            sets.insert(source.clone(), Arc::new(set));
+        }
+    }
+    let heldout_path = cfg
+        .data
+        .heldout
+        .clone()
+        .unwrap_or_else(|| phases[0].train[0].path.clone());
+    let heldout = sets[&heldout_path].clone();
+    if sets.values().any(|s| s.seq_len() != heldout.seq_len()) {
+        bail!("data: all packed sets must have the same seq_len");
+    }
+    Ok((sets, heldout))
+}
+
+/// Refuses data the model cannot take: rows longer than its context, a larger vocabulary.
+fn check_data_fits(model: &AnyModel, heldout: &PackedSet) -> Result<()> {
+    let seq_len = heldout.seq_len();
+    if seq_len > model.max_context() {
+        bail!(
+            "data: seq_len {seq_len} is beyond the model's context ({})",
+            model.max_context()
+        );
+    }
+    if heldout.vocab_size() > model.vocab_size() {
+        bail!(
+            "data: packed with a vocabulary of {} but the model has {}",
+            heldout.vocab_size(),
+            model.vocab_size()
+        );
+    }
+    Ok(())
+}
+
+/// As many steps as spend `flops` (compute-matched baselines), at least one.
+fn steps_for_flops(cfg: &TrainConfig, model: &AnyModel, seq_len: usize, flops: f64) -> usize {
+    let tokens = (cfg.training.micro_batch_size * cfg.training.grad_accum * seq_len) as u64;
+    let stacks = stack_params(model);
+    let per_step = static_training_flops(stacks.prelude + stacks.core + stacks.coda, tokens);
+    ((flops / per_step).round() as usize).max(1)
+}
+
+fn read_summary(run_dir: &Path) -> Result<TrainSummary> {
+    let path = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
+}
+
+/// The main parameter group's peak learning rate (Muon's for Muon).
+fn peak_lr(optimizer: &crate::optim::OptimizerConfig) -> f64 {
+    match optimizer {
+        crate::optim::OptimizerConfig::AdamW(c) => c.lr,
+        crate::optim::OptimizerConfig::Muon(c) => c.lr,
+    }
+}
+
+/// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (on
+/// the compute copy when there is one), mean cross-entropy, backward of `loss / grad_accum`;
+/// the gradients end on the fp32 masters. Returns the loss as a 0-d tensor (not read here, so
+/// the caller decides when to synchronise).
+pub(crate) fn micro_batch(
+    master: &AnyModel,
+    compute: Option<&AnyModel>,
+    input: &Tensor,
+    labels: &Tensor,
+    (n, k): (usize, usize),
+    state_seed: u64,
+    grad_accum: usize,
+) -> Result<Tensor> {
+    let runner = compute.unwrap_or(master);
+    let loss = training_loss(runner, input, labels, (n, k), state_seed)?;
+    (&loss / grad_accum as f64).backward();
+    if let Some(c) = compute {
+        precision::accumulate_grads(c, master);
+    }
+    Ok(loss.detach())
+}
+
+/// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
+pub(crate) fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
+    let mut vars: Vec<(String, Tensor)> = model
+        .vs()
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.into_iter().map(|(_, t)| t).collect()
+}
+
+fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
+    let kept = last_good
+        .as_ref()
+        .map(|p| format!("the last good checkpoint is {}", p.display()))
+        .unwrap_or_else(|| "no checkpoint was written yet".into());
+    format!("non-finite {what} at step {}; stopping ({kept})", step + 1)
+}
+
+fn build_phases(cfg: &TrainConfig, sets: &BTreeMap<PathBuf, Arc<PackedSet>>) -> Result<Phases> {
+    let mut phases = Vec::new();
+    for (i, phase) in cfg.data.phases().iter().enumerate() {
+        let mut sources = Vec::new();
+        for (j, s) in phase.train.iter().enumerate() {
+            // Each source gets its own shuffling stream.
+            let seed = cfg.seed ^ ((i as u64) << 32) ^ j as u64;
+            sources.push((
+                Loader::new(
+                    sets[&s.path].clone(),
+                    Split::Train,
+                    cfg.training.micro_batch_size,
+                    seed,
+                )?,
+                s.weight,
+            ));
+        }
+        phases.push((
+            phase.until_step,
+            Mixture::new(sources, cfg.seed ^ 0x004d_4958 ^ i as u64)?,
+        ));
+    }
+    Phases::new(phases)
+}
+
+/// Mean token loss of the first `rows` held-out rows at each test recurrence, with the initial
+/// state seeded so the numbers are comparable across checkpoints.
+pub fn heldout_losses(
+    model: &AnyModel,
+    set: &PackedSet,
+    rows: usize,
+    recurrences: &[usize],
+    seed: u64,
+) -> Result<BTreeMap<String, f64>> {
+    let rows = rows.min(set.rows(Split::Heldout));
+    if rows == 0 {
+        bail!("{}: the held-out split is empty", set.dir().display());
+    }
+    let data: Vec<Vec<i64>> = (0..rows).map(|i| set.row(Split::Heldout, i)).collect();
+    let mut out = BTreeMap::new();
+    for &recurrence in recurrences {
+        let tt = TestTime { recurrence, seed };
+        let (total, count) = rr_eval::nll::rows_nll(model, &data, 4, tt)?;
+        let key = match model {
+            AnyModel::Static(_) => "static".to_string(),
+            AnyModel::Recurrent(_) => recurrence.to_string(),
+        };
+        out.insert(key, total / count as f64);
+    }
+    Ok(out)
+}
+
+fn progress_bar(total: u64, done: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_position(done);
+    bar
+}
+
+/// Total training FLOPs recorded in a finished run's `summary.json`.
+pub fn run_flops(run_dir: &Path) -> Result<f64> {
+    let path = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read (is the run finished?)", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+    v["flops"]
+        .as_f64()
+        .with_context(|| format!("{}: no `flops`", path.display()))
+}
