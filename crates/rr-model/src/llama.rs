@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
@@ -580,35 +580,18 @@ impl LlamaModel {
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
         let config = LlamaConfig::from_path(dir)?;
         let files = SafetensorsFiles::open_dir(dir)?;
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(dtype);
-        let model = Self::new(vs, config);
-        model.check_no_unexpected_tensors(&files)?;
-        files.load_into(&model.vs, |name| name.to_string())?;
+        let model = Self::new(crate::weights::var_store(device, dtype), config);
+        let tied = model.config.tie_word_embeddings;
+        let described = format!(
+            "{} layers, model_type {:?}",
+            model.config.num_hidden_layers, model.config.model_type
+        );
+        files.load_model(
+            &model.vs,
+            |name| name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight"),
+            &described,
+        )?;
         Ok(model)
-    }
-
-    /// A checkpoint with tensors the config does not account for (more layers, a head the
-    /// config says is tied to nothing) is mismatched; say so instead of ignoring weights.
-    fn check_no_unexpected_tensors(&self, files: &SafetensorsFiles) -> Result<()> {
-        let vars = self.vs.variables();
-        for name in files.names() {
-            let ignorable = name.ends_with("rotary_emb.inv_freq")
-                || (name == "lm_head.weight" && self.config.tie_word_embeddings);
-            if !ignorable && !vars.contains_key(name) {
-                let file = files
-                    .file_of(name)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                bail!(
-                    "{file}: tensor `{name}` does not belong to the model described by config.json \
-                     ({} layers, model_type {:?})",
-                    self.config.num_hidden_layers,
-                    self.config.model_type
-                );
-            }
-        }
-        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -621,9 +604,7 @@ impl LlamaModel {
 
     /// Every parameter by its checkpoint name, sorted (a tied head is not listed).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        crate::weights::sorted_variables(&self.vs)
     }
 
     /// Writes `config.json` and `model.safetensors` (Hugging Face layout) into the existing

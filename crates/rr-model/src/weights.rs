@@ -184,6 +184,33 @@ impl SafetensorsFiles {
     /// Copies every variable of `vs` from the file tensor of the same name (through `rename`,
     /// which maps a variable name to a file name), converting dtype and device. Every
     /// variable must be present with exactly the variable's shape.
+    /// Loads a model checkpoint into `vs`, whose variables the model's config created: every
+    /// tensor in the files must have a variable (else the files and config.json disagree, and
+    /// the error names the file and `described`, the config's shape), except those that
+    /// `ignorable` accepts (buffers some exporters write, a tied head).
+    pub fn load_model(
+        &self,
+        vs: &VarStore,
+        ignorable: impl Fn(&str) -> bool,
+        described: &str,
+    ) -> Result<()> {
+        let vars = vs.variables();
+        if let Some(name) = self
+            .names()
+            .find(|name| !vars.contains_key(*name) && !ignorable(name))
+        {
+            let file = self
+                .file_of(name)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            bail!(
+                "{file}: tensor `{name}` does not belong to the model described by config.json \
+                 ({described})"
+            );
+        }
+        self.load_into(vs, |name| name.to_string())
+    }
+
     pub fn load_into(&self, vs: &VarStore, rename: impl Fn(&str) -> String) -> Result<()> {
         let _guard = tch::no_grad_guard();
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -285,4 +312,18 @@ pub fn tmp_path(path: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Every variable of `vs` by its checkpoint name, sorted.
+pub fn sorted_variables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// An empty variable store on `device` whose variables will be created in `dtype`.
+pub fn var_store(device: tch::Device, dtype: Kind) -> VarStore {
+    let mut vs = VarStore::new(device);
+    vs.set_kind(dtype);
+    vs
 }

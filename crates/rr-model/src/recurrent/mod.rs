@@ -25,7 +25,7 @@ mod state;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
@@ -104,34 +104,19 @@ impl RecurrentModel {
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
         let config = RecurrentConfig::from_path(dir)?;
         let files = SafetensorsFiles::open_dir(dir)?;
-        let mut vs = nn::VarStore::new(device);
-        vs.set_kind(dtype);
-        let model = Self::new(vs, config);
-        let vars = model.vs.variables();
-        for name in files.names() {
-            if !vars.contains_key(name) && !name.ends_with("freqs_cis") {
-                let file = files
-                    .file_of(name)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                bail!(
-                    "{file}: tensor `{name}` does not belong to the model described by config.json \
-                     ({} prelude, {} core, {} coda layers)",
-                    model.config.n_layers_in_prelude,
-                    model.config.n_layers_in_recurrent_block,
-                    model.config.n_layers_in_coda
-                );
-            }
-        }
-        files.load_into(&model.vs, |name| name.to_string())?;
+        let model = Self::new(crate::weights::var_store(device, dtype), config);
+        let c = &model.config;
+        let described = format!(
+            "{} prelude, {} core, {} coda layers",
+            c.n_layers_in_prelude, c.n_layers_in_recurrent_block, c.n_layers_in_coda
+        );
+        files.load_model(&model.vs, |name| name.ends_with("freqs_cis"), &described)?;
         Ok(model)
     }
 
     /// Every parameter by its checkpoint name, sorted.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        crate::weights::sorted_variables(&self.vs)
     }
 
     /// Writes `config.json` and `model.safetensors` into an existing directory `dir`.
