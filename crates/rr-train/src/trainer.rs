@@ -21,10 +21,10 @@ use rr_model::import::hf_dir::StagingDir;
 use rr_model::recurrent::{is_recurrent_dir, InitialState, RecurrentModel};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::{LlamaModel, Tokenizer};
+use rr_recipe::{OptimizerConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::config::TrainConfig;
 use crate::data::{Loader, Mixture, PackedSet, Phases, PhasesState, Split};
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 
@@ -289,7 +289,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         Some(TrainModel::load(&init_dir, device, compute_kind)?)
     };
     let mut phases = build_phases(cfg, &sets)?;
-    let mut optimizer = cfg.optimizer.build_for(model.vs())?;
+    let mut optimizer = crate::optim::build_for(&cfg.optimizer, model.vs())?;
     let mut state = TrainerState {
         step: 0,
         micro_batch: 0,
@@ -498,10 +498,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 }
 
 /// The main parameter group's peak learning rate (Muon's for Muon).
-fn peak_lr(optimizer: &crate::optim::OptimizerConfig) -> f64 {
+fn peak_lr(optimizer: &OptimizerConfig) -> f64 {
     match optimizer {
-        crate::optim::OptimizerConfig::AdamW(c) => c.lr,
-        crate::optim::OptimizerConfig::Muon(c) => c.lr,
+        OptimizerConfig::AdamW(c) => c.lr,
+        OptimizerConfig::Muon(c) => c.lr,
     }
 }
 

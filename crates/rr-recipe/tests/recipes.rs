@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use rr_train::optim::OptimizerConfig;
-use rr_train::TrainConfig;
+use rr_recipe::{OptimizerConfig, TrainConfig};
 
 fn configs() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -83,4 +82,28 @@ fn unknown_keys_are_rejected() {
         err.contains("unknown field `batch`") && err.contains("bad.toml"),
         "{err}"
     );
+}
+
+#[test]
+fn bad_optimizer_values_are_rejected_when_loading() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, expected) in [
+        (
+            text.replace("kind = \"muon\"", "kind = \"muon\"\nmomentum = 1.5"),
+            "optimizer: muon: momentum",
+        ),
+        (
+            text.replace("{ kind = \"adamw\",", "{ kind = \"adamw\", eps = 0.0,"),
+            "baseline.optimizer: adamw: eps",
+        ),
+    ] {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, bad).unwrap();
+        let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+        assert!(err.contains(expected) && err.contains("bad.toml"), "{err}");
+    }
 }

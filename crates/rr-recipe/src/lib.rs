@@ -1,4 +1,7 @@
-//! Training recipes: one TOML file per run, unknown keys rejected.
+//! Training recipes: one TOML file per run, unknown keys rejected. This crate is the one
+//! schema of a recipe, with its defaults and validation; the trainer (`rr-train`), the `rr`
+//! binary and `cargo xtask train` all read recipes through [`TrainConfig`]. It has no torch
+//! dependency, so xtask can use it before libtorch is installed.
 //!
 //! ```toml
 //! name = "default"
@@ -39,7 +42,9 @@ use anyhow::{bail, Context, Result};
 use rr_curriculum::{Curriculum, LrSchedule};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::OptimizerConfig;
+mod optimizer;
+
+pub use optimizer::{AdamWConfig, MuonConfig, OptimizerConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +266,10 @@ impl TrainConfig {
                 .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
         }
         self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
+        self.optimizer.validate().context("optimizer")?;
+        if let Some(o) = self.baseline.as_ref().and_then(|b| b.optimizer.as_ref()) {
+            o.validate().context("baseline.optimizer")?;
+        }
         let phases = self.data.phases();
         if phases.iter().any(|p| p.train.is_empty()) {
             bail!("data: give at least one training source (data.train or each phase's train)");
@@ -289,7 +298,7 @@ impl TrainConfig {
         cfg.optimizer = b
             .optimizer
             .clone()
-            .unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()));
+            .unwrap_or(OptimizerConfig::AdamW(AdamWConfig::default()));
         cfg.curriculum = None;
         Ok(cfg)
     }
