@@ -201,11 +201,14 @@ pub struct PrepareSection {
     pub synth_problems: usize,
     #[serde(default = "default_synth_steps")]
     pub synth_max_steps: usize,
-    /// Extra files to pack, and their format (text, jsonl, gsm8k, math).
+    /// Extra files to pack; `${RR_SHARED_DATA}` in a path is replaced by that variable
+    /// (default `../shared/data`).
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
-    #[serde(default)]
-    pub format: Option<String>,
+    /// Format of the files packed (`rr data pack --format`): text, jsonl, gsm8k (the default;
+    /// also the synthetic problems' format) or math.
+    #[serde(default = "default_format")]
+    pub format: String,
     pub seq_len: usize,
 }
 
@@ -214,6 +217,9 @@ fn default_adapter() -> String {
 }
 fn default_synth_steps() -> usize {
     4
+}
+fn default_format() -> String {
+    "gsm8k".into()
 }
 
 /// The static baseline: the unmodified source model trained on the same data and schedule
