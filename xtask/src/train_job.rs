@@ -85,7 +85,12 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
             "{},{},{}",
             prepare.layers[0], prepare.layers[1], prepare.layers[2]
         );
-        let (seed, mean) = (recipe.seed.to_string(), prepare.mean_recurrence.to_string());
+        // The recipe states the mean recurrence once, as [curriculum.mean] target (validation
+        // guarantees a curriculum when there is a [prepare]).
+        let mean = recipe
+            .mean_recurrence()
+            .context("the recipe has no [curriculum.mean] target")?;
+        let (seed, mean) = (recipe.seed.to_string(), mean.to_string());
         rr_step(
             root,
             &rr,
@@ -236,6 +241,7 @@ mod tests {
         assert_eq!(r.prepare.source, "smollm2");
         assert_eq!(r.prepare.layers, [2, 4, 2]);
         assert_eq!(r.prepare.format, "gsm8k");
+        assert_eq!(r.config.mean_recurrence(), Some(4));
         assert!(r.config.baseline.is_some());
     }
 

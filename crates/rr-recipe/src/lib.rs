@@ -185,7 +185,9 @@ pub struct TrainingSection {
     pub eval_rows: usize,
 }
 
-/// Inputs that `cargo xtask train` prepares before training.
+/// Inputs that `cargo xtask train` prepares before training. The surgery's mean recurrence is
+/// not given here: it is `[curriculum.mean] target` ([`TrainConfig::mean_recurrence`]), the one
+/// place a recipe states it, so a recipe with `[prepare]` needs a `[curriculum]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareSection {
@@ -195,7 +197,6 @@ pub struct PrepareSection {
     pub layers: [usize; 3],
     #[serde(default = "default_adapter")]
     pub adapter: String,
-    pub mean_recurrence: usize,
     /// Synthetic multi-step arithmetic problems to generate (0 = none).
     #[serde(default)]
     pub synth_problems: usize,
@@ -235,12 +236,30 @@ pub struct BaselineSection {
     pub optimizer: Option<OptimizerConfig>,
 }
 
+/// The recurrence a recipe trains a recurrent model for, as the model's `config.json` records
+/// it (the Raven keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainedRecurrence {
+    /// The curriculum's target mean recurrence (`[curriculum.mean] target`).
+    pub mean_recurrence: usize,
+    /// The backprop depth, the most iterations run with gradient (the sampler caps `k` at
+    /// it): `[curriculum.sampler] backprop_depth`, or with a `[curriculum.backprop_ramp]` its
+    /// depth at the last optimizer step.
+    pub mean_backprop_depth: usize,
+}
+
 impl TrainConfig {
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read config", path.display()))?;
         let cfg: Self = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " "))
+            let mut msg = e.to_string().replace('\n', " ");
+            if msg.contains("unknown field `mean_recurrence`") {
+                msg.push_str(
+                    " (a recipe states the mean recurrence once, as [curriculum.mean] target)",
+                );
+            }
+            anyhow::anyhow!("{}: {msg}", path.display())
         })?;
         cfg.validate()
             .with_context(|| format!("{}", path.display()))?;
@@ -271,6 +290,12 @@ impl TrainConfig {
             c.validate()
                 .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
         }
+        if self.prepare.is_some() && self.curriculum.is_none() {
+            bail!(
+                "[prepare] builds a recurrent model, whose mean recurrence is \
+                 [curriculum.mean] target: give a [curriculum] section"
+            );
+        }
         self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
         self.optimizer.validate().context("optimizer")?;
         if let Some(o) = self.baseline.as_ref().and_then(|b| b.optimizer.as_ref()) {
@@ -289,6 +314,24 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The mean recurrence of the recipe: `[curriculum.mean] target`, which the surgery writes
+    /// into the retrofit's config and the curriculum trains towards. `None` without a
+    /// curriculum.
+    pub fn mean_recurrence(&self) -> Option<usize> {
+        self.curriculum.as_ref().map(|c| c.mean.target)
+    }
+
+    /// What a recurrent model trained with this recipe is trained for, to be written into
+    /// every checkpoint's `config.json` (`None` without a curriculum).
+    pub fn trained_recurrence(&self) -> Option<TrainedRecurrence> {
+        let c = self.curriculum.as_ref()?;
+        let steps = self.training.steps;
+        Some(TrainedRecurrence {
+            mean_recurrence: c.mean.target,
+            mean_backprop_depth: c.backprop_depth_at(steps.saturating_sub(1), steps),
+        })
     }
 
     /// The static-baseline recipe: same data, schedule and seed; the source model; AdamW

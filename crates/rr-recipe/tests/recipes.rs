@@ -61,7 +61,10 @@ fn paper_recipes_have_the_paper_constants() {
                 decay: rr_curriculum::DecayShape::Cosine,
             }
         );
+        // The surgery's and the curriculum's mean recurrence, stated once.
+        assert_eq!(cfg.mean_recurrence(), Some(32), "{}", p.display());
         let c = cfg.curriculum.unwrap();
+        assert_eq!(c.mean.shape, rr_curriculum::RampShape::OneMinusSqrt);
         assert_eq!(c.mean.ramp_fraction, 0.75);
         assert_eq!(c.sampler.backprop_depth, 8);
     }
@@ -106,4 +109,72 @@ fn bad_optimizer_values_are_rejected_when_loading() {
         let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
         assert!(err.contains(expected) && err.contains("bad.toml"), "{err}");
     }
+}
+
+#[test]
+fn the_mean_recurrence_is_stated_once_as_the_curriculum_target() {
+    for p in configs() {
+        let cfg = TrainConfig::from_path(&p).unwrap();
+        let c = cfg.curriculum.unwrap();
+        assert_eq!(
+            cfg.mean_recurrence(),
+            Some(c.mean.target),
+            "{}",
+            p.display()
+        );
+        let trained = cfg.trained_recurrence().unwrap();
+        assert_eq!(trained.mean_recurrence, c.mean.target);
+        assert_eq!(trained.mean_backprop_depth, c.sampler.backprop_depth);
+    }
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("old.toml");
+    // The old second statement of it is refused, with a pointer to the one place.
+    std::fs::write(
+        &p,
+        text.replace("[prepare]\n", "[prepare]\nmean_recurrence = 4\n"),
+    )
+    .unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("old.toml")
+            && err.contains("unknown field `mean_recurrence`")
+            && err.contains("[curriculum.mean] target")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    // [prepare] builds a recurrent model: it needs the curriculum that gives its recurrence.
+    let start = text.find("\n[curriculum.mean]").unwrap();
+    let end = text.find("\n[lr]").unwrap();
+    std::fs::write(&p, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("old.toml") && err.contains("[curriculum.mean] target"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_backprop_ramp_trains_for_its_final_depth() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let cfg: TrainConfig = toml::from_str(&text.replace(
+        "[lr]\n",
+        "[curriculum.sampler]\nbackprop_depth = 3\n\n\
+         [curriculum.backprop_ramp]\nstart = 1\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
+    ))
+    .unwrap();
+    cfg.validate().unwrap();
+    let t = cfg.trained_recurrence().unwrap();
+    assert_eq!((t.mean_recurrence, t.mean_backprop_depth), (4, 6));
+    let mut cfg = cfg;
+    cfg.curriculum = None;
+    cfg.prepare = None;
+    assert_eq!(cfg.trained_recurrence(), None);
+    assert_eq!(cfg.mean_recurrence(), None);
 }
