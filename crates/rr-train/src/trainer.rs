@@ -18,10 +18,10 @@ use rr_curriculum::Curriculum;
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::{parse_device, parse_dtype};
 use rr_model::import::hf_dir::StagingDir;
-use rr_model::recurrent::{is_recurrent_dir, InitialState, RecurrentModel};
+use rr_model::recurrent::{is_recurrent_dir, InitialState, RecurrentConfig, RecurrentModel};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::{LlamaModel, Tokenizer};
-use rr_recipe::{OptimizerConfig, TrainConfig};
+use rr_recipe::{OptimizerConfig, TrainConfig, TrainedRecurrence};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -466,6 +466,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 optimizer.as_ref(),
                 &state,
                 cfg.training.keep_last,
+                cfg.trained_recurrence(),
             )?);
         }
         let eval_every = cfg.training.eval_every;
@@ -749,12 +750,14 @@ fn save_checkpoint(
     optimizer: &dyn Optimizer,
     state: &TrainerState,
     keep: usize,
+    trained: Option<TrainedRecurrence>,
 ) -> Result<PathBuf> {
     let path = run_dir
         .join(CHECKPOINTS)
         .join(format!("step-{:06}", state.step));
     let staging = StagingDir::create(&path)?;
     model.save(staging.path())?;
+    trained_config(staging.path(), model, trained)?;
     rr_model::weights::write_safetensors(
         &optimizer.state_tensors(),
         &staging.path().join("optimizer.safetensors"),
@@ -784,6 +787,24 @@ fn save_checkpoint(
         }
     }
     Ok(path)
+}
+
+/// Records in a recurrent checkpoint's `config.json` what the model was trained for: the
+/// curriculum's target mean recurrence and backprop depth, in place of the surgery's values,
+/// so that the test recurrence of `rr generate` and `rr score` defaults to what it was trained
+/// for.
+fn trained_config(
+    dir: &Path,
+    model: &TrainModel,
+    trained: Option<TrainedRecurrence>,
+) -> Result<()> {
+    let (TrainModel::Recurrent(_), Some(trained)) = (model, trained) else {
+        return Ok(());
+    };
+    let mut config = RecurrentConfig::from_path(dir)?;
+    config.mean_recurrence = trained.mean_recurrence;
+    config.mean_backprop_depth = trained.mean_backprop_depth;
+    rr_model::recurrent::write_config(&config, dir)
 }
 
 fn progress_bar(total: u64, done: u64) -> ProgressBar {
