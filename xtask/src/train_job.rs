@@ -8,88 +8,33 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use rr_recipe::{PrepareSection, TrainConfig};
 
 use crate::torch_env::Torch;
 
-/// The parts of a recipe this job needs (the trainer validates the whole file).
+/// What this job does with a recipe, read through the one recipe schema
+/// ([`rr_recipe::TrainConfig`], which validates the whole file and supplies the defaults).
 struct Recipe {
-    name: String,
-    seed: u64,
-    source: String,
-    layers: [u64; 3],
-    adapter: String,
-    mean_recurrence: u64,
-    synth_problems: u64,
-    synth_max_steps: u64,
-    inputs: Vec<PathBuf>,
-    format: String,
-    seq_len: u64,
-    init: PathBuf,
+    config: TrainConfig,
+    prepare: PrepareSection,
+    /// The packed data directory to build: the first source of the first data phase.
     packed: PathBuf,
-    has_baseline: bool,
 }
 
 fn read_recipe(path: &Path) -> Result<Recipe> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let v: toml::Value = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " ")))?;
-    let ctx = |what: &str| format!("{}: {what}", path.display());
-    let prep = v.get("prepare").with_context(|| {
-        ctx("no [prepare] section: `cargo xtask train` needs one (see configs/default.toml)")
+    let config = TrainConfig::from_path(path)?;
+    let prepare = config.prepare.clone().with_context(|| {
+        format!(
+            "{}: no [prepare] section: `cargo xtask train` needs one (see configs/default.toml)",
+            path.display()
+        )
     })?;
-    let int = |t: &toml::Value, k: &str| t.get(k).and_then(|x| x.as_integer()).map(|x| x as u64);
-    let s = |t: &toml::Value, k: &str| t.get(k).and_then(|x| x.as_str()).map(String::from);
-    let layers: Vec<u64> = prep
-        .get("layers")
-        .and_then(|l| l.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_integer())
-                .map(|x| x as u64)
-                .collect()
-        })
-        .unwrap_or_default();
-    if layers.len() != 3 {
-        bail!(ctx("prepare.layers must be [P, B, C]"));
-    }
-    let train = v
-        .get("data")
-        .and_then(|d| d.get("train"))
-        .and_then(|t| t.as_array());
-    let packed = train
-        .and_then(|t| t.first())
-        .and_then(|t| s(t, "path"))
-        .with_context(|| ctx("data.train[0].path is missing"))?;
+    // Validation guarantees a first phase with a first source.
+    let packed = config.data.phases()[0].train[0].path.clone();
     Ok(Recipe {
-        name: s(&v, "name").with_context(|| ctx("name is missing"))?,
-        seed: int(&v, "seed").unwrap_or(0),
-        source: s(prep, "source").with_context(|| ctx("prepare.source is missing"))?,
-        layers: [layers[0], layers[1], layers[2]],
-        adapter: s(prep, "adapter").unwrap_or_else(|| "default".into()),
-        mean_recurrence: int(prep, "mean_recurrence")
-            .with_context(|| ctx("prepare.mean_recurrence is missing"))?,
-        synth_problems: int(prep, "synth_problems").unwrap_or(0),
-        synth_max_steps: int(prep, "synth_max_steps").unwrap_or(4),
-        inputs: prep
-            .get("inputs")
-            .and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .map(|p| PathBuf::from(expand_shared(p)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        format: s(prep, "format").unwrap_or_else(|| "gsm8k".into()),
-        seq_len: int(prep, "seq_len").with_context(|| ctx("prepare.seq_len is missing"))?,
-        init: PathBuf::from(
-            v.get("model")
-                .and_then(|m| s(m, "init"))
-                .with_context(|| ctx("model.init is missing"))?,
-        ),
-        packed: PathBuf::from(packed),
-        has_baseline: v.get("baseline").is_some(),
+        config,
+        prepare,
+        packed,
     })
 }
 
@@ -119,24 +64,33 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     } else {
         root.join(config)
     };
-    let recipe = read_recipe(&config)?;
+    let Recipe {
+        config: recipe,
+        prepare,
+        packed,
+    } = read_recipe(&config)?;
     let run = root.join("runs").join(&recipe.name);
     let rr = crate::build_rr(root, torch)?;
     let s = |p: &Path| p.to_string_lossy().into_owned();
 
-    let source = if recipe.source == "smollm2" {
+    let source = if prepare.source == "smollm2" {
         let cache = crate::fetch_model::cache_dir(root, None);
         crate::fetch_model::fetch_smollm2(root, &cache, torch)?
     } else {
-        root.join(&recipe.source)
+        root.join(&prepare.source)
     };
-    let init = root.join(&recipe.init);
+    let init = root.join(&recipe.model.init);
     if !init.join("config.json").exists() {
         let layers = format!(
             "{},{},{}",
-            recipe.layers[0], recipe.layers[1], recipe.layers[2]
+            prepare.layers[0], prepare.layers[1], prepare.layers[2]
         );
-        let (seed, mean) = (recipe.seed.to_string(), recipe.mean_recurrence.to_string());
+        // The recipe states the mean recurrence once, as [curriculum.mean] target (validation
+        // guarantees a curriculum when there is a [prepare]).
+        let mean = recipe
+            .mean_recurrence()
+            .context("the recipe has no [curriculum.mean] target")?;
+        let (seed, mean) = (recipe.seed.to_string(), mean.to_string());
         rr_step(
             root,
             &rr,
@@ -148,7 +102,7 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
                 "--layers",
                 &layers,
                 "--adapter",
-                &recipe.adapter,
+                &prepare.adapter,
                 "--seed",
                 &seed,
                 "--mean-recurrence",
@@ -158,16 +112,20 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
             ],
         )?;
     }
-    let packed = root.join(&recipe.packed);
+    let packed = root.join(&packed);
     if !packed.join("manifest.json").exists() {
-        let mut inputs: Vec<PathBuf> = recipe.inputs.iter().map(|p| root.join(p)).collect();
-        if recipe.synth_problems > 0 {
+        let mut inputs: Vec<PathBuf> = prepare
+            .inputs
+            .iter()
+            .map(|p| root.join(expand_shared(&p.to_string_lossy())))
+            .collect();
+        if prepare.synth_problems > 0 {
             let synth = run.join("data/synth.jsonl");
             if !synth.exists() {
                 std::fs::create_dir_all(run.join("data"))?;
                 let (n, steps, seed) = (
-                    recipe.synth_problems.to_string(),
-                    recipe.synth_max_steps.to_string(),
+                    prepare.synth_problems.to_string(),
+                    prepare.synth_max_steps.to_string(),
                     recipe.seed.to_string(),
                 );
                 rr_step(
@@ -202,9 +160,9 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
             "--tokenizer".into(),
             s(&init),
             "--format".into(),
-            recipe.format.clone(),
+            prepare.format.clone(),
             "--seq-len".into(),
-            recipe.seq_len.to_string(),
+            prepare.seq_len.to_string(),
             "--out".into(),
             s(&packed),
             "--heldout-fraction".into(),
@@ -234,7 +192,7 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     rr_step(root, &rr, "training the retrofit", &args)?;
     let baseline_dir = run.join("baseline");
     let baseline_s = s(&baseline_dir);
-    if recipe.has_baseline {
+    if recipe.baseline.is_some() {
         let mut args = vec![
             "train",
             "--config",
@@ -255,7 +213,7 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     }
     let run_s = s(&run);
     let mut args = vec!["report", &train_s, "--out", &run_s];
-    if recipe.has_baseline {
+    if recipe.baseline.is_some() {
         args.extend(["--baseline", &baseline_s]);
     }
     rr_step(root, &rr, "report", &args)?;
@@ -265,4 +223,46 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
         run.join("report.md").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    #[test]
+    fn the_default_recipe_reads_through_the_typed_schema() {
+        let r = read_recipe(&workspace().join("configs/default.toml")).unwrap();
+        assert_eq!(r.config.name, "default");
+        assert_eq!(r.packed, Path::new("runs/default/data/packed"));
+        assert_eq!(r.prepare.source, "smollm2");
+        assert_eq!(r.prepare.layers, [2, 4, 2]);
+        assert_eq!(r.prepare.format, "gsm8k");
+        assert_eq!(r.config.mean_recurrence(), Some(4));
+        assert!(r.config.baseline.is_some());
+    }
+
+    #[test]
+    fn a_recipe_without_prepare_or_with_unknown_keys_is_refused() {
+        let text = std::fs::read_to_string(workspace().join("configs/default.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        let start = text.find("\n[prepare]").unwrap();
+        let end = text.find("\n[model]").unwrap();
+        std::fs::write(&p, format!("{}{}", &text[..start], &text[end..])).unwrap();
+        let err = format!("{:#}", read_recipe(&p).err().unwrap());
+        assert!(
+            err.contains("r.toml") && err.contains("no [prepare]"),
+            "{err}"
+        );
+        std::fs::write(&p, text.replace("\n[prepare]", "\n[prepare]\nlayer = 3")).unwrap();
+        let err = format!("{:#}", read_recipe(&p).err().unwrap());
+        assert!(
+            err.contains("r.toml") && err.contains("unknown field `layer`"),
+            "{err}"
+        );
+    }
 }

@@ -547,7 +547,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", path.display());
         }
         Command::Train(args) => {
-            let mut cfg = rr_train::TrainConfig::from_path(&args.config)?;
+            let mut cfg = rr_recipe::TrainConfig::from_path(&args.config)?;
             if args.baseline {
                 cfg = cfg
                     .baseline_variant()

@@ -412,3 +412,75 @@ fn bf16_compute_matches_fp32_to_bf16_tolerance() {
         assert!(x != y, "step {step}: identical losses; bf16 was not used");
     }
 }
+
+/// Every checkpoint's config.json records what the model was trained for (the curriculum's
+/// target mean recurrence and backprop depth) instead of the surgery's values, and `rr`
+/// defaults to it.
+#[test]
+fn checkpoints_record_the_trained_recurrence() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 2);
+    let d = tmp.path();
+    let config = |dir: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(dir).join("config.json")).unwrap())
+            .unwrap()
+    };
+    let pair = |c: &serde_json::Value| {
+        (
+            c["mean_recurrence"].as_u64().unwrap(),
+            c["mean_backprop_depth"].as_u64().unwrap(),
+        )
+    };
+    // The surgery's defaults, which the recipe (mean 3, backprop depth 2) differs from.
+    assert_eq!(pair(&config("rec")), (4, 8));
+    let text = recipe(2, "packed", "rec")
+        .replace("checkpoint_every = 10", "checkpoint_every = 1")
+        .replace("[lr]", "[curriculum.sampler]\nbackprop_depth = 2\n\n[lr]");
+    std::fs::write(d.join("trained.toml"), text).unwrap();
+    rr_ok(
+        d,
+        &["train", "--config", "trained.toml", "--run-dir", "run"],
+    );
+    for step in ["step-000001", "step-000002"] {
+        let c = config(&format!("run/checkpoints/{step}"));
+        assert_eq!(pair(&c), (3, 2), "{step}");
+        // Nothing else of the config changed.
+        let mut rest = c.clone();
+        let mut surgery = config("rec");
+        for v in [&mut rest, &mut surgery] {
+            let o = v.as_object_mut().unwrap();
+            o.remove("mean_recurrence");
+            o.remove("mean_backprop_depth");
+        }
+        assert_eq!(rest, surgery, "{step}");
+    }
+    // The default test recurrence of the checkpoint is the trained one.
+    let ckpt = "run/checkpoints/step-000002";
+    let text_file = d.join("stories.txt");
+    let nll = |extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "score",
+            "--model",
+            ckpt,
+            "--text-file",
+            text_file.to_str().unwrap(),
+            "--max-tokens",
+            "48",
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = rr(d, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    let default = nll(&[]);
+    assert_eq!(default.to_bits(), nll(&["--recurrence", "3"]).to_bits());
+    assert_ne!(default.to_bits(), nll(&["--recurrence", "4"]).to_bits());
+}

@@ -3,7 +3,8 @@
 //! per-parameter ops it replaced.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rr_train::optim::{AdamW, AdamWConfig};
+use rr_recipe::AdamWConfig;
+use rr_train::optim::AdamW;
 use tch::{Device, Kind, Tensor};
 
 fn params() -> Vec<(String, Tensor)> {

@@ -17,10 +17,11 @@ use anyhow::{bail, ensure, Context, Result};
 use rr_model::config::LlamaConfig;
 use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
 use rr_model::{decode, AnyModel, DecodeOptions, Depth, TestTime};
+use rr_recipe::AdamWConfig;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::optim::{clip_grad_norm_lazy, AdamW, AdamWConfig, Optimizer};
+use crate::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
 use crate::trainer::{copy_weights, micro_batch, optimizer_params};
 
 /// Dimensions of the benchmarked model (a Llama-family block in the Raven layout).

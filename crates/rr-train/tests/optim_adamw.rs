@@ -1,6 +1,7 @@
 //! AdamW against hand-computed values.
 
-use rr_train::optim::{AdamW, AdamWConfig, Optimizer, OptimizerConfig};
+use rr_recipe::AdamWConfig;
+use rr_train::optim::{AdamW, Optimizer};
 use tch::{Kind, Tensor};
 
 /// A fresh fp32 leaf parameter.
@@ -206,34 +207,6 @@ fn rejects_bad_parameters_and_config() {
         ..CFG
     };
     assert!(AdamW::new(vec![("a".into(), p)], bad).is_err());
-}
-
-#[test]
-fn config_defaults_and_serde() {
-    let d = AdamWConfig::default();
-    assert_eq!(
-        d,
-        AdamWConfig {
-            lr: 5e-5,
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 1e-4
-        }
-    );
-    let c: AdamWConfig = serde_json::from_str(r#"{"lr": 1e-4, "betas": [0.8, 0.9]}"#).unwrap();
-    assert_eq!(
-        c,
-        AdamWConfig {
-            lr: 1e-4,
-            betas: (0.8, 0.9),
-            ..d
-        }
-    );
-    assert!(serde_json::from_str::<AdamWConfig>(r#"{"lrr": 1}"#).is_err());
-    let o: OptimizerConfig = serde_json::from_str(r#"{"kind": "adamw", "eps": 1e-6}"#).unwrap();
-    assert_eq!(o, OptimizerConfig::AdamW(AdamWConfig { eps: 1e-6, ..d }));
-    let back: OptimizerConfig = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
-    assert_eq!(back, o);
 }
 
 /// Final parameters (f32 bits) of PyTorch 2.11.0 `torch.optim.AdamW(lr=3e-3, betas=(0.9,

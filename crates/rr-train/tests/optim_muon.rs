@@ -1,9 +1,8 @@
 //! Muon: Newton–Schulz quality, one step against a reference built from plain tch ops,
 //! Nesterov momentum, the shape factor, the parameter split and the auxiliary Adam.
 
-use rr_train::optim::{
-    muon_eligible, muon_scale, newton_schulz, AdamW, Muon, MuonConfig, Optimizer, OptimizerConfig,
-};
+use rr_recipe::MuonConfig;
+use rr_train::optim::{muon_eligible, muon_scale, newton_schulz, AdamW, Muon, Optimizer};
 use tch::{Device, Kind, Tensor};
 
 const COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
@@ -284,33 +283,4 @@ fn aux_adam_and_lr_multiplier() {
     let (w_ref, _) = reference_step(&w0, &Tensor::zeros_like(&w0), &gw, 0.5e-3, 1e-4);
     assert!(max_abs_diff(&w.detach(), &w_ref) <= 1e-7);
     assert!(max_abs_diff(&e.detach(), &e0) > 1e-6, "the embedding moved");
-}
-
-#[test]
-fn config_defaults_and_serde() {
-    let d = MuonConfig::default();
-    assert_eq!(
-        (d.lr, d.momentum, d.nesterov, d.ns_steps),
-        (1e-3, 0.95, true, 5)
-    );
-    assert_eq!(d.ns_coefficients, COEFFS);
-    assert_eq!(d.weight_decay, 1e-4);
-    assert_eq!(
-        (d.adam_lr, d.adam_betas, d.adam_eps, d.adam_weight_decay),
-        (5e-5, (0.9, 0.95), 1e-10, 1e-4)
-    );
-    // A partial config keeps the aux Adam's eps 1e-10 (not AdamW's 1e-8).
-    let c: OptimizerConfig =
-        serde_json::from_str(r#"{"kind": "muon", "lr": 0.002, "adam_lr": 1e-4}"#).unwrap();
-    assert_eq!(
-        c,
-        OptimizerConfig::Muon(MuonConfig {
-            lr: 0.002,
-            adam_lr: 1e-4,
-            ..d.clone()
-        })
-    );
-    assert_eq!(OptimizerConfig::default(), OptimizerConfig::Muon(d));
-    assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "muon", "adam": {}}"#).is_err());
-    assert!(serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd"}"#).is_err());
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use rr_model::weights::{write_safetensors, SafetensorsFiles};
-use rr_train::optim::{AdamWConfig, MuonConfig, Optimizer, OptimizerConfig};
+use rr_recipe::{AdamWConfig, MuonConfig, OptimizerConfig};
+use rr_train::optim::{self, Optimizer};
 use tch::{Device, Kind, Tensor};
 
 const SHAPES: [(&str, &[i64]); 4] = [
@@ -92,7 +93,7 @@ fn check_resume_is_bit_identical(config: OptimizerConfig, expected_state: &[&str
 
     // Uninterrupted: 6 steps.
     let straight = params_from(&init);
-    let mut opt = config.build(straight.clone_shallow()).unwrap();
+    let mut opt = optim::build(&config, straight.clone_shallow()).unwrap();
     run_steps(opt.as_mut(), &straight, &targets, 0..6);
     let straight_state = opt.state_tensors();
 
@@ -103,13 +104,13 @@ fn check_resume_is_bit_identical(config: OptimizerConfig, expected_state: &[&str
     );
     {
         let first = params_from(&init);
-        let mut opt = config.build(first.clone_shallow()).unwrap();
+        let mut opt = optim::build(&config, first.clone_shallow()).unwrap();
         run_steps(opt.as_mut(), &first, &targets, 0..3);
         save_params(&first, &model_path);
         write_safetensors(&opt.state_tensors(), &opt_path).unwrap();
     }
     let resumed = load_params(&model_path);
-    let mut opt = config.build(resumed.clone_shallow()).unwrap();
+    let mut opt = optim::build(&config, resumed.clone_shallow()).unwrap();
     opt.load_state(&open(&opt_path)).unwrap();
     run_steps(opt.as_mut(), &resumed, &targets, 3..6);
 
@@ -183,9 +184,7 @@ fn muon_resume_is_bit_identical() {
 fn trained_muon() -> (Box<dyn Optimizer>, Vec<(String, Tensor)>) {
     let (init, targets) = fixtures();
     let params = params_from(&init);
-    let mut opt = OptimizerConfig::default()
-        .build(params.clone_shallow())
-        .unwrap();
+    let mut opt = optim::build(&OptimizerConfig::default(), params.clone_shallow()).unwrap();
     run_steps(opt.as_mut(), &params, &targets, 0..2);
     let state: Vec<(String, Tensor)> = opt
         .state_tensors()
@@ -204,9 +203,7 @@ fn load_error(edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> String {
     let path = dir.path().join("optimizer.safetensors");
     write_safetensors(&state, &path).unwrap();
     let (init, _) = fixtures();
-    let mut fresh = OptimizerConfig::default()
-        .build(params_from(&init))
-        .unwrap();
+    let mut fresh = optim::build(&OptimizerConfig::default(), params_from(&init)).unwrap();
     let before: Vec<(String, Tensor)> = fresh
         .state_tensors()
         .into_iter()
@@ -279,9 +276,11 @@ fn muon_state_does_not_load_into_adamw() {
     let path = dir.path().join("optimizer.safetensors");
     write_safetensors(&state, &path).unwrap();
     let (init, _) = fixtures();
-    let mut adamw = OptimizerConfig::AdamW(AdamWConfig::default())
-        .build(params_from(&init))
-        .unwrap();
+    let mut adamw = optim::build(
+        &OptimizerConfig::AdamW(AdamWConfig::default()),
+        params_from(&init),
+    )
+    .unwrap();
     let err = format!("{:#}", adamw.load_state(&open(&path)).unwrap_err());
     assert!(err.contains("adam.m.transformer.adapter.weight"), "{err}");
 }

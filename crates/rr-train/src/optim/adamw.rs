@@ -26,59 +26,13 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rr_model::weights::SafetensorsFiles;
-use serde::{Deserialize, Serialize};
+use rr_recipe::AdamWConfig;
 use tch::{Kind, Tensor};
 
 use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
 use super::Optimizer;
-
-/// AdamW hyperparameters. Defaults are the spec's AdamW ablation recipe:
-/// lr 5e-5, betas (0.9, 0.95), eps 1e-8, weight decay 1e-4.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdamWConfig {
-    /// Peak learning rate; [`Optimizer::step`] multiplies it by the schedule's multiplier.
-    pub lr: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    /// Decoupled weight decay: `p *= 1 - lr·weight_decay` before the Adam step.
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self {
-            lr: 5e-5,
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 1e-4,
-        }
-    }
-}
-
-impl AdamWConfig {
-    pub fn validate(&self) -> Result<()> {
-        let (b1, b2) = self.betas;
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            bail!("adamw: lr must be finite and >= 0, got {}", self.lr);
-        }
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
-            bail!("adamw: betas must lie in [0, 1), got ({b1}, {b2})");
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            bail!("adamw: eps must be finite and > 0, got {}", self.eps);
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!(
-                "adamw: weight_decay must be finite and >= 0, got {}",
-                self.weight_decay
-            );
-        }
-        Ok(())
-    }
-}
 
 struct AdamParam {
     name: String,

@@ -51,12 +51,12 @@ mod state;
 
 use anyhow::Result;
 use rr_model::weights::SafetensorsFiles;
-use serde::{Deserialize, Serialize};
+use rr_recipe::OptimizerConfig;
 use tch::Tensor;
 
-pub use adamw::{AdamW, AdamWConfig};
+pub use adamw::AdamW;
 pub use clip::{clip_grad_norm, clip_grad_norm_lazy, grads_are_finite};
-pub use muon::{muon_eligible, muon_scale, newton_schulz, Muon, MuonConfig};
+pub use muon::{muon_eligible, muon_scale, newton_schulz, Muon};
 
 /// What the trainer needs from an optimizer: step, zero the gradients, save and restore.
 pub trait Optimizer {
@@ -81,35 +81,19 @@ pub trait Optimizer {
     fn param_names(&self) -> Vec<String>;
 }
 
-/// Choice of optimizer, as written in a training config:
-/// `{"kind": "muon", "lr": 0.001, ...}` or `{"kind": "adamw", "lr": 5e-5, ...}`.
-/// Omitted fields take the spec's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum OptimizerConfig {
-    #[serde(rename = "adamw")]
-    AdamW(AdamWConfig),
-    Muon(MuonConfig),
+/// Builds the optimizer `config` describes over `params` (`(checkpoint name, fp32 tensor)`
+/// pairs).
+pub fn build(
+    config: &OptimizerConfig,
+    params: Vec<(String, Tensor)>,
+) -> Result<Box<dyn Optimizer>> {
+    Ok(match config {
+        OptimizerConfig::AdamW(c) => Box::new(AdamW::new(params, *c)?),
+        OptimizerConfig::Muon(c) => Box::new(Muon::new(params, c.clone())?),
+    })
 }
 
-impl Default for OptimizerConfig {
-    /// Muon with the spec's constants (the released models' recipe).
-    fn default() -> Self {
-        OptimizerConfig::Muon(MuonConfig::default())
-    }
-}
-
-impl OptimizerConfig {
-    /// Builds the optimizer over `params` (`(checkpoint name, fp32 tensor)` pairs).
-    pub fn build(&self, params: Vec<(String, Tensor)>) -> Result<Box<dyn Optimizer>> {
-        Ok(match self {
-            OptimizerConfig::AdamW(c) => Box::new(AdamW::new(params, *c)?),
-            OptimizerConfig::Muon(c) => Box::new(Muon::new(params, c.clone())?),
-        })
-    }
-
-    /// Builds the optimizer over the trainable variables of `vs`.
-    pub fn build_for(&self, vs: &tch::nn::VarStore) -> Result<Box<dyn Optimizer>> {
-        self.build(state::trainable_variables(vs))
-    }
+/// Builds the optimizer `config` describes over the trainable variables of `vs`.
+pub fn build_for(config: &OptimizerConfig, vs: &tch::nn::VarStore) -> Result<Box<dyn Optimizer>> {
+    build(config, state::trainable_variables(vs))
 }

@@ -27,12 +27,12 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rr_model::weights::SafetensorsFiles;
-use serde::{Deserialize, Serialize};
+use rr_recipe::MuonConfig;
 use tch::{Kind, Tensor};
 
-use super::adamw::{AdamW, AdamWConfig};
+use super::adamw::AdamW;
 use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
 use super::Optimizer;
 
@@ -94,83 +94,6 @@ pub fn newton_schulz(
         x = x.transpose(0, 1);
     }
     x
-}
-
-/// Muon hyperparameters, defaulting to the spec's constants. The auxiliary Adam's settings
-/// are flat `adam_*` fields (not a nested AdamW config) so that a partial JSON config can
-/// never pick up AdamW's different default `eps`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MuonConfig {
-    /// Peak Muon learning rate (1e-3).
-    pub lr: f64,
-    /// Momentum μ (0.95).
-    pub momentum: f64,
-    /// Nesterov momentum (true).
-    pub nesterov: bool,
-    /// Newton–Schulz iterations (5).
-    pub ns_steps: usize,
-    /// Newton–Schulz coefficients (a, b, c) = (3.4445, −4.7750, 2.0315).
-    pub ns_coefficients: (f64, f64, f64),
-    /// Decoupled weight decay of the Muon parameters (1e-4).
-    pub weight_decay: f64,
-    /// Peak learning rate of the auxiliary Adam (5e-5).
-    pub adam_lr: f64,
-    /// Betas of the auxiliary Adam ((0.9, 0.95)).
-    pub adam_betas: (f64, f64),
-    /// Eps of the auxiliary Adam (1e-10).
-    pub adam_eps: f64,
-    /// Decoupled weight decay of the auxiliary Adam (1e-4).
-    pub adam_weight_decay: f64,
-}
-
-impl Default for MuonConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            momentum: 0.95,
-            nesterov: true,
-            ns_steps: 5,
-            ns_coefficients: (3.4445, -4.7750, 2.0315),
-            weight_decay: 1e-4,
-            adam_lr: 5e-5,
-            adam_betas: (0.9, 0.95),
-            adam_eps: 1e-10,
-            adam_weight_decay: 1e-4,
-        }
-    }
-}
-
-impl MuonConfig {
-    /// The auxiliary Adam's configuration.
-    pub fn aux_adam(&self) -> AdamWConfig {
-        AdamWConfig {
-            lr: self.adam_lr,
-            betas: self.adam_betas,
-            eps: self.adam_eps,
-            weight_decay: self.adam_weight_decay,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            bail!("muon: lr must be finite and >= 0, got {}", self.lr);
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("muon: momentum must lie in [0, 1), got {}", self.momentum);
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            bail!(
-                "muon: weight_decay must be finite and >= 0, got {}",
-                self.weight_decay
-            );
-        }
-        let (a, b, c) = self.ns_coefficients;
-        if ![a, b, c].iter().all(|x| x.is_finite()) {
-            bail!("muon: ns_coefficients must be finite, got ({a}, {b}, {c})");
-        }
-        self.aux_adam().validate()
-    }
 }
 
 struct MuonParam {

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rr_model::import::hf_dir::StagingDir;
+use rr_model::recurrent::{write_config, RecurrentConfig};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::AnyModel;
+use rr_recipe::TrainedRecurrence;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PhasesState;
@@ -86,12 +88,14 @@ pub fn save(
     optimizer: &dyn Optimizer,
     state: &TrainerState,
     keep: usize,
+    trained: Option<TrainedRecurrence>,
 ) -> Result<PathBuf> {
     let path = run_dir
         .join(CHECKPOINTS)
         .join(format!("step-{:06}", state.step));
     let staging = StagingDir::create(&path)?;
     model.save_weights_and_config(staging.path())?;
+    record_trained_recurrence(staging.path(), model, trained)?;
     rr_model::weights::write_safetensors(
         &optimizer.state_tensors(),
         &staging.path().join("optimizer.safetensors"),
@@ -116,4 +120,21 @@ pub fn save(
         }
     }
     Ok(path)
+}
+
+/// Records in a recurrent checkpoint's `config.json` what the model was trained for: the
+/// curriculum's target mean recurrence and backprop depth, in place of the surgery's values,
+/// so that `rr generate` and `rr score` default to the recurrence it was trained at.
+fn record_trained_recurrence(
+    dir: &Path,
+    model: &AnyModel,
+    trained: Option<TrainedRecurrence>,
+) -> Result<()> {
+    let (AnyModel::Recurrent(_), Some(trained)) = (model, trained) else {
+        return Ok(());
+    };
+    let mut config = RecurrentConfig::from_path(dir)?;
+    config.mean_recurrence = trained.mean_recurrence;
+    config.mean_backprop_depth = trained.mean_backprop_depth;
+    write_config(&config, dir)
 }

@@ -25,10 +25,10 @@ use rr_curriculum::Curriculum;
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::parse_device;
 use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
+use rr_recipe::{OptimizerConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TrainConfig;
 use crate::data::{Loader, Mixture, PackedSet, Phases, Split};
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
@@ -184,7 +184,7 @@ impl Trainer {
         };
         let precision = Precision::load(&init_dir, device, compute_kind)?;
         let mut phases = build_phases(&cfg, &sets)?;
-        let mut optimizer = cfg.optimizer.build_for(model.vs())?;
+        let mut optimizer = crate::optim::build_for(&cfg.optimizer, model.vs())?;
         let fresh = TrainerState {
             step: 0,
             micro_batch: 0,
@@ -371,6 +371,7 @@ impl Trainer {
                 self.optimizer.as_ref(),
                 &self.state,
                 self.cfg.training.keep_last,
+                self.cfg.trained_recurrence(),
             )?);
         }
         if step < total && self.eval_due(step) {
@@ -562,10 +563,10 @@ fn read_summary(run_dir: &Path) -> Result<TrainSummary> {
 }
 
 /// The main parameter group's peak learning rate (Muon's for Muon).
-fn peak_lr(optimizer: &crate::optim::OptimizerConfig) -> f64 {
+fn peak_lr(optimizer: &OptimizerConfig) -> f64 {
     match optimizer {
-        crate::optim::OptimizerConfig::AdamW(c) => c.lr,
-        crate::optim::OptimizerConfig::Muon(c) => c.lr,
+        OptimizerConfig::AdamW(c) => c.lr,
+        OptimizerConfig::Muon(c) => c.lr,
     }
 }
 

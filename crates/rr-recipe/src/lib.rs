@@ -1,4 +1,7 @@
-//! Training recipes: one TOML file per run, unknown keys rejected.
+//! Training recipes: one TOML file per run, unknown keys rejected. This crate is the one
+//! schema of a recipe, with its defaults and validation; the trainer (`rr-train`), the `rr`
+//! binary and `cargo xtask train` all read recipes through [`TrainConfig`]. It has no torch
+//! dependency, so xtask can use it before libtorch is installed.
 //!
 //! ```toml
 //! name = "default"
@@ -39,7 +42,9 @@ use anyhow::{bail, Context, Result};
 use rr_curriculum::{Curriculum, LrSchedule};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::OptimizerConfig;
+mod optimizer;
+
+pub use optimizer::{AdamWConfig, MuonConfig, OptimizerConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,7 +185,9 @@ pub struct TrainingSection {
     pub eval_rows: usize,
 }
 
-/// Inputs that `cargo xtask train` prepares before training.
+/// Inputs that `cargo xtask train` prepares before training. The surgery's mean recurrence is
+/// not given here: it is `[curriculum.mean] target` ([`TrainConfig::mean_recurrence`]), the one
+/// place a recipe states it, so a recipe with `[prepare]` needs a `[curriculum]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareSection {
@@ -190,17 +197,19 @@ pub struct PrepareSection {
     pub layers: [usize; 3],
     #[serde(default = "default_adapter")]
     pub adapter: String,
-    pub mean_recurrence: usize,
     /// Synthetic multi-step arithmetic problems to generate (0 = none).
     #[serde(default)]
     pub synth_problems: usize,
     #[serde(default = "default_synth_steps")]
     pub synth_max_steps: usize,
-    /// Extra files to pack, and their format (text, jsonl, gsm8k, math).
+    /// Extra files to pack; `${RR_SHARED_DATA}` in a path is replaced by that variable
+    /// (default `../shared/data`).
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
-    #[serde(default)]
-    pub format: Option<String>,
+    /// Format of the files packed (`rr data pack --format`): text, jsonl, gsm8k (the default;
+    /// also the synthetic problems' format) or math.
+    #[serde(default = "default_format")]
+    pub format: String,
     pub seq_len: usize,
 }
 
@@ -209,6 +218,9 @@ fn default_adapter() -> String {
 }
 fn default_synth_steps() -> usize {
     4
+}
+fn default_format() -> String {
+    "gsm8k".into()
 }
 
 /// The static baseline: the unmodified source model trained on the same data and schedule
@@ -224,12 +236,30 @@ pub struct BaselineSection {
     pub optimizer: Option<OptimizerConfig>,
 }
 
+/// The recurrence a recipe trains a recurrent model for, as the model's `config.json` records
+/// it (the Raven keys of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainedRecurrence {
+    /// The curriculum's target mean recurrence (`[curriculum.mean] target`).
+    pub mean_recurrence: usize,
+    /// The backprop depth, the most iterations run with gradient (the sampler caps `k` at
+    /// it): `[curriculum.sampler] backprop_depth`, or with a `[curriculum.backprop_ramp]` its
+    /// depth at the last optimizer step.
+    pub mean_backprop_depth: usize,
+}
+
 impl TrainConfig {
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read config", path.display()))?;
         let cfg: Self = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("{}: {}", path.display(), e.to_string().replace('\n', " "))
+            let mut msg = e.to_string().replace('\n', " ");
+            if msg.contains("unknown field `mean_recurrence`") {
+                msg.push_str(
+                    " (a recipe states the mean recurrence once, as [curriculum.mean] target)",
+                );
+            }
+            anyhow::anyhow!("{}: {msg}", path.display())
         })?;
         cfg.validate()
             .with_context(|| format!("{}", path.display()))?;
@@ -260,7 +290,17 @@ impl TrainConfig {
             c.validate()
                 .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
         }
+        if self.prepare.is_some() && self.curriculum.is_none() {
+            bail!(
+                "[prepare] builds a recurrent model, whose mean recurrence is \
+                 [curriculum.mean] target: give a [curriculum] section"
+            );
+        }
         self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
+        self.optimizer.validate().context("optimizer")?;
+        if let Some(o) = self.baseline.as_ref().and_then(|b| b.optimizer.as_ref()) {
+            o.validate().context("baseline.optimizer")?;
+        }
         let phases = self.data.phases();
         if phases.iter().any(|p| p.train.is_empty()) {
             bail!("data: give at least one training source (data.train or each phase's train)");
@@ -276,6 +316,24 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The mean recurrence of the recipe: `[curriculum.mean] target`, which the surgery writes
+    /// into the retrofit's config and the curriculum trains towards. `None` without a
+    /// curriculum.
+    pub fn mean_recurrence(&self) -> Option<usize> {
+        self.curriculum.as_ref().map(|c| c.mean.target)
+    }
+
+    /// What a recurrent model trained with this recipe is trained for, to be written into
+    /// every checkpoint's `config.json` (`None` without a curriculum).
+    pub fn trained_recurrence(&self) -> Option<TrainedRecurrence> {
+        let c = self.curriculum.as_ref()?;
+        let steps = self.training.steps;
+        Some(TrainedRecurrence {
+            mean_recurrence: c.mean.target,
+            mean_backprop_depth: c.backprop_depth_at(steps.saturating_sub(1), steps),
+        })
+    }
+
     /// The static-baseline recipe: same data, schedule and seed; the source model; AdamW
     /// unless `[baseline]` names an optimizer; no curriculum.
     pub fn baseline_variant(&self) -> Result<TrainConfig> {
@@ -289,7 +347,7 @@ impl TrainConfig {
         cfg.optimizer = b
             .optimizer
             .clone()
-            .unwrap_or(OptimizerConfig::AdamW(crate::optim::AdamWConfig::default()));
+            .unwrap_or(OptimizerConfig::AdamW(AdamWConfig::default()));
         cfg.curriculum = None;
         Ok(cfg)
     }

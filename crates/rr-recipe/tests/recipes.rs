@@ -1,0 +1,180 @@
+//! Every committed recipe parses and validates (unknown keys are rejected), and the paper's
+//! recipes carry the paper's constants (method.md §5).
+
+use std::path::Path;
+
+use rr_recipe::{OptimizerConfig, TrainConfig};
+
+fn configs() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut out = Vec::new();
+    for dir in [root.clone(), root.join("paper")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn all_recipes_parse() {
+    let all = configs();
+    assert!(all.len() >= 5, "{all:?}");
+    for p in all {
+        let cfg = TrainConfig::from_path(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        cfg.baseline_variant().unwrap();
+    }
+}
+
+#[test]
+fn paper_recipes_have_the_paper_constants() {
+    for p in configs()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/paper/"))
+    {
+        let cfg = TrainConfig::from_path(&p).unwrap();
+        let t = &cfg.training;
+        assert_eq!(t.micro_batch_size * t.grad_accum, 1024, "{}", p.display());
+        assert_eq!(t.steps, 50_000);
+        assert_eq!(cfg.seed, 74);
+        assert_eq!(t.max_grad_norm, 1.0);
+        assert_eq!(cfg.prepare.as_ref().unwrap().seq_len, 1024);
+        let OptimizerConfig::Muon(m) = &cfg.optimizer else {
+            panic!("{}: Muon expected", p.display())
+        };
+        assert_eq!(
+            (m.lr, m.momentum, m.ns_steps, m.adam_lr, m.adam_eps),
+            (1e-3, 0.95, 5, 5e-5, 1e-10)
+        );
+        assert_eq!(m.ns_coefficients, (3.4445, -4.7750, 2.0315));
+        assert_eq!(
+            cfg.lr,
+            rr_curriculum::LrSchedule::WarmupStableDecay {
+                peak: 1.0,
+                warmup_steps: 125,
+                decay_fraction: 0.6,
+                floor_ratio: 0.001,
+                decay: rr_curriculum::DecayShape::Cosine,
+            }
+        );
+        // The surgery's and the curriculum's mean recurrence, stated once.
+        assert_eq!(cfg.mean_recurrence(), Some(32), "{}", p.display());
+        let c = cfg.curriculum.unwrap();
+        assert_eq!(c.mean.shape, rr_curriculum::RampShape::OneMinusSqrt);
+        assert_eq!(c.mean.ramp_fraction, 0.75);
+        assert_eq!(c.sampler.backprop_depth, 8);
+    }
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let bad = text.replace("[training]", "[training]\nbatch = 3");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, bad).unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("unknown field `batch`") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_optimizer_values_are_rejected_when_loading() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, expected) in [
+        (
+            text.replace("kind = \"muon\"", "kind = \"muon\"\nmomentum = 1.5"),
+            "optimizer: muon: momentum",
+        ),
+        (
+            text.replace("{ kind = \"adamw\",", "{ kind = \"adamw\", eps = 0.0,"),
+            "baseline.optimizer: adamw: eps",
+        ),
+    ] {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, bad).unwrap();
+        let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+        assert!(err.contains(expected) && err.contains("bad.toml"), "{err}");
+    }
+}
+
+#[test]
+fn the_mean_recurrence_is_stated_once_as_the_curriculum_target() {
+    for p in configs() {
+        let cfg = TrainConfig::from_path(&p).unwrap();
+        let c = cfg.curriculum.unwrap();
+        assert_eq!(
+            cfg.mean_recurrence(),
+            Some(c.mean.target),
+            "{}",
+            p.display()
+        );
+        let trained = cfg.trained_recurrence().unwrap();
+        assert_eq!(trained.mean_recurrence, c.mean.target);
+        assert_eq!(trained.mean_backprop_depth, c.sampler.backprop_depth);
+    }
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("old.toml");
+    // The old second statement of it is refused, with a pointer to the one place.
+    std::fs::write(
+        &p,
+        text.replace("[prepare]\n", "[prepare]\nmean_recurrence = 4\n"),
+    )
+    .unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("old.toml")
+            && err.contains("unknown field `mean_recurrence`")
+            && err.contains("[curriculum.mean] target")
+            && !err.contains('\n'),
+        "{err}"
+    );
+    // [prepare] builds a recurrent model: it needs the curriculum that gives its recurrence.
+    let start = text.find("\n[curriculum.mean]").unwrap();
+    let end = text.find("\n[lr]").unwrap();
+    std::fs::write(&p, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("old.toml") && err.contains("[curriculum.mean] target"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_backprop_ramp_trains_for_its_final_depth() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let cfg: TrainConfig = toml::from_str(&text.replace(
+        "[lr]\n",
+        "[curriculum.sampler]\nbackprop_depth = 3\n\n\
+         [curriculum.backprop_ramp]\nstart = 1\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
+    ))
+    .unwrap();
+    cfg.validate().unwrap();
+    let t = cfg.trained_recurrence().unwrap();
+    assert_eq!((t.mean_recurrence, t.mean_backprop_depth), (4, 6));
+    let mut cfg = cfg;
+    cfg.curriculum = None;
+    cfg.prepare = None;
+    assert_eq!(cfg.trained_recurrence(), None);
+    assert_eq!(cfg.mean_recurrence(), None);
+}
