@@ -17,10 +17,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rr_curriculum::Curriculum;
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::{parse_device, parse_dtype};
-use rr_model::import::hf_dir::StagingDir;
 use rr_model::recurrent::{is_recurrent_dir, InitialState, RecurrentModel};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::{LlamaModel, Tokenizer};
+use rr_util::fs::StagingDir;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -703,13 +703,11 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
                 .is_some_and(|s| s as usize <= step)
         })
         .collect();
-    let tmp = rr_model::weights::tmp_path(path);
     let mut body = kept.join("\n");
     if !body.is_empty() {
         body.push('\n');
     }
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rewrite", path.display()))
+    rr_util::fs::write_atomic(path, body.as_bytes())
 }
 
 fn checkpoint_dirs(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
