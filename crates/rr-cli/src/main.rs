@@ -630,10 +630,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
-    let tmp = args.out.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    rr_util::fs::write_atomic(&args.out, text.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
