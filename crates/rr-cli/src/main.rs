@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use rr_import as import;
 use rr_model::device::{parse_device, parse_dtype};
 use rr_model::generate::{generate, GenerateOptions, Sampling};
-use rr_model::{import, inspect, score, AnyModel, Tokenizer};
+use rr_model::{inspect, score, AnyModel, Tokenizer};
 
 #[derive(Parser)]
 #[command(
