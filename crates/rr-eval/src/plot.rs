@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::prelude::*;
 
 /// One named line of (x, y) points.
@@ -50,9 +50,9 @@ pub fn line_plot(
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let (y0, y1) = (y0 - pad, y1 + pad);
-    let tmp = path.with_extension("svg.tmp");
+    let mut svg = String::new();
     {
-        let root = SVGBackend::new(&tmp, (720, 440)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (720, 440)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -116,5 +116,5 @@ pub fn line_plot(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write plot", path.display()))
+    rr_util::fs::write_atomic(path, svg.as_bytes())
 }

@@ -80,10 +80,9 @@ impl RecurrenceReport {
         serde_json::from_str(text).context("malformed results JSON")
     }
 
-    /// Writes the JSON (with a trailing newline).
+    /// Writes the JSON (with a trailing newline), atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_json() + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+        rr_util::fs::write_atomic(path, (self.to_json() + "\n").as_bytes())
     }
 
     /// Markdown table: one row per (task, metric) — stderr keys fold into their metric's cell as

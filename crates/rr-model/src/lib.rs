@@ -13,7 +13,6 @@ pub mod any;
 pub mod config;
 pub mod decode;
 pub mod device;
-pub mod import;
 pub mod inspect;
 pub mod llama;
 pub mod recurrent;
@@ -24,7 +23,6 @@ pub use any::{AnyCache, AnyModel, LmOutput, TestTime};
 pub use config::{LlamaConfig, ModelType};
 pub use decode::{decode, DecodeOptions, Decoded, Generation, Sampling, StopReason};
 pub use device::parse_device;
-pub use import::hf_dir::StagingDir;
 pub use llama::{KvCache, LlamaModel};
 pub use recurrent::{
     CacheMode, Depth, ExitCriterion, InitialState, RecurrentCache, RecurrentConfig, RecurrentModel,

@@ -265,14 +265,18 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
 }
 
 /// Writes named tensors to `path` atomically (a temporary file in the same directory, then
-/// rename), so an interrupted write never leaves a half file under the final name.
+/// rename: [`rr_util::fs::write_atomic`]), so an interrupted write never leaves a half file under
+/// the final name. Each tensor is copied to host memory only while its bytes are appended, so
+/// the host holds the file's bytes plus one tensor at a time.
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    struct Owned {
+    /// A tensor read (on the CPU) only when the serialiser asks for its bytes.
+    struct Lazy<'a> {
+        tensor: &'a Tensor,
         dtype: Dtype,
         shape: Vec<usize>,
-        data: Vec<u8>,
+        len: usize,
     }
-    impl safetensors::View for &Owned {
+    impl safetensors::View for &Lazy<'_> {
         fn dtype(&self) -> Dtype {
             self.dtype
         }
@@ -280,38 +284,33 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
             &self.shape
         }
         fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            std::borrow::Cow::Borrowed(&self.data)
+            let t = self.tensor.to_device(tch::Device::Cpu).contiguous();
+            let mut data = vec![0u8; self.len];
+            t.copy_data_u8(&mut data, t.numel());
+            std::borrow::Cow::Owned(data)
         }
         fn data_len(&self) -> usize {
-            self.data.len()
+            self.len
         }
     }
-    let mut owned = Vec::with_capacity(tensors.len());
+    let mut views = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        let t = t.to_device(tch::Device::Cpu).contiguous();
         let dtype = dtype_of(t.kind()).with_context(|| format!("tensor `{name}`"))?;
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut data, numel)
-            .with_context(|| format!("tensor `{name}`: reading data"))?;
         let shape = t.size().iter().map(|&d| d as usize).collect();
-        owned.push((name.clone(), Owned { dtype, shape, data }));
+        let len = t.numel() * t.kind().elt_size_in_bytes();
+        views.push((
+            name.as_str(),
+            Lazy {
+                tensor: t,
+                dtype,
+                shape,
+                len,
+            },
+        ));
     }
-    let views: Vec<(&str, &Owned)> = owned.iter().map(|(n, o)| (n.as_str(), o)).collect();
-    let tmp = tmp_path(path);
-    safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
-}
-
-/// `dir/.name.tmp-PID`: a sibling temporary name for atomic writes.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), None)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))?;
+    rr_util::fs::write_atomic(path, &bytes)
 }
 
 /// Every variable of `vs` by its checkpoint name, sorted.

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rr_model::config::{LlamaConfig, ModelType};
-use rr_model::import::hf_dir::StagingDir;
 use rr_model::inspect::group_digits;
 use rr_model::recurrent::{write_config, RecurrentConfig};
 use rr_model::weights::{write_safetensors, SafetensorsFiles};
+use rr_util::fs::StagingDir;
 use tch::{Kind, Tensor};
 
 /// Source layer indices of each stack, in the order they run.
@@ -352,17 +352,11 @@ impl Surgery {
             );
         }
         let tensors = self.tensors()?;
-        let replacing = out.exists();
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = if replacing {
-            out.with_file_name(format!(".{name}.rr-new"))
+        let staging = if force {
+            StagingDir::replacing(out)?
         } else {
-            out.to_path_buf()
+            StagingDir::create(out)?
         };
-        let staging = StagingDir::create(&target)?;
         let mut cfg = self.target_config();
         cfg.torch_dtype = Some(rr_model::recurrent::dtype_name(tensors[0].1.kind()).to_string());
         write_config(&cfg, staging.path())?;
@@ -380,17 +374,7 @@ impl Surgery {
                     .with_context(|| format!("{}: cannot copy", src.display()))?;
             }
         }
-        staging.commit()?;
-        if replacing {
-            // The complete new checkpoint exists before the old one is moved aside.
-            let old = out.with_file_name(format!(".{name}.rr-old"));
-            std::fs::rename(out, &old)
-                .with_context(|| format!("{}: cannot move aside", out.display()))?;
-            std::fs::rename(&target, out)
-                .with_context(|| format!("{}: cannot move into place", out.display()))?;
-            std::fs::remove_dir_all(&old)
-                .with_context(|| format!("{}: cannot remove", old.display()))?;
-        }
-        Ok(())
+        // With `force`, an existing output is moved aside only now that the new one is complete.
+        staging.commit()
     }
 }

@@ -172,6 +172,36 @@ fn save_load_save_is_byte_identical() {
 }
 
 #[test]
+fn existing_output_is_replaced_only_with_force() {
+    let cfg = random_config("llama", 32, 4, 2, 3);
+    let src = common::write_hf_model_dir(&cfg).unwrap();
+    let sel = LayerSelection::paper(3, 1, 1, 1).unwrap();
+    let surgery = Surgery::new(src.path(), sel, AdapterInit::Identity, 2).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rec");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let err = format!("{:#}", surgery.write(&out, false).unwrap_err());
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
+    surgery.write(&out, true).unwrap();
+    assert!(!out.join("keep.txt").exists(), "the old output is gone");
+    RecurrentModel::load(&out, Device::Cpu, Kind::Float).unwrap();
+    // Nothing beside it: no staging or moved-aside directory.
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["rec"]);
+}
+
+#[test]
 fn default_adapter_is_seeded_uniform_and_identity_is_zero_then_eye() {
     let h = 64;
     let w = AdapterInit::Default { seed: 5 }.weight(h);

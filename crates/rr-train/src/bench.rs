@@ -659,11 +659,11 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         "rows": result.rows,
         "reference_rows": reference,
     });
-    write_atomic(
+    rr_util::fs::write_atomic(
         &dir.join("results.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    write_atomic(
+    rr_util::fs::write_atomic(
         &dir.join("results.md"),
         markdown(result, &reference).as_bytes(),
     )?;
@@ -716,12 +716,6 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         true,
     )?;
     Ok(())
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Result};
+use rr_util::seed::{self as rng, SplitMix64};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::Split;
 use super::packed::PackedSet;
-use super::rng::{self, SplitMix64};
 
 const ORDER_TAG: u64 = 0x6f72_6465_7221_2121; // "order!!!"
 const MIX_TAG: u64 = 0x6d69_7874_7572_6521; // "mixture!"

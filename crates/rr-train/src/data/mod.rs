@@ -25,7 +25,6 @@ pub mod loader;
 pub mod manifest;
 pub mod pack;
 pub mod packed;
-mod rng;
 pub mod synth;
 
 pub use loader::{Batch, Loader, LoaderState, Mixture, MixtureState, Phases, PhasesState};

@@ -49,6 +49,8 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use rr_model::Tokenizer;
+use rr_util::fs::StagingDir;
+use rr_util::seed as rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -56,7 +58,6 @@ use super::manifest::{
     Manifest, ShardInfo, SourceInfo, Split, SplitInfo, Splits, TokenDtype, TokenizerInfo,
     MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
-use super::rng;
 
 /// Default fraction of documents held out (1 %).
 pub const DEFAULT_HELDOUT_FRACTION: f64 = 0.01;
@@ -338,12 +339,12 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
 
     let row_len = opts.seq_len + 1;
     let rows_per_shard = (opts.max_shard_tokens / row_len).max(1) as u64;
-    let staging = Staging::new(&opts.out)?;
+    let staging = StagingDir::create(&opts.out)?;
     let mut writers = [
-        SplitWriter::new(Split::Train, staging.dir(), row_len, dtype, rows_per_shard),
+        SplitWriter::new(Split::Train, staging.path(), row_len, dtype, rows_per_shard),
         SplitWriter::new(
             Split::Heldout,
-            staging.dir(),
+            staging.path(),
             row_len,
             dtype,
             rows_per_shard,
@@ -427,7 +428,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
         sources,
     };
     let json = serde_json::to_string_pretty(&manifest)?;
-    write_synced(&staging.dir().join(MANIFEST_FILE), json.as_bytes())?;
+    write_synced(&staging.path().join(MANIFEST_FILE), json.as_bytes())?;
     staging.commit()?;
     Ok(PackSummary {
         out: opts.out.clone(),
@@ -526,113 +527,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all()
         .with_context(|| format!("{}: cannot sync", path.display()))?;
     Ok(())
-}
-
-/// A temporary sibling of the output, renamed into place by `commit`; removed (with any parent
-/// directories it had to create) when dropped uncommitted.
-pub(crate) struct Staging {
-    tmp: PathBuf,
-    out: PathBuf,
-    created: Vec<PathBuf>,
-    committed: bool,
-    is_dir: bool,
-}
-
-impl Staging {
-    /// A staging directory for the directory `out`.
-    pub(crate) fn new(out: &Path) -> Result<Self> {
-        Self::create(out, true)
-    }
-
-    /// A staging path (not created) for the file `out`.
-    pub(crate) fn file(out: &Path) -> Result<Self> {
-        Self::create(out, false)
-    }
-
-    fn create(out: &Path, is_dir: bool) -> Result<Self> {
-        if exists(out) {
-            bail!(
-                "{}: output already exists (refusing to overwrite)",
-                out.display()
-            );
-        }
-        let name = out
-            .file_name()
-            .ok_or_else(|| anyhow!("{}: not a valid output path", out.display()))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let mut created = Vec::new();
-        let mut p = parent.as_path();
-        while !exists(p) {
-            created.push(p.to_path_buf());
-            match p.parent() {
-                Some(q) if !q.as_os_str().is_empty() => p = q,
-                _ => break,
-            }
-        }
-        created.reverse();
-        let mut staging = Self {
-            tmp: PathBuf::new(),
-            out: out.to_path_buf(),
-            created,
-            committed: false,
-            is_dir,
-        };
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("{}: cannot create directory", parent.display()))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        staging.tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-        if is_dir {
-            fs::create_dir(&staging.tmp)
-                .with_context(|| format!("{}: cannot create directory", staging.tmp.display()))?;
-        }
-        Ok(staging)
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.tmp
-    }
-
-    pub(crate) fn commit(mut self) -> Result<()> {
-        if exists(&self.out) {
-            bail!(
-                "{}: output already exists (refusing to overwrite)",
-                self.out.display()
-            );
-        }
-        fs::rename(&self.tmp, &self.out).with_context(|| {
-            format!(
-                "{}: cannot move {} into place",
-                self.out.display(),
-                self.tmp.display()
-            )
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        if self.is_dir {
-            let _ = fs::remove_dir_all(&self.tmp);
-        } else {
-            let _ = fs::remove_file(&self.tmp);
-        }
-        for dir in self.created.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
 }
 
 /// Streams documents out of one input file, hashing its bytes on the way.

@@ -16,15 +16,11 @@
 //! Problem `i` of a seed depends only on `(seed, i)`, so `synth_math(n, k, s)` is a prefix of
 //! `synth_math(n + m, k, s)`. [`verify`] re-evaluates every step of the answer.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use rr_util::seed::{self as rng, SplitMix64};
 use serde::{Deserialize, Serialize};
-
-use super::pack::Staging;
-use super::rng::{self, SplitMix64};
 
 const SYNTH_TAG: u64 = 0x7379_6e74_686d_6174; // "synthmat"
 /// Multiplication only while the product stays at most this.
@@ -382,27 +378,25 @@ struct Record<'a> {
 /// Writes `problems` as JSONL (`{"question", "answer", "steps"}` per line, the GSM8K schema plus
 /// `steps`), atomically: a temporary sibling renamed into place; an existing `path` is refused.
 pub fn write_synth_math(path: &Path, problems: &[SynthProblem]) -> Result<()> {
-    let staging = Staging::file(path)?;
-    let tmp = staging.dir().to_path_buf();
-    let file = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let mut w = BufWriter::new(file);
-    for p in problems {
-        serde_json::to_writer(
-            &mut w,
-            &Record {
-                question: &p.question,
-                answer: &p.answer,
-                steps: p.steps,
-            },
-        )?;
-        w.write_all(b"\n")?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create directory", parent.display()))?;
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| anyhow::anyhow!("{}: write error ({})", tmp.display(), e.error()))?;
-    file.sync_all()
-        .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-    staging.commit()
+    rr_util::fs::write_new_atomic_with(path, |w| {
+        for p in problems {
+            serde_json::to_writer(
+                &mut *w,
+                &Record {
+                    question: &p.question,
+                    answer: &p.answer,
+                    steps: p.steps,
+                },
+            )
+            .map_err(std::io::Error::from)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rr_model::import::hf_dir::StagingDir;
 use rr_model::recurrent::{write_config, RecurrentConfig};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::AnyModel;
 use rr_recipe::TrainedRecurrence;
+use rr_util::fs::StagingDir;
 use serde::{Deserialize, Serialize};
 
 use crate::data::PhasesState;

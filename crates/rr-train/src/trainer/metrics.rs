@@ -129,11 +129,7 @@ impl MetricsLog {
                 body.push_str(&serde_json::to_string(line)?);
                 body.push('\n');
             }
-            let tmp = rr_model::weights::tmp_path(path);
-            std::fs::write(&tmp, body)
-                .with_context(|| format!("{}: cannot write", tmp.display()))?;
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("{}: cannot rewrite", path.display()))?;
+            rr_util::fs::write_atomic(path, body.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -1,8 +1,8 @@
 //! Unit tests of the import building blocks: ggml dequantisation on hand-built blocks with
 //! hand-computed values, and the rotary q/k row permutation.
 
-use rr_model::import::gguf::{dequantize, GgmlType};
-use rr_model::import::{halves_to_interleaved, interleaved_to_halves};
+use rr_import::gguf::{dequantize, GgmlType};
+use rr_import::{halves_to_interleaved, interleaved_to_halves};
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
-use rr_model::import::gguf::{import_gguf, GgufFile, Value};
-use rr_model::import::hf_dir::StagingDir;
-use rr_model::import::tokenizer_build::{gpt2_tokenizer, Gpt2Vocab, TokenKind};
-use rr_model::import::ImportSummary;
+use rr_import::gguf::{import_gguf, GgufFile, Value};
+use rr_import::tokenizer_build::{gpt2_tokenizer, Gpt2Vocab, TokenKind};
+use rr_import::ImportSummary;
+use rr_util::fs::StagingDir;
 use safetensors::SafeTensors;
 use serde_json::Value as Json;
 
@@ -1116,7 +1116,7 @@ fn smollm2_imported() -> Option<&'static (PathBuf, ImportSummary)> {
 
 fn fixture(name: &str) -> Json {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/import")
+        .join("tests/fixtures")
         .join(name);
     read_json(&path)
 }

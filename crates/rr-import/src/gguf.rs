@@ -5,7 +5,7 @@
 //! tensor infos, aligned data section), dequantizes the block formats that small llama.cpp files
 //! use (F32, F16, BF16, Q8_0, Q4_0, Q4_1) bit-for-bit as ggml does, renames tensors to Hugging
 //! Face names, undoes the q/k row permutation llama.cpp's converter applies, and rebuilds the
-//! tokenizer from the metadata (see [`super::tokenizer_build`]).
+//! tokenizer from the metadata (see [`crate::tokenizer_build`]).
 //!
 //! GGUF lists dimensions fastest-first: a ggml tensor with `ne = [in, out]` is stored row-major
 //! as `out` rows of `in` values, i.e. a Hugging Face weight of shape `[out, in]`; quantization
@@ -21,9 +21,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use half::{bf16, f16};
 
-use super::hf_dir::{self, LlamaHyper, StagingDir};
-use super::tokenizer_build::{self, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
-use super::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
+use rr_util::fs::StagingDir;
+
+use crate::hf_dir::{self, LlamaHyper};
+use crate::tokenizer_build::{self, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
+use crate::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;

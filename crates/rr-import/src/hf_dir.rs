@@ -1,6 +1,6 @@
 //! Writing a Hugging Face-style Llama directory: `config.json`, `generation_config.json`, a
-//! streamed `model.safetensors`, the tokenizer files — staged in a temporary sibling directory
-//! and renamed into place at the end.
+//! streamed `model.safetensors`, the tokenizer files, into a [`rr_util::fs::StagingDir`] that
+//! the importers rename into place at the end.
 //!
 //! Why a hand-rolled safetensors writer: the `safetensors` crate serialises from views that must
 //! all be in memory at once; a 7B model dequantised to f32 is 28 GB. The format is a little-endian
@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -273,106 +273,4 @@ pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// An output directory under construction: a hidden temporary sibling of the final path that is
-/// renamed into place by [`StagingDir::commit`] and removed (with any parent directories we had
-/// to create) if dropped uncommitted — so a failed import leaves nothing behind.
-pub struct StagingDir {
-    tmp: PathBuf,
-    out: PathBuf,
-    created_parents: Vec<PathBuf>,
-    committed: bool,
-}
-
-impl StagingDir {
-    /// Refuses an existing `out`; creates missing parent directories.
-    pub fn create(out: &Path) -> Result<Self> {
-        if out.exists() || out.symlink_metadata().is_ok() {
-            anyhow::bail!(
-                "output directory {} already exists; choose another --out or remove it",
-                out.display()
-            );
-        }
-        let name = out
-            .file_name()
-            .ok_or_else(|| anyhow::anyhow!("output path {} has no directory name", out.display()))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        // Remember which ancestors do not exist yet, so a failure can remove them again.
-        let mut created_parents = Vec::new();
-        let mut p = parent.as_path();
-        while !p.as_os_str().is_empty() && !p.exists() {
-            created_parents.push(p.to_path_buf());
-            match p.parent() {
-                Some(pp) => p = pp,
-                None => break,
-            }
-        }
-        fs::create_dir_all(&parent).with_context(|| {
-            format!(
-                "cannot create parent directory {} of the output",
-                parent.display()
-            )
-        })?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp = parent.join(format!(".{name}.import-tmp-{}-{stamp}", std::process::id()));
-        let staging = Self {
-            tmp,
-            out: out.to_path_buf(),
-            created_parents,
-            committed: false,
-        };
-        fs::create_dir(&staging.tmp).with_context(|| {
-            format!(
-                "cannot create temporary directory {}",
-                staging.tmp.display()
-            )
-        })?;
-        Ok(staging)
-    }
-
-    /// Where to write the files.
-    pub fn path(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Renames the finished directory to its final name.
-    pub fn commit(mut self) -> Result<()> {
-        if self.out.exists() {
-            anyhow::bail!(
-                "output directory {} appeared while importing; not replacing it",
-                self.out.display()
-            );
-        }
-        fs::rename(&self.tmp, &self.out).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.out.display()
-            )
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        let _ = fs::remove_dir_all(&self.tmp);
-        // Innermost first; remove_dir refuses non-empty directories, which is what we want.
-        for p in &self.created_parents {
-            let _ = fs::remove_dir(p);
-        }
-    }
 }

@@ -15,7 +15,7 @@
 //!   (v2 is int8-quantized and not supported.)
 //!
 //! llama2.c rotates adjacent pairs, Hugging Face the two halves of each head, so wq and wk are
-//! permuted per head ([`super::interleaved_to_halves`]). The file size must match the header
+//! permuted per head ([`crate::interleaved_to_halves`]). The file size must match the header
 //! exactly, which catches truncation and wrong-format files before anything is allocated.
 //!
 //! The tokenizer comes separately: a Hugging Face `tokenizer.json` (validated and copied), a
@@ -27,11 +27,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::hf_dir::{self, LlamaHyper, StagingDir, TensorPlan};
-use super::tokenizer_build::{
+use rr_util::fs::StagingDir;
+
+use crate::hf_dir::{self, LlamaHyper, TensorPlan};
+use crate::tokenizer_build::{
     self, BuiltTokenizer, SentencePieceModel, SpecialIds, SpmVocab, TokenKind,
 };
-use super::{interleaved_to_halves, ImportSummary};
+use crate::{interleaved_to_halves, ImportSummary};
 
 const V1_MAGIC: u32 = 0x616b_3432;
 const V1_HEADER_BYTES: u64 = 256;

