@@ -484,3 +484,144 @@ fn checkpoints_record_the_trained_recurrence() {
     assert_eq!(default.to_bits(), nll(&["--recurrence", "3"]).to_bits());
     assert_ne!(default.to_bits(), nll(&["--recurrence", "4"]).to_bits());
 }
+
+/// The run directory is protected: a run name of dots is refused, `--force` only replaces an
+/// rr run directory (never the working directory or a user's folder), a second trainer on a
+/// locked run refuses, a damaged newest checkpoint makes `--resume` fall back to the newest
+/// intact one with a warning, unfinished checkpoint directories of a killed run are cleaned,
+/// and resuming a finished run changes nothing.
+#[test]
+fn run_directories_are_locked_checked_and_never_wiped_by_mistake() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 20);
+    let d = tmp.path();
+    let cfg = std::fs::read_to_string(d.join("cfg.toml")).unwrap();
+    for bad in ["..", ".", "a/b", ""] {
+        std::fs::write(
+            d.join("bad.toml"),
+            cfg.replace("name = \"resume\"", &format!("name = \"{bad}\"")),
+        )
+        .unwrap();
+        let err = rr_err(d, &["train", "--config", "bad.toml", "--force"]);
+        assert!(err.contains("plain directory name"), "{bad:?}: {err}");
+    }
+    assert!(d.join("rec/config.json").exists() && d.join("cfg.toml").exists());
+
+    // --force on a folder that is not a run: refused, untouched.
+    std::fs::create_dir(d.join("mine")).unwrap();
+    std::fs::write(d.join("mine/notes.txt"), "precious").unwrap();
+    let err = rr_err(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "mine",
+            "--force",
+        ],
+    );
+    assert!(err.contains("not an rr run directory"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("mine/notes.txt")).unwrap(),
+        "precious"
+    );
+
+    rr_ok(d, &["train", "--config", "cfg.toml", "--run-dir", "run"]);
+    let finished = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
+    // Resuming a finished run appends nothing.
+    rr_ok(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "run",
+            "--resume",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap(),
+        finished
+    );
+
+    // A live lock (this test process) makes a second trainer refuse.
+    let lock = d.join("run/.lock");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(&lock, format!("{} {}\n", std::process::id(), host.trim())).unwrap();
+    let err = rr_err(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "run",
+            "--resume",
+        ],
+    );
+    assert!(err.contains("in use by process"), "{err}");
+    let err = rr_err(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "run",
+            "--force",
+        ],
+    );
+    assert!(err.contains("in use by process"), "{err}");
+    std::fs::remove_file(&lock).unwrap();
+
+    // Damage the newest checkpoint's optimizer state; leave an unfinished checkpoint behind.
+    let newest = d.join("run/checkpoints/step-000020/optimizer.safetensors");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let n = bytes.len();
+    bytes[n - 64..].fill(0);
+    std::fs::write(&newest, bytes).unwrap();
+    std::fs::create_dir(d.join("run/checkpoints/.step-000030.abc123.tmp")).unwrap();
+    let out = rr(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "run",
+            "--resume",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("step-000020/optimizer.safetensors: checksum mismatch")
+            && err.contains("falling back"),
+        "{err}"
+    );
+    assert!(!d.join("run/checkpoints/.step-000030.abc123.tmp").exists());
+    // It resumed from step 10 and trained to the end again: 20 step lines as before.
+    assert_eq!(losses(&d.join("run")).len(), 20);
+
+    // --force replaces a run directory (it carries the marker).
+    rr_ok(
+        d,
+        &[
+            "train",
+            "--config",
+            "cfg.toml",
+            "--run-dir",
+            "run",
+            "--force",
+        ],
+    );
+    assert_eq!(losses(&d.join("run")).len(), 20);
+    let leftovers: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".run"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -268,8 +268,13 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let t = &self.training;
-        if self.name.is_empty() || self.name.contains('/') {
-            bail!("name must be a plain, non-empty directory name");
+        let name = &self.name;
+        if name.is_empty()
+            || name.chars().all(|c| c == '.')
+            || name.contains(['/', '\\', '\0'])
+            || name.starts_with('-')
+        {
+            bail!("name `{name}` must be a plain directory name (no separators, not only dots)");
         }
         if t.steps == 0 || t.micro_batch_size == 0 || t.grad_accum == 0 {
             bail!("training.steps, micro_batch_size and grad_accum must be at least 1");

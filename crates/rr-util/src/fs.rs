@@ -132,6 +132,7 @@ impl StagingDir {
     }
 
     fn new(out: &Path, replace: bool) -> Result<Self> {
+        recover(out)?;
         let (parent, name) = split(out)?;
         let mut created_parents = Vec::new();
         let mut p = parent.as_path();
@@ -263,4 +264,168 @@ fn split(path: &Path) -> Result<(PathBuf, OsString)> {
         _ => PathBuf::from("."),
     };
     Ok((parent, name))
+}
+
+/// Finishes or rolls back what a writer of `out` that was killed left beside it: a replaced
+/// output still held aside (`.name.XXXXXX.old/name`) is put back when `out` is missing (killed
+/// between the two renames of [`StagingDir::commit`]) and removed when `out` is there (killed
+/// before the clean-up); unfinished temporaries (`.name.XXXXXX.tmp`) are removed.
+pub fn recover(out: &Path) -> Result<()> {
+    let (parent, name) = split(out)?;
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return Ok(()); // nothing there yet
+    };
+    let prefix = tmp_prefix(&name);
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let path = entry.path();
+        if rest.ends_with(".old") {
+            let held = path.join(&name);
+            if !exists(out) && exists(&held) {
+                fs::rename(&held, out).with_context(|| {
+                    format!(
+                        "{}: cannot restore it from {}",
+                        out.display(),
+                        held.display()
+                    )
+                })?;
+                eprintln!(
+                    "warning: {}: restored the previous version left aside by an interrupted replacement",
+                    out.display()
+                );
+            }
+            remove_any(&path)?;
+        } else if rest.ends_with(".tmp") {
+            remove_any(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    let result = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    result.with_context(|| {
+        format!(
+            "{}: cannot remove a leftover of an interrupted write",
+            path.display()
+        )
+    })
+}
+
+/// `path` with symlinks resolved, also when it does not exist yet: its deepest existing
+/// ancestor is resolved and the rest appended.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses an output that is, contains or lies inside one of the inputs (after resolving
+/// symlinks): writing it, or replacing it with `--force`, would destroy what it is made from.
+pub fn ensure_output_apart(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let out_real = resolve(out);
+    for input in inputs {
+        let in_real = resolve(input);
+        if out_real.starts_with(&in_real) || in_real.starts_with(&out_real) {
+            bail!(
+                "{}: the output would overwrite the input {} (choose another output)",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a directory: the file `.lock` in it, created exclusively with the
+/// owner's pid and host, removed on drop. A lock left by a process of this host that no longer
+/// exists is stale and taken over.
+pub struct DirLock {
+    path: PathBuf,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(".lock");
+        let me = format!("{} {}\n", std::process::id(), host_name());
+        for _ in 0..2 {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    file.write_all(me.as_bytes())
+                        .with_context(|| format!("{}: cannot write", path.display()))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let owner = fs::read_to_string(&path).unwrap_or_default();
+                    let mut words = owner.split_whitespace();
+                    let pid = words.next().and_then(|p| p.parse::<u32>().ok());
+                    let host = words.next().unwrap_or("");
+                    let alive = match pid {
+                        Some(pid) if host == host_name() => {
+                            Path::new(&format!("/proc/{pid}")).exists()
+                        }
+                        // Another host's process cannot be checked from here.
+                        Some(_) => true,
+                        None => false,
+                    };
+                    if alive {
+                        bail!(
+                            "{}: in use by process {} on {} (if that process is gone, remove {})",
+                            dir.display(),
+                            pid.unwrap_or(0),
+                            host,
+                            path.display()
+                        );
+                    }
+                    eprintln!(
+                        "warning: {}: taking over a stale lock ({})",
+                        dir.display(),
+                        owner.trim()
+                    );
+                    let _ = fs::remove_file(&path);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("{}: cannot create", path.display()))
+                }
+            }
+        }
+        bail!("{}: cannot take the lock", dir.display())
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

@@ -4,7 +4,10 @@
 use std::fs;
 use std::path::Path;
 
-use rr_util::fs::{write_atomic, write_atomic_with, write_new_atomic_with, StagingDir};
+use rr_util::fs::{
+    ensure_output_apart, recover, write_atomic, write_atomic_with, write_new_atomic_with, DirLock,
+    StagingDir,
+};
 
 /// The names in `dir`, sorted.
 fn entries(dir: &Path) -> Vec<String> {
@@ -234,4 +237,94 @@ fn replacing_staging_dir_swaps_only_when_complete() {
     StagingDir::replacing(&fresh).unwrap().commit().unwrap();
     assert!(fresh.is_dir());
     assert_eq!(entries(tmp.path()), ["file", "fresh", "rec"]);
+}
+
+/// A replacement killed between its two renames left the old output aside and none in place:
+/// the next writer puts it back. Killed before the clean-up: the held copy is removed.
+/// Unfinished temporaries are removed either way.
+#[test]
+fn interrupted_replacements_are_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    // Killed between the renames: `model` missing, the old one held aside.
+    let holder = dir.path().join(".model.abc123.old");
+    std::fs::create_dir_all(holder.join("model")).unwrap();
+    std::fs::write(holder.join("model").join("config.json"), "old").unwrap();
+    std::fs::create_dir(dir.path().join(".model.xyz789.tmp")).unwrap();
+    std::fs::write(dir.path().join("other.txt"), "keep").unwrap();
+    recover(&out).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        "old"
+    );
+    assert_eq!(entries(dir.path()), ["model", "other.txt"]);
+    // Killed after the new output was in place: the held copy goes.
+    std::fs::create_dir_all(holder.join("model")).unwrap();
+    recover(&out).unwrap();
+    assert_eq!(entries(dir.path()), ["model", "other.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        "old"
+    );
+    // A staging directory for the same output recovers first, so a leftover never blocks it.
+    std::fs::create_dir(dir.path().join(".model.qqq111.tmp")).unwrap();
+    let staging = StagingDir::replacing(&out).unwrap();
+    std::fs::write(staging.path().join("config.json"), "new").unwrap();
+    staging.commit().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        "new"
+    );
+    assert_eq!(entries(dir.path()), ["model", "other.txt"]);
+}
+
+#[test]
+fn outputs_inside_or_around_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    for out in [
+        model.clone(),
+        model.join("sub"),
+        dir.path().to_path_buf(),
+        link.clone(),
+        link.join("new/deeper"),
+        model.join("..").join("model"),
+    ] {
+        let e = err_text(ensure_output_apart(&out, &[&model]));
+        assert!(
+            e.contains("would overwrite the input"),
+            "{}: {e}",
+            out.display()
+        );
+    }
+    assert!(ensure_output_apart(&dir.path().join("model2"), &[&model]).is_ok());
+    assert!(ensure_output_apart(&dir.path().join("out/x"), &[&model]).is_ok());
+}
+
+#[test]
+fn a_directory_lock_is_exclusive_and_stale_locks_are_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = DirLock::acquire(dir.path()).unwrap();
+    let e = DirLock::acquire(dir.path()).err().unwrap().to_string();
+    assert!(
+        e.contains("in use by process") && e.contains(&std::process::id().to_string()),
+        "{e}"
+    );
+    drop(lock);
+    assert!(!dir.path().join(".lock").exists());
+    // A lock of a process that is gone (pid beyond the kernel's range) is stale.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(
+        dir.path().join(".lock"),
+        format!("4194305 {}\n", host.trim()),
+    )
+    .unwrap();
+    let lock = DirLock::acquire(dir.path()).unwrap();
+    assert!(std::fs::read_to_string(dir.path().join(".lock"))
+        .unwrap()
+        .starts_with(&std::process::id().to_string()));
+    drop(lock);
 }

@@ -71,12 +71,9 @@ fn hash32(x: &Tensor) -> Tensor {
     x.bitwise_xor_tensor(&shift(&x, 15))
 }
 
-/// splitmix64 of the seed, for two independent 32-bit keys.
+/// Two independent 32-bit keys from the seed (its splitmix64 hash, low and high words).
 fn keys(seed: u64) -> (i64, i64) {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    let z = rr_util::seed::splitmix64(seed);
     ((z & MASK32 as u64) as i64, (z >> 32) as i64)
 }
 

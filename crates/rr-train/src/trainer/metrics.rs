@@ -68,19 +68,21 @@ pub fn read(path: &Path) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
-/// `read`, except that a last line cut short (a process killed while writing it) is dropped.
-fn read_after_kill(path: &Path) -> Result<Vec<MetricsLine>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+/// The lines of a metrics file as written, each with its parse; a last line cut short (a
+/// process killed while writing it) is dropped.
+fn read_after_kill(path: &Path) -> Result<Vec<(String, MetricsLine)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str(line) {
-            Ok(parsed) => out.push(parsed),
+            Ok(parsed) => out.push((line.to_string(), parsed)),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1))
+                return Err(e).with_context(|| {
+                    format!("{}:{}: not a metrics line", path.display(), i + 1)
+                })
             }
         }
     }
@@ -120,14 +122,14 @@ impl MetricsLog {
     /// run may have got further than its last checkpoint).
     pub fn open(path: &Path, keep_through: usize) -> Result<Self> {
         if path.exists() {
-            let kept: Vec<MetricsLine> = read_after_kill(path)?
-                .into_iter()
-                .filter(|l| l.step() <= keep_through)
-                .collect();
+            // The kept lines stay as written (a re-serialised float may differ in its last
+            // digit).
             let mut body = String::new();
-            for line in &kept {
-                body.push_str(&serde_json::to_string(line)?);
-                body.push('\n');
+            for (text, line) in read_after_kill(path)? {
+                if line.step() <= keep_through {
+                    body.push_str(&text);
+                    body.push('\n');
+                }
             }
             rr_util::fs::write_atomic(path, body.as_bytes())?;
         }

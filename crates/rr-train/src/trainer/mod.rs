@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod precision;
+pub mod run_dir;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -34,6 +35,7 @@ use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
 use precision::Precision;
+use run_dir::RunDir;
 
 pub use checkpoint::latest_checkpoint;
 pub(crate) use precision::copy_weights;
@@ -127,7 +129,7 @@ pub struct StepOutcome {
 /// resumable state and the metrics log.
 pub struct Trainer {
     cfg: TrainConfig,
-    run_dir: PathBuf,
+    run_dir: RunDir,
     device: Device,
     model: AnyModel,
     precision: Precision,
@@ -160,7 +162,33 @@ impl Trainer {
         let mut cfg = cfg.clone();
         let device = parse_device(&cfg.training.device)?;
         let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
-        let latest = check_run_dir(opts)?;
+        if opts.resume && !opts.run_dir.exists() {
+            bail!(
+                "{}: nothing to resume (no such run)",
+                opts.run_dir.display()
+            );
+        }
+        if !opts.resume && opts.run_dir.exists() && !opts.force {
+            bail!(
+                "{}: run directory exists (use --resume to continue it or --force to start over)",
+                opts.run_dir.display()
+            );
+        }
+        let mut held = opts
+            .resume
+            .then(|| RunDir::resume(&opts.run_dir))
+            .transpose()?;
+        let latest = match &held {
+            Some(dir) => Some(
+                checkpoint::latest_intact_checkpoint(&dir.path)?.with_context(|| {
+                    format!(
+                        "{}: nothing to resume (no complete checkpoint)",
+                        dir.path.display()
+                    )
+                })?,
+            ),
+            None => None,
+        };
         let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
         if !init_dir.join("config.json").exists() {
             bail!(
@@ -209,15 +237,19 @@ impl Trainer {
                 }
             }
             None => {
-                start_run_dir(&opts.run_dir, &cfg)?;
+                let dir = RunDir::create(&opts.run_dir, opts.force)?;
+                write_recipe(&dir.path, &cfg)?;
+                held = Some(dir);
                 fresh
             }
         };
-        let metrics = MetricsLog::open(&opts.run_dir.join(METRICS), state.step)?;
+        let mut run_dir = held.expect("held or created above");
+        let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
+        run_dir.started()?;
         let tokens_per_micro = (cfg.training.micro_batch_size * heldout.seq_len()) as u64;
         let params = optimizer_params(&model);
         Ok(Self {
-            run_dir: opts.run_dir.clone(),
+            run_dir,
             device,
             model,
             precision,
@@ -242,13 +274,13 @@ impl Trainer {
     /// and the run report.
     pub fn run(mut self) -> Result<TrainSummary> {
         let total = self.cfg.training.steps;
-        let path = self.run_dir.join(METRICS);
+        let path = self.run_dir.path.join(METRICS);
         if self.state.step >= total && metrics::eval_at(&path, total)?.is_some() {
             // A finished run: resuming it changes nothing.
-            if let Ok(summary) = read_summary(&self.run_dir) {
+            if let Ok(summary) = read_summary(&self.run_dir.path) {
                 eprintln!(
                     "{}: already finished at step {total}",
-                    self.run_dir.display()
+                    self.run_dir.path.display()
                 );
                 return Ok(summary);
             }
@@ -365,7 +397,7 @@ impl Trainer {
         if step == total || (every > 0 && step.is_multiple_of(every)) {
             self.state.data = self.phases.state();
             self.last_good = Some(checkpoint::save(
-                &self.run_dir,
+                &self.run_dir.path,
                 &self.cfg.model.init,
                 &self.model,
                 self.optimizer.as_ref(),
@@ -455,40 +487,13 @@ impl Trainer {
             heldout_before: std::mem::take(&mut self.heldout_before),
             heldout_after,
         };
-        crate::report::write_run_report(&self.run_dir, &summary)?;
+        crate::report::write_run_report(&self.run_dir.path, &summary)?;
         Ok(summary)
     }
 }
 
-/// The resume and `--force` rules for the run directory; returns the checkpoint to resume.
-fn check_run_dir(opts: &TrainOptions) -> Result<Option<PathBuf>> {
-    let run_dir = &opts.run_dir;
-    if !opts.resume {
-        if run_dir.exists() && !opts.force {
-            bail!(
-                "{}: run directory exists (use --resume to continue it or --force to start over)",
-                run_dir.display()
-            );
-        }
-        return Ok(None);
-    }
-    match latest_checkpoint(run_dir)? {
-        Some(ckpt) => Ok(Some(ckpt)),
-        None => bail!(
-            "{}: nothing to resume (no complete checkpoint)",
-            run_dir.display()
-        ),
-    }
-}
-
-/// A fresh run directory with the recipe in it (an existing one is cleared under --force).
-fn start_run_dir(run_dir: &Path, cfg: &TrainConfig) -> Result<()> {
-    if run_dir.exists() {
-        std::fs::remove_dir_all(run_dir)
-            .with_context(|| format!("{}: cannot clear", run_dir.display()))?;
-    }
-    std::fs::create_dir_all(run_dir.join(checkpoint::CHECKPOINTS))
-        .with_context(|| format!("{}: cannot create run directory", run_dir.display()))?;
+/// The recipe as the run uses it, `config.toml` in the run directory.
+fn write_recipe(run_dir: &Path, cfg: &TrainConfig) -> Result<()> {
     let path = run_dir.join("config.toml");
     std::fs::write(&path, toml::to_string(cfg)?)
         .with_context(|| format!("{}: cannot write", path.display()))
