@@ -375,6 +375,9 @@ struct InspectArgs {
     json: bool,
 }
 
+/// The largest text file `rr score` and `rr eval --heldout` read (256 MiB).
+const TEXT_LIMIT: u64 = 256 << 20;
+
 fn main() -> ExitCode {
     // A panic inside libtorch bindings is a bug, but the user still gets one line.
     std::panic::set_hook(Box::new(|info| {
@@ -650,8 +653,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
 }
 
 fn run_score(args: ScoreArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.text_file)
-        .with_context(|| format!("{}: cannot read text", args.text_file.display()))?;
+    let text = rr_util::fs::read_text_limited(&args.text_file, TEXT_LIMIT)?;
     if text.trim().is_empty() {
         bail!("{}: the text is empty", args.text_file.display());
     }
@@ -861,8 +863,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             ))
         }
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("{}: cannot read", p.display()))?;
+            let text = rr_util::fs::read_text_limited(p, TEXT_LIMIT)?;
             if text.trim().is_empty() {
                 bail!("{}: the text is empty", p.display());
             }

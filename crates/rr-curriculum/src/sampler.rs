@@ -56,6 +56,11 @@ pub const SIGMA: f64 = 0.5;
 pub const DEFAULT_BACKPROP_DEPTH: usize = 8;
 /// Default cap on the total recurrence `p` of one draw (our choice; see the module docs).
 pub const DEFAULT_CAP: usize = 256;
+/// The largest cap a recipe may set: beyond it one training step would run for hours.
+pub const MAX_CAP: usize = 1024;
+/// The largest backprop depth a recipe may set: activation memory grows with it (the paper
+/// and the default use 8).
+pub const MAX_BACKPROP_DEPTH: usize = 64;
 
 /// Outcome of one draw: run `no_grad` iterations without gradient, then `with_grad` with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,6 +112,15 @@ impl RecurrenceSampler {
         }
         if self.cap == 0 {
             return Err(ConfigError::new("sampler.cap", "must be at least 1"));
+        }
+        if self.backprop_depth > MAX_BACKPROP_DEPTH {
+            return Err(ConfigError::new(
+                "sampler.backprop_depth",
+                "must be at most 64 (the default is 8)",
+            ));
+        }
+        if self.cap > MAX_CAP {
+            return Err(ConfigError::new("sampler.cap", "must be at most 1024"));
         }
         Ok(())
     }

@@ -45,6 +45,13 @@ pub fn parse_recurrences(text: &str) -> Result<Vec<usize>> {
         if r < 1 {
             bail!("recurrence {r} is invalid: test recurrences must be at least 1");
         }
+        let max = rr_model::recurrent::MAX_RECURRENCE;
+        if r as usize > max {
+            bail!("recurrence {r} is beyond the supported {max}");
+        }
+        if out.len() >= 64 {
+            bail!("more than 64 test recurrences");
+        }
         out.push(r as usize);
     }
     if out.is_empty() {

@@ -64,6 +64,7 @@ pub fn score_text(model: &AnyModel, ids: &[i64], window: usize, tt: TestTime) ->
             start = done - 1;
         }
     }
+    ensure_finite(total)?;
     let mean = total / scored as f64;
     Ok(Score {
         tokens: scored,
@@ -110,5 +111,18 @@ pub fn rows_nll(
         total += loss.double_value(&[]);
         count += labels.len();
     }
+    ensure_finite(total)?;
     Ok((total, count))
+}
+
+/// A NaN or infinite negative log-likelihood is an error, not a result: the weights hold
+/// non-finite values (`rr inspect` names them) or the logits overflow.
+fn ensure_finite(total: f64) -> Result<()> {
+    if !total.is_finite() {
+        bail!(
+            "the negative log-likelihood is not finite ({total}): the model gives non-finite \
+             logits (rr inspect lists non-finite weights)"
+        );
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@
 //! state per token position from the evaluation seed, so an item scores the same whatever
 //! batch it sits in and whatever the order of the items.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rr_model::{decode, AnyModel, DecodeOptions, Sampling, TestTime, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -140,9 +140,23 @@ pub fn greedy_until_batch(
             .take(batch_size.max(1))
             .take_while(|(_, s)| s == stop)
             .count();
+        // As lm-evaluation-harness: a prompt keeps its last (context − new tokens) tokens.
+        let keep = model
+            .max_context()
+            .checked_sub(max_new_tokens)
+            .filter(|&k| k > 0);
+        let keep = keep.with_context(|| {
+            format!(
+                "--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of {}",
+                model.max_context()
+            )
+        })?;
         let ids = prompts[start..start + len]
             .iter()
-            .map(|(p, _)| tokenizer.encode(p, true))
+            .map(|(p, _)| {
+                let ids = tokenizer.encode(p, true)?;
+                Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+            })
             .collect::<Result<Vec<_>>>()?;
         let opts = DecodeOptions {
             max_new_tokens,

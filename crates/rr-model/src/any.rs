@@ -79,6 +79,10 @@ impl AnyModel {
     pub fn recurrence(&self, requested: Option<usize>) -> Result<usize> {
         match (self, requested) {
             (AnyModel::Recurrent(_), Some(0)) => bail!("--recurrence must be at least 1"),
+            (AnyModel::Recurrent(_), Some(r)) if r > crate::recurrent::MAX_RECURRENCE => bail!(
+                "--recurrence {r} is beyond the supported {}",
+                crate::recurrent::MAX_RECURRENCE
+            ),
             (AnyModel::Recurrent(_), Some(r)) => Ok(r),
             (AnyModel::Recurrent(m), None) => Ok(m.config.mean_recurrence),
             (AnyModel::Static(_), Some(_)) => {

@@ -162,6 +162,23 @@ impl LlamaConfig {
             if value == 0 {
                 bail!("invalid model config: `{name}` must be positive");
             }
+            // Checked before anything is allocated from these sizes.
+            let limit = if name == "num_hidden_layers" {
+                MAX_LAYERS
+            } else {
+                MAX_DIM
+            };
+            if value > limit {
+                bail!("invalid model config: `{name}` {value} is beyond the supported {limit}");
+            }
+        }
+        for (name, value) in [
+            ("head_dim", self.head_dim.unwrap_or(0)),
+            ("num_key_value_heads", self.num_key_value_heads.unwrap_or(0)),
+        ] {
+            if value > MAX_DIM {
+                bail!("invalid model config: `{name}` {value} is beyond the supported {MAX_DIM}");
+            }
         }
         if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
@@ -232,6 +249,14 @@ impl LlamaConfig {
     }
 
     /// Parameters of one transformer block (attention, MLP and norms).
+    /// Parameters the config implies (blocks, embeddings, final norm, an untied head), in
+    /// u128 so that no config can overflow it; compared with the files before allocating.
+    pub fn parameter_elements(&self) -> u128 {
+        let (h, v) = (self.hidden_size as u128, self.vocab_size as u128);
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        self.num_hidden_layers as u128 * self.params_per_layer() as u128 + heads * v * h + h
+    }
+
     pub fn params_per_layer(&self) -> usize {
         let h = self.hidden_size;
         let d = self.head_dim();
@@ -253,6 +278,11 @@ impl LlamaConfig {
             .unwrap_or_default()
     }
 }
+
+/// The largest size of any one dimension in a config (vocabulary, width, context, heads).
+pub const MAX_DIM: usize = 1 << 24;
+/// The most layers a config may have.
+pub const MAX_LAYERS: usize = 1 << 12;
 
 /// True for zero, negatives and NaN: what a "must be positive" check rejects.
 fn not_positive(x: f64) -> bool {

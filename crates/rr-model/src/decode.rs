@@ -234,9 +234,16 @@ fn validate(
     opts: &DecodeOptions,
 ) -> Result<()> {
     ensure!(!prompts.is_empty(), "no prompts to generate from");
+    let context = model.max_context();
     for p in prompts {
         ensure!(!p.is_empty(), "cannot generate from an empty prompt");
         model.check_tokens(p)?;
+        ensure!(
+            p.len().saturating_add(opts.max_new_tokens) <= context,
+            "a prompt of {} tokens and {} new tokens do not fit the model's context of {context}",
+            p.len(),
+            opts.max_new_tokens
+        );
     }
     opts.sampling.validate()?;
     if !opts.stop_strings.is_empty() && tokenizer.is_none() {

@@ -26,6 +26,8 @@ pub struct Inspection {
     /// Tensor count per stored dtype.
     pub dtypes: BTreeMap<String, usize>,
     pub files: String,
+    /// Tensors holding NaN or infinite values.
+    pub non_finite: Vec<String>,
     pub tokenizer: Option<TokenizerSummary>,
 }
 
@@ -84,12 +86,17 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     let mut parameters = BTreeMap::new();
     let mut dtypes = BTreeMap::new();
     let mut total = 0;
+    let mut non_finite = Vec::new();
     for name in files.names() {
         let info = files.info(name)?;
         let numel: usize = info.shape.iter().product();
         *parameters.entry(stack_of(name).to_string()).or_insert(0) += numel;
         *dtypes.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
         total += numel;
+        let tensor = files.tensor(name)?;
+        if tensor.is_floating_point() && !bool::try_from(tensor.isfinite().all())? {
+            non_finite.push(name.to_string());
+        }
     }
     let tokenizer = if dir.join("tokenizer.json").exists() {
         let tok = Tokenizer::from_path(dir)?;
@@ -110,6 +117,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         total_parameters: total,
         dtypes,
         files: files.describe(),
+        non_finite,
         tokenizer,
     })
 }
@@ -165,6 +173,13 @@ impl fmt::Display for Inspection {
             .map(|(d, n)| format!("{d} ×{n}"))
             .collect();
         writeln!(f, "dtypes         {}", dtypes.join(", "))?;
+        if !self.non_finite.is_empty() {
+            writeln!(
+                f,
+                "NON-FINITE     NaN or infinite values in: {}",
+                self.non_finite.join(", ")
+            )?;
+        }
         writeln!(f, "parameters")?;
         for (stack, n) in &self.parameters {
             writeln!(f, "  {stack:<13}{:>15}", group_digits(*n))?;

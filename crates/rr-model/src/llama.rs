@@ -580,6 +580,7 @@ impl LlamaModel {
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
         let config = LlamaConfig::from_path(dir)?;
         let files = SafetensorsFiles::open_dir(dir)?;
+        files.check_fits(config.parameter_elements(), &dir.join("config.json"))?;
         let model = Self::new(crate::weights::var_store(device, dtype), config);
         let tied = model.config.tie_word_embeddings;
         let described = format!(

@@ -57,6 +57,12 @@ impl SafetensorsFiles {
             .with_context(|| format!("{}: cannot read", index_path.display()))?;
         let index: Index = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid shard index", index_path.display()))?;
+        if index.weight_map.is_empty() {
+            bail!(
+                "{}: the shard index lists no tensors (empty weight_map)",
+                index_path.display()
+            );
+        }
         let mut shard_names: Vec<&String> = index.weight_map.values().collect();
         shard_names.sort();
         shard_names.dedup();
@@ -184,6 +190,34 @@ impl SafetensorsFiles {
     /// Copies every variable of `vs` from the file tensor of the same name (through `rename`,
     /// which maps a variable name to a file name), converting dtype and device. Every
     /// variable must be present with exactly the variable's shape.
+    /// Elements of every tensor in the files (from the headers).
+    pub fn elements(&self) -> Result<u128> {
+        let mut total = 0u128;
+        for name in self.names() {
+            total += self
+                .info(name)?
+                .shape
+                .iter()
+                .map(|&d| d as u128)
+                .product::<u128>();
+        }
+        Ok(total)
+    }
+
+    /// Refuses, before anything is allocated, a config that implies more parameters than the
+    /// files hold: the two do not belong together (a vocabulary or width typed wrong).
+    pub fn check_fits(&self, config_elements: u128, config: &Path) -> Result<()> {
+        let held = self.elements()?;
+        if config_elements > held {
+            bail!(
+                "{}: implies {config_elements} parameters, but {} holds only {held}",
+                config.display(),
+                self.describe()
+            );
+        }
+        Ok(())
+    }
+
     /// Loads a model checkpoint into `vs`, whose variables the model's config created: every
     /// tensor in the files must have a variable (else the files and config.json disagree, and
     /// the error names the file and `described`, the config's shape), except those that
@@ -229,6 +263,16 @@ impl SafetensorsFiles {
             }
             let kind = kind_of(view.dtype())
                 .with_context(|| format!("{}: tensor `{file_name}`", path.display()))?;
+            if !matches!(
+                kind,
+                Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+            ) {
+                bail!(
+                    "{}: tensor `{file_name}` is {:?}; model weights must be floating point",
+                    path.display(),
+                    view.dtype()
+                );
+            }
             let shape: Vec<i64> = expected.iter().map(|&d| d as i64).collect();
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .with_context(|| format!("{}: tensor `{file_name}`", path.display()))?;

@@ -291,6 +291,16 @@ impl TrainConfig {
         if t.eval_recurrences.contains(&0) {
             bail!("training.eval_recurrences must be at least 1");
         }
+        if let Some(r) = t
+            .eval_recurrences
+            .iter()
+            .find(|&&r| r > rr_curriculum::sampler::MAX_CAP)
+        {
+            bail!(
+                "training.eval_recurrences: {r} is beyond the supported {}",
+                rr_curriculum::sampler::MAX_CAP
+            );
+        }
         if let Some(c) = &self.curriculum {
             c.validate()
                 .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;

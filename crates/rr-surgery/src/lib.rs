@@ -31,11 +31,12 @@ impl LayerSelection {
         if b == 0 {
             bail!("the core must have at least one layer (got {p},{b},{c})");
         }
-        if p + b + c > num_layers {
-            bail!(
-                "--layers {p},{b},{c} needs {} layers, but the source has {num_layers}",
-                p + b + c
-            );
+        match p.checked_add(b).and_then(|n| n.checked_add(c)) {
+            Some(n) if n <= num_layers => {}
+            Some(n) => {
+                bail!("--layers {p},{b},{c} needs {n} layers, but the source has {num_layers}")
+            }
+            None => bail!("--layers {p},{b},{c} needs more layers than any model has"),
         }
         let coda_start = num_layers - c;
         Ok(Self {
@@ -98,6 +99,10 @@ impl LayerSelection {
     }
 }
 
+/// The most layer indices a selection may list (repeats in the core included): far more than
+/// any model has, and a bound on what a range like `1-4000000000` may expand to.
+pub const MAX_INDICES: usize = 1 << 16;
+
 /// Parses `0-3,6,8-9` (inclusive ranges) into indices; an empty string is an empty list.
 pub fn parse_indices(spec: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
@@ -113,9 +118,15 @@ pub fn parse_indices(spec: &str) -> Result<Vec<usize>> {
                 if a > b {
                     bail!("range `{part}` runs backwards");
                 }
+                if b - a >= MAX_INDICES - out.len() {
+                    bail!("`{spec}` lists more than {MAX_INDICES} layers");
+                }
                 out.extend(a..=b);
             }
             None => out.push(parse(part)?),
+        }
+        if out.len() > MAX_INDICES {
+            bail!("`{spec}` lists more than {MAX_INDICES} layers");
         }
     }
     Ok(out)
@@ -345,6 +356,7 @@ impl Surgery {
     /// place; an existing `out` is replaced only with `force`, and only once the new one is
     /// complete.
     pub fn write(&self, out: &Path, force: bool) -> Result<()> {
+        rr_util::fs::ensure_output_apart(out, &[&self.source_dir])?;
         if out.exists() && !force {
             bail!(
                 "{}: output already exists (use --force to replace it)",

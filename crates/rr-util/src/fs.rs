@@ -429,3 +429,22 @@ fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
 }
+
+/// Reads a UTF-8 text file of at most `limit` bytes; a larger one (or an endless one such
+/// as `/dev/zero`) is refused after reading `limit + 1` bytes, never read into memory whole.
+pub fn read_text_limited(path: &Path, limit: u64) -> Result<String> {
+    use std::io::Read;
+    let file = fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!(
+            "{}: larger than {} MiB; give a smaller file",
+            path.display(),
+            limit >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", path.display()))
+}

@@ -328,3 +328,14 @@ fn a_directory_lock_is_exclusive_and_stale_locks_are_taken_over() {
         .starts_with(&std::process::id().to_string()));
     drop(lock);
 }
+
+#[test]
+fn text_reads_are_bounded() {
+    let e = err_text(rr_util::fs::read_text_limited(Path::new("/dev/zero"), 1 << 20).map(|_| ()));
+    assert!(e.contains("/dev/zero: larger than 1 MiB"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.txt");
+    fs::write(&p, "héllo").unwrap();
+    assert_eq!(rr_util::fs::read_text_limited(&p, 6).unwrap(), "héllo");
+    assert!(rr_util::fs::read_text_limited(&p, 5).is_err());
+}

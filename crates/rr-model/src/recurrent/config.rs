@@ -194,6 +194,24 @@ impl RecurrentConfig {
                 self.model_type
             );
         }
+        for (name, n) in [
+            ("n_layers_in_prelude", self.n_layers_in_prelude),
+            (
+                "n_layers_in_recurrent_block",
+                self.n_layers_in_recurrent_block,
+            ),
+            ("n_layers_in_coda", self.n_layers_in_coda),
+            ("padded_vocab_size", self.padded_vocab_size()),
+        ] {
+            let limit = if name == "padded_vocab_size" {
+                crate::config::MAX_DIM
+            } else {
+                crate::config::MAX_LAYERS
+            };
+            if n > limit {
+                bail!("`{name}` {n} is beyond the supported {limit}");
+            }
+        }
         if self.n_layers_in_recurrent_block == 0 {
             bail!("n_layers_in_recurrent_block must be at least 1 (an empty core cannot recur)");
         }
@@ -266,6 +284,17 @@ impl RecurrentConfig {
     /// Transformer-block parameters of one layer (method.md §7 counts only these).
     pub fn params_per_layer(&self) -> usize {
         self.block_config().params_per_layer()
+    }
+
+    /// Parameters the config implies (blocks, embeddings, head, adapter, final norm), in u128
+    /// so that no config can overflow it; compared with the files before allocating.
+    pub fn parameter_elements(&self) -> u128 {
+        let h = self.n_embd as u128;
+        let v = self.padded_vocab_size() as u128;
+        let layers = (self.n_layers_in_prelude
+            + self.n_layers_in_recurrent_block
+            + self.n_layers_in_coda) as u128;
+        layers * self.params_per_layer() as u128 + 2 * v * h + 2 * h * h + h
     }
 
     /// `N_p + N_c + r·N_core`: effective parameters at recurrence r (method.md §7).

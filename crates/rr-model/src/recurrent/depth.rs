@@ -5,6 +5,10 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
+/// The most core iterations one forward call runs (a documented bound: far past any mean
+/// recurrence a model is trained at, and a guard against runaway requests).
+pub const MAX_RECURRENCE: usize = 1024;
+
 /// When to stop iterating the core for a token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExitCriterion {
@@ -79,6 +83,10 @@ impl Depth {
             }
         };
         ensure!(max >= 1, "at least one core iteration is needed");
+        ensure!(
+            max <= MAX_RECURRENCE,
+            "recurrence {max} is beyond the supported {MAX_RECURRENCE}"
+        );
         Ok(max)
     }
 

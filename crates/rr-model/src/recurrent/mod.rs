@@ -37,7 +37,7 @@ pub use config::{
     dtype_name, is_recurrent_dir, write_config, InitValues, RecurrentConfig, HUGINN_OUT_PROJ_STD,
     HUGINN_STD, RAVEN_MODEL_TYPE,
 };
-pub use depth::{Depth, ExitCriterion};
+pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
 pub use state::{truncated_normal, truncated_normal_rows, InitialState};
 
 /// What one forward call produces.
@@ -104,6 +104,7 @@ impl RecurrentModel {
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
         let config = RecurrentConfig::from_path(dir)?;
         let files = SafetensorsFiles::open_dir(dir)?;
+        files.check_fits(config.parameter_elements(), &dir.join("config.json"))?;
         let model = Self::new(crate::weights::var_store(device, dtype), config);
         let c = &model.config;
         let described = format!(

@@ -71,8 +71,8 @@ pub fn read(path: &Path) -> Result<Vec<MetricsLine>> {
 /// The lines of a metrics file as written, each with its parse; a last line cut short (a
 /// process killed while writing it) is dropped.
 fn read_after_kill(path: &Path) -> Result<Vec<(String, MetricsLine)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
@@ -80,9 +80,8 @@ fn read_after_kill(path: &Path) -> Result<Vec<(String, MetricsLine)>> {
             Ok(parsed) => out.push((line.to_string(), parsed)),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("{}:{}: not a metrics line", path.display(), i + 1)
-                })
+                return Err(e)
+                    .with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1))
             }
         }
     }

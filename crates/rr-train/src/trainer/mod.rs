@@ -162,6 +162,15 @@ impl Trainer {
         let mut cfg = cfg.clone();
         let device = parse_device(&cfg.training.device)?;
         let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
+        let mut inputs: Vec<&Path> = vec![&cfg.model.init];
+        inputs.extend(cfg.data.heldout.iter().map(PathBuf::as_path));
+        let phases = cfg.data.phases();
+        inputs.extend(
+            phases
+                .iter()
+                .flat_map(|p| p.train.iter().map(|s| s.path.as_path())),
+        );
+        rr_util::fs::ensure_output_apart(&opts.run_dir, &inputs)?;
         if opts.resume && !opts.run_dir.exists() {
             bail!(
                 "{}: nothing to resume (no such run)",
@@ -201,7 +210,7 @@ impl Trainer {
         let model = AnyModel::load(&init_dir, device, Kind::Float)?;
         check_data_fits(&model, &heldout)?;
         if let Some(flops) = opts.match_flops {
-            cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops);
+            cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops)?;
         }
         let curriculum = match (&model, &cfg.curriculum) {
             (AnyModel::Recurrent(_), Some(c)) => Some(*c),
@@ -552,12 +561,25 @@ fn check_data_fits(model: &AnyModel, heldout: &PackedSet) -> Result<()> {
     Ok(())
 }
 
-/// As many steps as spend `flops` (compute-matched baselines), at least one.
-fn steps_for_flops(cfg: &TrainConfig, model: &AnyModel, seq_len: usize, flops: f64) -> usize {
+/// As many steps as spend `flops` (compute-matched baselines), at least one; refuses a
+/// budget that is not a positive number or would take more than 10^7 steps.
+fn steps_for_flops(
+    cfg: &TrainConfig,
+    model: &AnyModel,
+    seq_len: usize,
+    flops: f64,
+) -> Result<usize> {
+    if !(flops.is_finite() && flops > 0.0) {
+        bail!("--match-flops: the run's FLOPs ({flops}) are not a positive number");
+    }
     let tokens = (cfg.training.micro_batch_size * cfg.training.grad_accum * seq_len) as u64;
     let stacks = stack_params(model);
     let per_step = static_training_flops(stacks.prelude + stacks.core + stacks.coda, tokens);
-    ((flops / per_step).round() as usize).max(1)
+    let steps = (flops / per_step).round();
+    if steps > 1e7 {
+        bail!("--match-flops: {flops:e} FLOPs would take {steps:e} steps (at most 10^7)");
+    }
+    Ok((steps as usize).max(1))
 }
 
 fn read_summary(run_dir: &Path) -> Result<TrainSummary> {
