@@ -40,9 +40,18 @@ pub struct ImportSummary {
     pub notes: Vec<String>,
 }
 
+/// The two orders in which a q or k projection can hold the rotary pairs of each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryLayout {
+    /// llama.cpp (GGUF) and llama2.c: within each head, row `2j + t` holds pair `j`,
+    /// component `t`.
+    Interleaved,
+    /// Hugging Face: that row is `t * head_dim/2 + j`.
+    Halves,
+}
+
 /// Reorders the rows of a q or k projection from the "interleaved" rotary layout used by
-/// llama.cpp (GGUF) and llama2.c — within each head, row `2j + t` holds pair `j`, component `t` —
-/// to the Hugging Face "halves" layout, where that row is `t * head_dim/2 + j`.
+/// llama.cpp (GGUF) and llama2.c to the Hugging Face "halves" layout (see [`RotaryLayout`]).
 ///
 /// This is the inverse of llama.cpp's `convert_hf_to_gguf.py` permutation
 /// `w.reshape(n_head, 2, head_dim/2, in).swapaxes(1, 2)`, and the same as llama2.c's
@@ -55,32 +64,19 @@ pub fn interleaved_to_halves(
     head_dim: usize,
     in_dim: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
-        (t * half + j, 2 * j + t)
-    })
+    to_rotary_layout(w, n_heads, head_dim, in_dim, RotaryLayout::Halves)
 }
 
-/// The forward permutation (Hugging Face halves → interleaved), i.e. what llama.cpp's converter
-/// does. Only used to check [`interleaved_to_halves`] and to build test fixtures.
-pub fn halves_to_interleaved(
+/// Reorders the rows of a q or k projection, row-major `[n_heads * head_dim, in_dim]`, from the
+/// other layout into `to`; whole rows move, each within its head. The importers need
+/// [`RotaryLayout::Halves`] ([`interleaved_to_halves`]); [`RotaryLayout::Interleaved`] is what
+/// llama.cpp's converter does, only used to check that and to build test fixtures.
+pub fn to_rotary_layout(
     w: &[f32],
     n_heads: usize,
     head_dim: usize,
     in_dim: usize,
-) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
-        (2 * j + t, t * half + j)
-    })
-}
-
-/// Moves row `src(j, t)` of every head to row `dst(j, t)`; `map` returns `(dst, src)` offsets
-/// within a head.
-fn permute_rows(
-    w: &[f32],
-    n_heads: usize,
-    head_dim: usize,
-    in_dim: usize,
-    map: impl Fn(usize, usize, usize) -> (usize, usize),
+    to: RotaryLayout,
 ) -> anyhow::Result<Vec<f32>> {
     if !head_dim.is_multiple_of(2) {
         anyhow::bail!("head_dim {head_dim} is odd: rotary embeddings need an even head dimension");
@@ -101,7 +97,12 @@ fn permute_rows(
         let base = h * head_dim;
         for j in 0..half {
             for t in 0..2 {
-                let (dst, src) = map(half, j, t);
+                // Row offsets within the head of pair j, component t, in each layout.
+                let (interleaved, halves) = (2 * j + t, t * half + j);
+                let (dst, src) = match to {
+                    RotaryLayout::Halves => (halves, interleaved),
+                    RotaryLayout::Interleaved => (interleaved, halves),
+                };
                 let d = (base + dst) * in_dim;
                 let s = (base + src) * in_dim;
                 out[d..d + in_dim].copy_from_slice(&w[s..s + in_dim]);

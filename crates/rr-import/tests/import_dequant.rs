@@ -2,7 +2,7 @@
 //! hand-computed values, and the rotary q/k row permutation.
 
 use rr_import::gguf::{dequantize, GgmlType};
-use rr_import::{halves_to_interleaved, interleaved_to_halves};
+use rr_import::{interleaved_to_halves, to_rotary_layout, RotaryLayout};
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -175,7 +175,7 @@ fn permutation_inverts_llamacpp_converter() {
             .collect();
         let gguf = llamacpp_permute(&w, heads, hd, inp);
         assert_eq!(
-            halves_to_interleaved(&w, heads, hd, inp).unwrap(),
+            to_rotary_layout(&w, heads, hd, inp, RotaryLayout::Interleaved).unwrap(),
             gguf,
             "forward matches llama.cpp"
         );
@@ -184,11 +184,12 @@ fn permutation_inverts_llamacpp_converter() {
             w,
             "inverse restores HF"
         );
-        let back = halves_to_interleaved(
+        let back = to_rotary_layout(
             &interleaved_to_halves(&w, heads, hd, inp).unwrap(),
             heads,
             hd,
             inp,
+            RotaryLayout::Interleaved,
         );
         assert_eq!(back.unwrap(), w, "other composition is identity too");
         if hd > 2 {
