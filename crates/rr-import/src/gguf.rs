@@ -324,6 +324,72 @@ impl<'a> Cursor<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| anyhow::anyhow!("{what} is not valid UTF-8"))
     }
 
+    /// Magic, version, tensor count and metadata count; the counts are checked against the
+    /// bytes left before anything is allocated from them.
+    fn preamble(&mut self) -> Result<(u32, u64, u64)> {
+        let magic = self
+            .take(4, "magic")
+            .map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
+        if magic != GGUF_MAGIC {
+            anyhow::bail!("bad magic {:02x?} (expected \"GGUF\")", magic);
+        }
+        let version = self.u32("version")?;
+        match version {
+            2 | 3 => {}
+            1 => {
+                anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)")
+            }
+            v if v.swap_bytes() <= 3 => anyhow::bail!("big-endian GGUF files are not supported"),
+            v => anyhow::bail!("unsupported GGUF version {v} (supported: 2, 3)"),
+        }
+        let n_tensors = self.u64("tensor count")?;
+        let n_kv = self.u64("metadata count")?;
+        // Each metadata entry is at least 8 (key length) + 4 (type) + 1 bytes, each tensor info
+        // at least 8 + 4 + 8 + 4 + 8.
+        if n_kv.saturating_mul(13) > self.remaining()
+            || n_tensors.saturating_mul(32) > self.remaining()
+        {
+            anyhow::bail!(
+                "file is truncated: header claims {n_kv} metadata entries and {n_tensors} tensors, \
+                 only {} bytes remain",
+                self.remaining()
+            );
+        }
+        Ok((version, n_tensors, n_kv))
+    }
+
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, Value>> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = self.string(&format!("metadata key {i}"))?;
+            let ty = self.u32(&format!("type of metadata {key}"))?;
+            let value = self.value(ty, &format!("metadata {key}"), 0)?;
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    /// The header entry of tensor `i`.
+    fn tensor_info(&mut self, i: u64) -> Result<TensorInfo> {
+        let name = self.string(&format!("tensor {i} name"))?;
+        let n_dims = self.u32(&format!("tensor {name} dimension count"))?;
+        if n_dims == 0 || n_dims > 4 {
+            anyhow::bail!("tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)");
+        }
+        let mut ne = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            ne.push(self.u64(&format!("tensor {name} dimensions"))?);
+        }
+        let ty = GgmlType(self.u32(&format!("tensor {name} type"))?);
+        let offset = self.u64(&format!("tensor {name} offset"))?;
+        Ok(TensorInfo {
+            name,
+            ne,
+            ty,
+            offset,
+        })
+    }
+
     fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
         Ok(match ty {
             0 => Value::U8(self.arr::<1>(what)?[0]),
@@ -375,6 +441,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// `general.alignment` of the data section, or the GGUF default of 32.
+fn alignment_of(metadata: &BTreeMap<String, Value>) -> Result<u64> {
+    Ok(match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_int() {
+            Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
+            _ => anyhow::bail!("general.alignment {v:?} is not a positive power of two"),
+        },
+    })
+}
+
 impl GgufFile {
     /// Opens and parses `path`; errors name the file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -398,66 +475,12 @@ impl GgufFile {
 
     fn parse(map: Mmap) -> Result<Self> {
         let mut c = Cursor { buf: &map, pos: 0 };
-        let magic = c
-            .take(4, "magic")
-            .map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
-        if magic != GGUF_MAGIC {
-            anyhow::bail!("bad magic {:02x?} (expected \"GGUF\")", magic);
-        }
-        let version = c.u32("version")?;
-        match version {
-            2 | 3 => {}
-            1 => {
-                anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)")
-            }
-            v if v.swap_bytes() <= 3 => anyhow::bail!("big-endian GGUF files are not supported"),
-            v => anyhow::bail!("unsupported GGUF version {v} (supported: 2, 3)"),
-        }
-        let n_tensors = c.u64("tensor count")?;
-        let n_kv = c.u64("metadata count")?;
-        // Each metadata entry is at least 8 (key length) + 4 (type) + 1 bytes, each tensor info
-        // at least 8 + 4 + 8 + 4 + 8.
-        if n_kv.saturating_mul(13) > c.remaining() || n_tensors.saturating_mul(32) > c.remaining() {
-            anyhow::bail!(
-                "file is truncated: header claims {n_kv} metadata entries and {n_tensors} tensors, \
-                 only {} bytes remain",
-                c.remaining()
-            );
-        }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&format!("metadata key {i}"))?;
-            let ty = c.u32(&format!("type of metadata {key}"))?;
-            let value = c.value(ty, &format!("metadata {key}"), 0)?;
-            metadata.insert(key, value);
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_int() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-                _ => anyhow::bail!("general.alignment {v:?} is not a positive power of two"),
-            },
-        };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&format!("tensor {i} name"))?;
-            let n_dims = c.u32(&format!("tensor {name} dimension count"))?;
-            if n_dims == 0 || n_dims > 4 {
-                anyhow::bail!("tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)");
-            }
-            let mut ne = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                ne.push(c.u64(&format!("tensor {name} dimensions"))?);
-            }
-            let ty = GgmlType(c.u32(&format!("tensor {name} type"))?);
-            let offset = c.u64(&format!("tensor {name} offset"))?;
-            tensors.push(TensorInfo {
-                name,
-                ne,
-                ty,
-                offset,
-            });
-        }
+        let (version, n_tensors, n_kv) = c.preamble()?;
+        let metadata = c.metadata(n_kv)?;
+        let alignment = alignment_of(&metadata)?;
+        let tensors = (0..n_tensors)
+            .map(|i| c.tensor_info(i))
+            .collect::<Result<Vec<_>>>()?;
         let header_end = c.pos as u64;
         let data_offset = header_end.div_ceil(alignment) * alignment;
         let file_len = map.len() as u64;
