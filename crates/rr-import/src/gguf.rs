@@ -701,14 +701,45 @@ struct TokenizerFiles {
 type Plan<'a> = (LlamaHyper, Vec<Source<'a>>, TokenizerFiles, Vec<String>);
 
 /// Reads hyperparameters, maps every tensor and builds the tokenizer, before anything is written.
+///
+/// The steps run in a fixed order, which decides the error a file with several problems gets:
+/// architecture, dimensions, tensor names and types, tokenizer, then tensor shapes.
 fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
+    check_architecture(gguf)?;
+    let dims = read_dims(gguf)?;
+    let by_name = check_tensor_names_and_types(gguf)?;
+    let embd = by_name
+        .get("token_embd.weight")
+        .ok_or_else(|| anyhow::anyhow!("tensor token_embd.weight is missing"))?;
+    let vocab_size = embd.hf_shape().first().copied().unwrap_or(0);
+    let tied = !by_name.contains_key("output.weight");
+
+    // Tokenizer first: the vocabulary size and special ids go into the config.
+    let tokenizer = build_tokenizer(gguf, vocab_size, dims.max_position_embeddings)?;
+    let mut notes: Vec<String> = padded_vocabulary_note(gguf, vocab_size)?
+        .into_iter()
+        .collect();
+    let hyper = LlamaHyper {
+        vocab_size,
+        tie_word_embeddings: tied,
+        bos_token_id: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
+        ..dims
+    };
+    hyper.validate(Path::new("GGUF metadata"))?;
+    let sources = tensor_sources(gguf, &hyper)?;
+    notes.extend(conversion_notes(gguf, tied));
+    Ok((hyper, sources, tokenizer, notes))
+}
+
+/// Refuses anything but a plain Llama: other architectures, mixtures of experts, RoPE scaling.
+fn check_architecture(gguf: &GgufFile) -> Result<()> {
     let arch = gguf
         .get_str("general.architecture")?
         .ok_or_else(|| anyhow::anyhow!("metadata general.architecture is missing"))?;
     if arch != "llama" {
         anyhow::bail!("architecture '{arch}' is not supported (only 'llama' can be imported)");
     }
-    let mut notes = Vec::new();
     if let Some(n) = gguf.get_usize("llama.expert_count")? {
         if n > 0 {
             anyhow::bail!("mixture-of-experts llama models ({n} experts) are not supported");
@@ -719,7 +750,13 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             anyhow::bail!("RoPE scaling '{kind}' is not supported yet");
         }
     }
+    Ok(())
+}
 
+/// The dimensions and constants in the `llama.*` metadata, as a [`LlamaHyper`] whose
+/// vocabulary size, tying and special ids are placeholders: they come from the tensors and the
+/// tokenizer, which [`plan`] checks after these.
+fn read_dims(gguf: &GgufFile) -> Result<LlamaHyper> {
     let hidden = gguf.require_usize("llama.embedding_length")?;
     let ffn = gguf.require_usize("llama.feed_forward_length")?;
     let layers = gguf.require_usize("llama.block_count")?;
@@ -730,11 +767,37 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
     if heads == 0 {
         anyhow::bail!("llama.attention.head_count is 0");
     }
+    let head_dim = read_head_dim(gguf, hidden / heads)?;
+    Ok(LlamaHyper {
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim,
+        // Fields are evaluated as written: epsilon, theta, then context length is the order in
+        // which their errors are reported.
+        rms_norm_eps: gguf
+            .get_f64("llama.attention.layer_norm_rms_epsilon")?
+            .unwrap_or(1e-5),
+        rope_theta: gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
+        max_position_embeddings: gguf.get_usize("llama.context_length")?.unwrap_or(2048),
+        vocab_size: 0,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_id: None,
+    })
+}
+
+/// The attention head size: the key length, else the rotary dimension count, else
+/// `default` (hidden / heads). Value heads of another size and partial rotary embeddings are
+/// refused.
+fn read_head_dim(gguf: &GgufFile, default: usize) -> Result<usize> {
     let head_dim = match gguf.get_usize("llama.attention.key_length")? {
         Some(d) => d,
         None => match gguf.get_usize("llama.rope.dimension_count")? {
             Some(d) => d,
-            None => hidden / heads,
+            None => default,
         },
     };
     if let Some(v) = gguf.get_usize("llama.attention.value_length")? {
@@ -749,12 +812,12 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             anyhow::bail!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported");
         }
     }
-    let eps = gguf
-        .get_f64("llama.attention.layer_norm_rms_epsilon")?
-        .unwrap_or(1e-5);
-    let theta = gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
-    let ctx_len = gguf.get_usize("llama.context_length")?.unwrap_or(2048);
+    Ok(head_dim)
+}
 
+/// Every tensor by name, after checking that names are unique, have a Hugging Face Llama
+/// counterpart and a type we can dequantize.
+fn check_tensor_names_and_types(gguf: &GgufFile) -> Result<HashMap<&str, &TensorInfo>> {
     let by_name: HashMap<&str, &TensorInfo> =
         gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     if by_name.len() != gguf.tensors.len() {
@@ -775,47 +838,24 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             );
         }
     }
-    let embd = by_name
-        .get("token_embd.weight")
-        .ok_or_else(|| anyhow::anyhow!("tensor token_embd.weight is missing"))?;
-    let vocab_size = embd.hf_shape().first().copied().unwrap_or(0);
-    let tied = !by_name.contains_key("output.weight");
+    Ok(by_name)
+}
 
-    // Tokenizer first: the vocabulary size and special ids go into the config.
-    let tokenizer = build_tokenizer(gguf, vocab_size, ctx_len)?;
+/// A note when the embedding has more rows than the tokenizer has tokens ([`build_tokenizer`]
+/// has already refused fewer).
+fn padded_vocabulary_note(gguf: &GgufFile, vocab_size: usize) -> Result<Option<String>> {
     let token_count = gguf
         .get_array("tokenizer.ggml.tokens")?
         .map(|a| a.len())
         .unwrap_or(0);
-    if token_count > vocab_size {
-        anyhow::bail!(
-            "the tokenizer has {token_count} tokens but the embedding only {vocab_size} rows"
-        );
-    }
-    if token_count < vocab_size {
-        notes.push(format!(
-            "embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)"
-        ));
-    }
+    Ok((token_count < vocab_size).then(|| {
+        format!("embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)")
+    }))
+}
 
-    let hyper = LlamaHyper {
-        hidden_size: hidden,
-        intermediate_size: ffn,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        vocab_size,
-        max_position_embeddings: ctx_len,
-        rms_norm_eps: eps,
-        rope_theta: theta,
-        tie_word_embeddings: tied,
-        bos_token_id: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
-        eos_token_id: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
-    };
-    hyper.validate(Path::new("GGUF metadata"))?;
-
-    // Every planned Hugging Face tensor must come from exactly one GGUF tensor of the right shape.
+/// The source of every tensor in `hyper`'s plan: every planned Hugging Face tensor must come
+/// from exactly one GGUF tensor of the right shape, and every GGUF tensor must be planned.
+fn tensor_sources<'a>(gguf: &'a GgufFile, hyper: &LlamaHyper) -> Result<Vec<Source<'a>>> {
     let hf_to_gguf: HashMap<String, &TensorInfo> = gguf
         .tensors
         .iter()
@@ -830,52 +870,52 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             .iter()
             .find(|t| hf_name(&t.name).is_some_and(|n| !planned.contains(n.as_str())))
         {
+            let layers = hyper.num_hidden_layers;
             anyhow::bail!("tensor {} does not fit a {layers}-layer model", extra.name);
         }
     }
-    let mut sources = Vec::with_capacity(plan.len());
-    for p in &plan {
-        let info = hf_to_gguf
-            .get(&p.name)
-            .ok_or_else(|| anyhow::anyhow!("no tensor for {} in the file", p.name))?;
-        if info.hf_shape() != p.shape {
-            anyhow::bail!(
-                "tensor {} has shape {:?} (ne {:?}), expected {:?} for {}",
-                info.name,
-                info.hf_shape(),
-                info.ne,
-                p.shape,
-                p.name
-            );
-        }
-        let unpermute_heads = if p.name.ends_with("q_proj.weight") {
-            Some(heads)
-        } else if p.name.ends_with("k_proj.weight") {
-            Some(kv_heads)
-        } else {
-            None
-        };
-        sources.push(Source {
-            info,
-            unpermute_heads,
-        });
-    }
+    plan.iter()
+        .map(|p| {
+            let info = hf_to_gguf
+                .get(&p.name)
+                .ok_or_else(|| anyhow::anyhow!("no tensor for {} in the file", p.name))?;
+            if info.hf_shape() != p.shape {
+                anyhow::bail!(
+                    "tensor {} has shape {:?} (ne {:?}), expected {:?} for {}",
+                    info.name,
+                    info.hf_shape(),
+                    info.ne,
+                    p.shape,
+                    p.name
+                );
+            }
+            Ok(Source {
+                info,
+                unpermute_heads: hyper.rotary_heads(&p.name),
+            })
+        })
+        .collect()
+}
 
+/// What the conversion did: tensor types dequantized, the q/k permutation, a tied head.
+fn conversion_notes(gguf: &GgufFile, tied: bool) -> Vec<String> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in &gguf.tensors {
         *counts.entry(t.ty.name()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    notes.push(format!(
-        "GGUF v{}: dequantized {} tensors to F32",
-        gguf.version,
-        counts.join(", ")
-    ));
-    notes.push("undid llama.cpp's q/k rotary row permutation".into());
+    let mut notes = vec![
+        format!(
+            "GGUF v{}: dequantized {} tensors to F32",
+            gguf.version,
+            counts.join(", ")
+        ),
+        "undid llama.cpp's q/k rotary row permutation".into(),
+    ];
     if tied {
         notes.push("no output.weight: lm_head tied to embed_tokens".into());
     }
-    Ok((hyper, sources, tokenizer, notes))
+    notes
 }
 
 fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result<TokenizerFiles> {
