@@ -24,7 +24,7 @@ use half::{bf16, f16};
 use rr_util::fs::StagingDir;
 
 use crate::hf_dir::{self, LlamaHyper};
-use crate::tokenizer_build::{self, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
+use crate::tokenizer_build::{self, BuiltTokenizer, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
 use crate::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -918,17 +918,33 @@ fn conversion_notes(gguf: &GgufFile, tied: bool) -> Vec<String> {
     notes
 }
 
+/// Builds `tokenizer.json` and `tokenizer_config.json` from the `tokenizer.ggml.*` metadata.
 fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result<TokenizerFiles> {
     let model = gguf
         .get_str("tokenizer.ggml.model")?
         .ok_or_else(|| anyhow::anyhow!("metadata tokenizer.ggml.model is missing"))?;
+    let tokens = read_tokens(gguf, vocab_size)?;
+    let kinds = read_token_kinds(gguf, tokens.len())?;
+    let special = SpecialTokens::read(gguf)?;
+    let built = match model {
+        "gpt2" => gpt2_from_metadata(gguf, &tokens, kinds, &special)?,
+        "llama" => spm_from_metadata(gguf, &tokens, kinds, &special)?,
+        other => {
+            anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)")
+        }
+    };
+    tokenizer_files(gguf, &tokens, built, special.ids, ctx_len)
+}
+
+/// `tokenizer.ggml.tokens`, at most `vocab_size` of them; an empty token is renamed
+/// `[EMPTY_i]`, as llama.cpp does.
+fn read_tokens(gguf: &GgufFile, vocab_size: usize) -> Result<Vec<String>> {
     let tokens: Vec<String> = gguf
         .get_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| anyhow::anyhow!("metadata tokenizer.ggml.tokens is missing"))?
         .iter()
         .enumerate()
         .map(|(i, v)| match v.as_str() {
-            // llama.cpp renames empty tokens the same way.
             Some("") => Ok(format!("[EMPTY_{i}]")),
             Some(s) => Ok(s.to_string()),
             None => anyhow::bail!("tokenizer.ggml.tokens[{i}] is not a string"),
@@ -940,8 +956,12 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
             tokens.len()
         );
     }
-    let n = tokens.len();
-    let kinds: Vec<TokenKind> = match gguf.get_array("tokenizer.ggml.token_type")? {
+    Ok(tokens)
+}
+
+/// `tokenizer.ggml.token_type` for `n` tokens; all normal when absent.
+fn read_token_kinds(gguf: &GgufFile, n: usize) -> Result<Vec<TokenKind>> {
+    Ok(match gguf.get_array("tokenizer.ggml.token_type")? {
         None => vec![TokenKind::Normal; n],
         Some(a) if a.len() == n => a
             .iter()
@@ -952,84 +972,121 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
             "tokenizer.ggml.token_type has {} entries for {n} tokens",
             a.len()
         ),
-    };
-    let bos = gguf.get_token_id("tokenizer.ggml.bos_token_id")?;
-    let eos = gguf.get_token_id("tokenizer.ggml.eos_token_id")?;
-    let unk = gguf.get_token_id("tokenizer.ggml.unknown_token_id")?;
-    let pad = gguf.get_token_id("tokenizer.ggml.padding_token_id")?;
-    let add_bos = gguf.get_bool("tokenizer.ggml.add_bos_token")?;
-    let add_eos = gguf.get_bool("tokenizer.ggml.add_eos_token")?;
+    })
+}
 
-    let built = match model {
-        "gpt2" => {
-            let merges: Vec<String> = gguf
-                .get_array("tokenizer.ggml.merges")?
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)"
-                    )
-                })?
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.merges holds non-strings"))?;
-            tokenizer_build::gpt2_tokenizer(&Gpt2Vocab {
-                tokens: tokens.clone(),
-                kinds,
-                merges,
-                pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_string),
-                bos_id: bos,
-                eos_id: eos,
-                add_bos,
-                add_eos,
-            })?
-        }
-        "llama" => {
-            let scores: Vec<f32> = match gguf.get_array("tokenizer.ggml.scores")? {
-                None => vec![0.0; n],
-                Some(a) if a.len() == n => a
-                    .iter()
-                    .map(|v| match v {
-                        Value::F32(f) => Some(*f),
-                        other => other.as_float().map(|f| f as f32),
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.scores holds non-numbers"))?,
-                Some(a) => anyhow::bail!(
-                    "tokenizer.ggml.scores has {} entries for {n} tokens",
-                    a.len()
-                ),
-            };
-            tokenizer_build::spm_tokenizer(&SpmVocab {
-                pieces: tokens.clone(),
-                scores,
-                kinds,
-                // llama.cpp's defaults for SentencePiece vocabularies.
-                bos_id: bos.or(Some(1)).filter(|&b| (b as usize) < n),
-                eos_id: eos.or(Some(2)).filter(|&e| (e as usize) < n),
-                unk_id: unk.or(Some(0)).filter(|&u| (u as usize) < n),
-                add_bos: add_bos.unwrap_or(true),
-                add_eos: add_eos.unwrap_or(false),
-                add_space_prefix: gguf
-                    .get_bool("tokenizer.ggml.add_space_prefix")?
-                    .unwrap_or(true),
-                remove_extra_whitespaces: gguf
-                    .get_bool("tokenizer.ggml.remove_extra_whitespaces")?
-                    .unwrap_or(false),
-            })?
-        }
-        other => {
-            anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)")
-        }
-    };
+/// The special-token metadata both tokenizer families read: ids, and whether BOS/EOS are added
+/// (`None` when the file does not say).
+struct SpecialTokens {
+    ids: SpecialIds,
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
+}
+
+impl SpecialTokens {
+    fn read(gguf: &GgufFile) -> Result<Self> {
+        let ids = SpecialIds {
+            bos: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
+            eos: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
+            unk: gguf.get_token_id("tokenizer.ggml.unknown_token_id")?,
+            pad: gguf.get_token_id("tokenizer.ggml.padding_token_id")?,
+        };
+        Ok(Self {
+            ids,
+            add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token")?,
+            add_eos: gguf.get_bool("tokenizer.ggml.add_eos_token")?,
+        })
+    }
+}
+
+/// A byte-level BPE (`tokenizer.ggml.model = "gpt2"`): needs `tokenizer.ggml.merges`.
+fn gpt2_from_metadata(
+    gguf: &GgufFile,
+    tokens: &[String],
+    kinds: Vec<TokenKind>,
+    special: &SpecialTokens,
+) -> Result<BuiltTokenizer> {
+    let merges: Vec<String> = gguf
+        .get_array("tokenizer.ggml.merges")?
+        .ok_or_else(|| {
+            anyhow::anyhow!("metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)")
+        })?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.merges holds non-strings"))?;
+    tokenizer_build::gpt2_tokenizer(&Gpt2Vocab {
+        tokens: tokens.to_vec(),
+        kinds,
+        merges,
+        pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_string),
+        bos_id: special.ids.bos,
+        eos_id: special.ids.eos,
+        add_bos: special.add_bos,
+        add_eos: special.add_eos,
+    })
+}
+
+/// A SentencePiece BPE (`tokenizer.ggml.model = "llama"`), with llama.cpp's defaults for what
+/// the file leaves out.
+fn spm_from_metadata(
+    gguf: &GgufFile,
+    tokens: &[String],
+    kinds: Vec<TokenKind>,
+    special: &SpecialTokens,
+) -> Result<BuiltTokenizer> {
+    let n = tokens.len();
+    let scores = read_scores(gguf, n)?;
+    let SpecialIds { bos, eos, unk, .. } = special.ids;
+    tokenizer_build::spm_tokenizer(&SpmVocab {
+        pieces: tokens.to_vec(),
+        scores,
+        kinds,
+        bos_id: bos.or(Some(1)).filter(|&b| (b as usize) < n),
+        eos_id: eos.or(Some(2)).filter(|&e| (e as usize) < n),
+        unk_id: unk.or(Some(0)).filter(|&u| (u as usize) < n),
+        add_bos: special.add_bos.unwrap_or(true),
+        add_eos: special.add_eos.unwrap_or(false),
+        add_space_prefix: gguf
+            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(true),
+        remove_extra_whitespaces: gguf
+            .get_bool("tokenizer.ggml.remove_extra_whitespaces")?
+            .unwrap_or(false),
+    })
+}
+
+/// `tokenizer.ggml.scores` for `n` tokens; all zero when absent.
+fn read_scores(gguf: &GgufFile, n: usize) -> Result<Vec<f32>> {
+    Ok(match gguf.get_array("tokenizer.ggml.scores")? {
+        None => vec![0.0; n],
+        Some(a) if a.len() == n => a
+            .iter()
+            .map(|v| match v {
+                Value::F32(f) => Some(*f),
+                other => other.as_float().map(|f| f as f32),
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.scores holds non-numbers"))?,
+        Some(a) => anyhow::bail!(
+            "tokenizer.ggml.scores has {} entries for {n} tokens",
+            a.len()
+        ),
+    })
+}
+
+/// The two tokenizer documents of a built tokenizer, with the chat template when the file has
+/// one, and what to tell the user.
+fn tokenizer_files(
+    gguf: &GgufFile,
+    tokens: &[String],
+    built: BuiltTokenizer,
+    ids: SpecialIds,
+    ctx_len: usize,
+) -> Result<TokenizerFiles> {
     let chat_template = gguf.get_str("tokenizer.chat_template")?;
-    let config = tokenizer_build::tokenizer_config_json(
-        &tokens,
-        &built,
-        SpecialIds { bos, eos, unk, pad },
-        ctx_len,
-        chat_template,
-    );
+    let config =
+        tokenizer_build::tokenizer_config_json(tokens, &built, ids, ctx_len, chat_template);
     let mut notes = built.notes.clone();
     notes.push(format!(
         "tokenizer adds BOS: {}, adds EOS: {}{}",
