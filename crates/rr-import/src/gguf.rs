@@ -25,7 +25,9 @@ use rr_util::fs::StagingDir;
 
 use crate::hf_dir::{self, LlamaHyper};
 use crate::tokenizer_build::{self, BuiltTokenizer, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
-use crate::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
+use crate::{
+    f32_to_clean_f64, refuse_existing_output, rotary_rows_to_hf, ImportSummary, MappedFile,
+};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -265,23 +267,7 @@ pub struct GgufFile {
     pub alignment: u64,
     /// Absolute offset of the data section.
     pub data_offset: u64,
-    map: Mmap,
-}
-
-/// A read-only memory map, or an empty buffer (mmap of a zero-length file fails).
-enum Mmap {
-    Map(memmap2::Mmap),
-    Empty,
-}
-
-impl std::ops::Deref for Mmap {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Mmap::Map(m) => m,
-            Mmap::Empty => &[],
-        }
-    }
+    map: MappedFile,
 }
 
 /// A bounds-checked little-endian reader.
@@ -457,23 +443,11 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = fs::File::open(path)
             .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
-        let map = if len == 0 {
-            Mmap::Empty
-        } else {
-            // SAFETY: the map is read-only and private to this process; we only read it.
-            Mmap::Map(
-                unsafe { memmap2::Mmap::map(&file) }
-                    .with_context(|| format!("cannot map {}", path.display()))?,
-            )
-        };
+        let map = MappedFile::new(&file, path)?;
         Self::parse(map).with_context(|| format!("{}: not a valid GGUF file", path.display()))
     }
 
-    fn parse(map: Mmap) -> Result<Self> {
+    fn parse(map: MappedFile) -> Result<Self> {
         let mut c = Cursor { buf: &map, pos: 0 };
         let (version, n_tensors, n_kv) = c.preamble()?;
         let metadata = c.metadata(n_kv)?;
@@ -674,12 +648,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<ImportSummary> {
     if !path.exists() {
         anyhow::bail!("GGUF file {} does not exist", path.display());
     }
-    if out.exists() {
-        anyhow::bail!(
-            "output directory {} already exists; choose another --out or remove it",
-            out.display()
-        );
-    }
+    refuse_existing_output(out)?;
     let gguf = GgufFile::open(path)?;
     let ctx = || format!("{}", path.display());
     let (hyper, sources, tokenizer, notes) = plan(&gguf).with_context(ctx)?;
@@ -1120,17 +1089,10 @@ fn write_dir(
     let params = hf_dir::write_safetensors(&dir.join("model.safetensors"), &plan, |i| {
         let src = &sources[i];
         let values = gguf.tensor_f32(src.info)?;
-        match src.unpermute_heads {
-            Some(heads) => interleaved_to_halves(&values, heads, head_dim, hidden)
-                .with_context(|| format!("tensor {}", src.info.name)),
-            None => Ok(values),
-        }
+        rotary_rows_to_hf(values, src.unpermute_heads, head_dim, hidden)
+            .with_context(|| format!("tensor {}", src.info.name))
     })?;
-    hf_dir::write_json(&dir.join("config.json"), &hyper.config_json())?;
-    hf_dir::write_json(
-        &dir.join("generation_config.json"),
-        &hyper.generation_config_json(),
-    )?;
+    hf_dir::write_config_files(dir, hyper)?;
     hf_dir::write_json(&dir.join("tokenizer.json"), &tokenizer.json)?;
     hf_dir::write_json(&dir.join("tokenizer_config.json"), &tokenizer.config)?;
     notes.extend(tokenizer.notes);

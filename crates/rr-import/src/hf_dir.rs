@@ -214,6 +214,15 @@ impl TensorPlan {
     }
 }
 
+/// Writes `config.json` and `generation_config.json` for `hyper` into `dir`.
+pub fn write_config_files(dir: &Path, hyper: &LlamaHyper) -> Result<()> {
+    write_json(&dir.join("config.json"), &hyper.config_json())?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &hyper.generation_config_json(),
+    )
+}
+
 /// Writes `model.safetensors` (all F32) by asking `produce(i)` for tensor `i` of `plan`, one at a
 /// time, in plan order. Returns the number of parameters written.
 pub fn write_safetensors(

@@ -25,6 +25,11 @@ pub mod hf_dir;
 pub mod llama2c;
 pub mod tokenizer_build;
 
+use std::fs;
+use std::path::Path;
+
+use anyhow::Context;
+
 /// What an import produced, for the CLI to print.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportSummary {
@@ -110,6 +115,66 @@ pub fn to_rotary_layout(
         }
     }
     Ok(out)
+}
+
+/// A q or k projection as Hugging Face stores it: `values` in the interleaved rotary layout of
+/// both source formats, rows grouped in `heads` heads, reordered to halves; any other tensor
+/// (`heads` is `None`, see [`hf_dir::LlamaHyper::rotary_heads`]) as it is.
+pub(crate) fn rotary_rows_to_hf(
+    values: Vec<f32>,
+    heads: Option<usize>,
+    head_dim: usize,
+    in_dim: usize,
+) -> anyhow::Result<Vec<f32>> {
+    match heads {
+        Some(heads) => interleaved_to_halves(&values, heads, head_dim, in_dim),
+        None => Ok(values),
+    }
+}
+
+/// Refuses to import into an existing `out` (an import never merges into or replaces a folder).
+pub(crate) fn refuse_existing_output(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        anyhow::bail!(
+            "output directory {} already exists; choose another --out or remove it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// A read-only memory map of a whole input file, or an empty buffer for an empty file (mmap of
+/// a zero-length file fails).
+pub(crate) enum MappedFile {
+    Map(memmap2::Mmap),
+    Empty,
+}
+
+impl MappedFile {
+    /// Maps `file`, opened from `path` (which errors name).
+    pub(crate) fn new(file: &fs::File, path: &Path) -> anyhow::Result<Self> {
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        // SAFETY: the map is read-only and private to this process; we only read it.
+        let map = unsafe { memmap2::Mmap::map(file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        Ok(Self::Map(map))
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            MappedFile::Map(m) => m,
+            MappedFile::Empty => &[],
+        }
+    }
 }
 
 /// Shortest decimal that rounds to the same `f32`, as an `f64` (so `1e-5f32` is written to JSON
