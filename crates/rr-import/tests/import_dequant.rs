@@ -1,6 +1,9 @@
 //! Unit tests of the import building blocks: ggml dequantisation on hand-built blocks with
 //! hand-computed values, and the rotary q/k row permutation.
 
+mod common;
+
+use common::llamacpp_permute;
 use rr_import::gguf::{dequantize, GgmlType};
 use rr_import::{interleaved_to_halves, to_rotary_layout, RotaryLayout};
 
@@ -126,22 +129,6 @@ fn wrong_sizes_are_errors_not_panics() {
 
 // ------------------------------------------------------------------------------------------
 // Rotary permutation
-
-/// llama.cpp's converter, written out independently: `w.reshape(n_head, 2, hd/2, in)
-/// .swapaxes(1, 2).reshape(out, in)`, i.e. new[h][j][t] = old[h][t][j].
-fn llamacpp_permute(w: &[f32], n_head: usize, hd: usize, inp: usize) -> Vec<f32> {
-    let half = hd / 2;
-    let mut out = Vec::with_capacity(w.len());
-    for h in 0..n_head {
-        for j in 0..half {
-            for t in 0..2 {
-                let row = h * hd + t * half + j;
-                out.extend_from_slice(&w[row * inp..(row + 1) * inp]);
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn permutation_hand_checked() {
