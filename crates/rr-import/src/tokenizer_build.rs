@@ -658,51 +658,13 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
     while let Some((field, value)) = top.next().context("not a SentencePiece model")? {
         match (field, value) {
             (1, Field::Bytes(piece_msg)) => {
-                let (mut piece, mut score, mut kind) = (None, 0f32, TokenKind::Normal);
-                let mut p = Proto::new(piece_msg);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (1, Field::Bytes(b)) => {
-                            piece = Some(String::from_utf8(b.to_vec()).map_err(|_| {
-                                anyhow::anyhow!("piece {} is not valid UTF-8", m.pieces.len())
-                            })?)
-                        }
-                        (2, Field::Fixed32(b)) => score = f32::from_le_bytes(b),
-                        (3, Field::Varint(t)) => kind = TokenKind::from_code(t as i64),
-                        _ => {}
-                    }
-                }
-                let piece =
-                    piece.ok_or_else(|| anyhow::anyhow!("piece {} has no text", m.pieces.len()))?;
+                let (piece, score, kind) = read_piece(piece_msg, m.pieces.len())?;
                 m.pieces.push(piece);
                 m.scores.push(score);
                 m.kinds.push(kind);
             }
-            (2, Field::Bytes(trainer)) => {
-                let mut p = Proto::new(trainer);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (3, Field::Varint(t)) => m.model_type = t,
-                        (40, Field::Varint(t)) => m.unk_id = t as i32 as i64,
-                        (41, Field::Varint(t)) => m.bos_id = t as i32 as i64,
-                        (42, Field::Varint(t)) => m.eos_id = t as i32 as i64,
-                        _ => {}
-                    }
-                }
-            }
-            (3, Field::Bytes(normalizer)) => {
-                let mut p = Proto::new(normalizer);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (1, Field::Bytes(b)) => {
-                            m.normalization_rule = String::from_utf8_lossy(b).into_owned()
-                        }
-                        (3, Field::Varint(t)) => m.add_dummy_prefix = t != 0,
-                        (4, Field::Varint(t)) => m.remove_extra_whitespaces = t != 0,
-                        _ => {}
-                    }
-                }
-            }
+            (2, Field::Bytes(trainer)) => m.read_trainer_spec(trainer)?,
+            (3, Field::Bytes(normalizer)) => m.read_normalizer_spec(normalizer)?,
             _ => {}
         }
     }
@@ -712,7 +674,59 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
     Ok(m)
 }
 
+/// One `SentencePiece` message, piece number `index`: text, score and type.
+fn read_piece(msg: &[u8], index: usize) -> Result<(String, f32, TokenKind)> {
+    let (mut piece, mut score, mut kind) = (None, 0f32, TokenKind::Normal);
+    let mut p = Proto::new(msg);
+    while let Some((f, v)) = p.next()? {
+        match (f, v) {
+            (1, Field::Bytes(b)) => {
+                piece = Some(
+                    String::from_utf8(b.to_vec())
+                        .map_err(|_| anyhow::anyhow!("piece {index} is not valid UTF-8"))?,
+                )
+            }
+            (2, Field::Fixed32(b)) => score = f32::from_le_bytes(b),
+            (3, Field::Varint(t)) => kind = TokenKind::from_code(t as i64),
+            _ => {}
+        }
+    }
+    let piece = piece.ok_or_else(|| anyhow::anyhow!("piece {index} has no text"))?;
+    Ok((piece, score, kind))
+}
+
 impl SentencePieceModel {
+    /// `TrainerSpec`: the model type and the special ids.
+    fn read_trainer_spec(&mut self, msg: &[u8]) -> Result<()> {
+        let mut p = Proto::new(msg);
+        while let Some((f, v)) = p.next()? {
+            match (f, v) {
+                (3, Field::Varint(t)) => self.model_type = t,
+                (40, Field::Varint(t)) => self.unk_id = t as i32 as i64,
+                (41, Field::Varint(t)) => self.bos_id = t as i32 as i64,
+                (42, Field::Varint(t)) => self.eos_id = t as i32 as i64,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `NormalizerSpec`: the rule name and the whitespace flags.
+    fn read_normalizer_spec(&mut self, msg: &[u8]) -> Result<()> {
+        let mut p = Proto::new(msg);
+        while let Some((f, v)) = p.next()? {
+            match (f, v) {
+                (1, Field::Bytes(b)) => {
+                    self.normalization_rule = String::from_utf8_lossy(b).into_owned()
+                }
+                (3, Field::Varint(t)) => self.add_dummy_prefix = t != 0,
+                (4, Field::Varint(t)) => self.remove_extra_whitespaces = t != 0,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The id as an `Option`, `None` for SentencePiece's "disabled" (-1) or out of range.
     pub fn id(&self, id: i64) -> Option<u32> {
         u32::try_from(id)
