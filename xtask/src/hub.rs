@@ -163,10 +163,8 @@ pub fn check_cache(cfg: &HubConfig, req: &Request) -> Result<CacheState> {
             return Ok(missing(f));
         }
         if is_index(f) {
-            for shard in index_shards(&snap.join(f))? {
-                if !snap.join(&shard).exists() {
-                    return Ok(missing(&shard));
-                }
+            if let Some(shard) = first_missing_shard(&snap, &snap.join(f))? {
+                return Ok(missing(&shard));
             }
         }
     }
@@ -175,13 +173,18 @@ pub fn check_cache(cfg: &HubConfig, req: &Request) -> Result<CacheState> {
         if !index.exists() {
             return Ok(missing(&format!("{WEIGHTS} (or {WEIGHTS_INDEX})")));
         }
-        for shard in index_shards(&index)? {
-            if !snap.join(&shard).exists() {
-                return Ok(missing(&shard));
-            }
+        if let Some(shard) = first_missing_shard(&snap, &index)? {
+            return Ok(missing(&shard));
         }
     }
     Ok(CacheState::Complete(snap))
+}
+
+/// The first shard listed in `index` that `snap` lacks.
+fn first_missing_shard(snap: &Path, index: &Path) -> Result<Option<String>> {
+    Ok(index_shards(index)?
+        .into_iter()
+        .find(|shard| !snap.join(shard).exists()))
 }
 
 fn host_of(endpoint: &str) -> &str {
@@ -295,55 +298,11 @@ pub fn download(cfg: &HubConfig, req: &Request) -> Result<PathBuf> {
             cache_phrase(looked_in, has_snapshot, &req.revision, missing)
         );
     }
-
-    let api = ApiBuilder::from_cache(Cache::new(cfg.cache_dir.clone()))
-        .with_endpoint(cfg.endpoint.trim_end_matches('/').to_string())
-        .with_token(cfg.token.clone())
-        .with_progress(true)
-        .build()
-        .map_err(|e| anyhow!(e).context("cannot set up the Hugging Face client"))?;
-    let repo = api.repo(Repo::with_revision(
-        req.repo_id.clone(),
-        RepoType::Model,
-        req.revision.clone(),
-    ));
-
+    let repo = hub_repo(cfg, req)?;
     let files: Vec<String> = match &req.files {
         Some(files) => files.clone(),
-        None => {
-            let info = repo
-                .info()
-                .map_err(|e| explain(cfg, req, &state, None, e))?;
-            let names: BTreeSet<&str> =
-                info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-            for f in [CONFIG, TOKENIZER] {
-                if !names.contains(f) {
-                    bail!(
-                        "{} has no {f} at revision {}; pass --files to choose files by hand",
-                        req.repo_id,
-                        req.revision
-                    );
-                }
-            }
-            let mut files = vec![CONFIG.to_string(), TOKENIZER.to_string()];
-            if names.contains(GENERATION_CONFIG) {
-                files.push(GENERATION_CONFIG.to_string());
-            }
-            if names.contains(WEIGHTS) {
-                files.push(WEIGHTS.to_string());
-            } else if names.contains(WEIGHTS_INDEX) {
-                files.push(WEIGHTS_INDEX.to_string());
-            } else {
-                bail!(
-                    "{} has neither {WEIGHTS} nor {WEIGHTS_INDEX} at revision {} (rr reads safetensors only)",
-                    req.repo_id,
-                    req.revision
-                );
-            }
-            files
-        }
+        None => default_files(&repo, cfg, req, &state)?,
     };
-
     let mut first: Option<PathBuf> = None;
     for f in &files {
         let path = fetch(&repo, cfg, req, &state, f)?;
@@ -358,6 +317,58 @@ pub fn download(cfg: &HubConfig, req: &Request) -> Result<PathBuf> {
         .or(first)
         .ok_or_else(|| anyhow!("no files requested for {}", req.repo_id))?;
     Ok(snapshot)
+}
+
+/// The hub client for the request's repo and revision.
+fn hub_repo(cfg: &HubConfig, req: &Request) -> Result<ApiRepo> {
+    let api = ApiBuilder::from_cache(Cache::new(cfg.cache_dir.clone()))
+        .with_endpoint(cfg.endpoint.trim_end_matches('/').to_string())
+        .with_token(cfg.token.clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| anyhow!(e).context("cannot set up the Hugging Face client"))?;
+    Ok(api.repo(Repo::with_revision(
+        req.repo_id.clone(),
+        RepoType::Model,
+        req.revision.clone(),
+    )))
+}
+
+/// The files to fetch when the request names none, from the repo's file list: config.json,
+/// tokenizer.json, generation_config.json if there is one, and model.safetensors or its index.
+fn default_files(
+    repo: &ApiRepo,
+    cfg: &HubConfig,
+    req: &Request,
+    state: &CacheState,
+) -> Result<Vec<String>> {
+    let info = repo.info().map_err(|e| explain(cfg, req, state, None, e))?;
+    let names: BTreeSet<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    for f in [CONFIG, TOKENIZER] {
+        if !names.contains(f) {
+            bail!(
+                "{} has no {f} at revision {}; pass --files to choose files by hand",
+                req.repo_id,
+                req.revision
+            );
+        }
+    }
+    let mut files = vec![CONFIG.to_string(), TOKENIZER.to_string()];
+    if names.contains(GENERATION_CONFIG) {
+        files.push(GENERATION_CONFIG.to_string());
+    }
+    if names.contains(WEIGHTS) {
+        files.push(WEIGHTS.to_string());
+    } else if names.contains(WEIGHTS_INDEX) {
+        files.push(WEIGHTS_INDEX.to_string());
+    } else {
+        bail!(
+            "{} has neither {WEIGHTS} nor {WEIGHTS_INDEX} at revision {} (rr reads safetensors only)",
+            req.repo_id,
+            req.revision
+        );
+    }
+    Ok(files)
 }
 
 /// `snapshots/<hash>/a/b.json` minus `a/b.json`.

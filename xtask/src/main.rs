@@ -12,7 +12,7 @@ mod train_job;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 #[derive(Parser)]
 #[command(
@@ -132,91 +132,99 @@ fn raw_args_after(sub: &str) -> Vec<String> {
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     let root = workspace_root()?;
+    // Every command sets torch up first, also those that need none (downloads), so that a fresh
+    // machine ends up ready.
+    let torch = torch_env::setup(&root)?;
     match cli.cmd {
-        Cmd::Train { config } => {
-            let torch = torch_env::setup(&root)?;
-            train_job::run(&root, &torch, &config)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::BenchRecurrence(args) => {
-            let torch = torch_env::setup(&root)?;
-            bench::run(&root, &torch, &args)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::GpuBundle => {
-            let torch = torch_env::setup(&root)?;
-            bench::gpu_bundle(&root, &torch)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Setup => {
-            torch_env::setup(&root)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Build { release } => {
-            let torch = torch_env::setup(&root)?;
-            let mut cmd = torch_env::cargo(&torch);
-            cmd.current_dir(&root)
-                .args(["build", "--package", "rr-cli", "--bin", "rr"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().context("cannot run cargo build")?;
-            if !status.success() {
-                eprintln!("error: cargo build -p rr-cli failed ({status})");
-                return Ok(child_code(status));
-            }
-            let bin = target_dir(&root)
-                .join(if release { "release" } else { "debug" })
-                .join("rr");
-            if !bin.exists() {
-                bail!("cargo build succeeded but {} is not there", bin.display());
-            }
-            println!("{}", bin.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Test { .. } => {
-            let args = raw_args_after("test");
-            let torch = torch_env::setup(&root)?;
-            let cache = fetch_model::cache_dir(&root, None);
-            fetch_model::fetch_smollm2(&root, &cache, &torch)
-                .context("fetching the test model (cargo xtask fetch-model smollm2)")?;
-            test_run::run(&root, &torch, &cache, &args)
-        }
+        Cmd::Setup => {}
+        Cmd::Build { release } => return build(&root, &torch, release),
+        Cmd::Test { .. } => return test(&root, &torch),
+        Cmd::Train { config } => train_job::run(&root, &torch, &config)?,
         Cmd::FetchModel {
             model: Model::Smollm2,
             cache,
         } => {
-            let torch = torch_env::setup(&root)?;
             let cache = fetch_model::cache_dir(&root, cache.as_deref());
             let dir = fetch_model::fetch_smollm2(&root, &cache, &torch)?;
             println!("{}", dir.display());
-            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchRecurrence(args) => bench::run(&root, &torch, &args)?,
+        Cmd::GpuBundle => {
+            bench::gpu_bundle(&root, &torch)?;
         }
         Cmd::Download {
             repo_id,
             revision,
             files,
-        } => {
-            // Downloads need no torch, but every command goes through setup so that a
-            // fresh machine ends up ready.
-            torch_env::setup(&root)?;
-            let cfg = hub::HubConfig::from_env()?;
-            let files = files.map(|v| {
-                v.into_iter()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            });
-            let req = hub::Request {
-                repo_id,
-                revision,
-                files,
-            };
-            let dir = hub::download(&cfg, &req)?;
-            println!("{}", dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => download(repo_id, revision, files)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask build`: cargo's output is shown and its failure handed on as the exit code;
+/// prints the path of `rr`.
+fn build(root: &Path, torch: &torch_env::Torch, release: bool) -> Result<ExitCode> {
+    let status = cargo_build_rr(root, torch, release, false)
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        eprintln!("error: cargo build -p rr-cli failed ({status})");
+        return Ok(child_code(status));
+    }
+    let bin = rr_path(root, release);
+    if !bin.exists() {
+        bail!("cargo build succeeded but {} is not there", bin.display());
+    }
+    println!("{}", bin.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask test`: fetch the test model, then run the workspace tests.
+fn test(root: &Path, torch: &torch_env::Torch) -> Result<ExitCode> {
+    let args = raw_args_after("test");
+    let cache = fetch_model::cache_dir(root, None);
+    fetch_model::fetch_smollm2(root, &cache, torch)
+        .context("fetching the test model (cargo xtask fetch-model smollm2)")?;
+    test_run::run(root, torch, &cache, &args)
+}
+
+/// `cargo xtask download`: prints the snapshot folder.
+fn download(repo_id: String, revision: String, files: Option<Vec<String>>) -> Result<()> {
+    let cfg = hub::HubConfig::from_env()?;
+    let files = files.map(|v| {
+        v.into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let req = hub::Request {
+        repo_id,
+        revision,
+        files,
+    };
+    let dir = hub::download(&cfg, &req)?;
+    println!("{}", dir.display());
+    Ok(())
+}
+
+/// `cargo build` of the `rr` binary, `--quiet` or not, in the dev or release profile.
+fn cargo_build_rr(root: &Path, torch: &torch_env::Torch, release: bool, quiet: bool) -> Command {
+    let mut cmd = torch_env::cargo(torch);
+    cmd.current_dir(root).arg("build");
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    cmd.args(["--package", "rr-cli", "--bin", "rr"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd
+}
+
+/// Where cargo puts `rr` for the profile.
+fn rr_path(root: &Path, release: bool) -> PathBuf {
+    let profile = if release { "release" } else { "debug" };
+    target_dir(root).join(profile).join("rr")
 }
 
 /// Builds `rr` (dev profile, the one the tests use) and returns its path.
@@ -230,18 +238,13 @@ pub(crate) fn build_rr_profile(
     torch: &torch_env::Torch,
     release: bool,
 ) -> Result<PathBuf> {
-    let mut cmd = torch_env::cargo(torch);
-    cmd.current_dir(root)
-        .args(["build", "--quiet", "--package", "rr-cli", "--bin", "rr"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("cannot run cargo build")?;
+    let status = cargo_build_rr(root, torch, release, true)
+        .status()
+        .context("cannot run cargo build")?;
     if !status.success() {
         bail!("cargo build -p rr-cli failed ({status})");
     }
-    let profile = if release { "release" } else { "debug" };
-    Ok(target_dir(root).join(profile).join("rr"))
+    Ok(rr_path(root, release))
 }
 
 fn main() -> ExitCode {

@@ -109,24 +109,9 @@ fn run_visible(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// Idempotent: find a usable libtorch 2.11.0 or install it into `<root>/.venv`.
 pub fn setup(root: &Path) -> Result<Torch> {
-    if let Some(dir) = std::env::var_os("LIBTORCH").filter(|v| !v.is_empty()) {
-        let dir = PathBuf::from(dir);
-        match libtorch_version(&dir) {
-            Some(v) if version_matches(&v) => {
-                println!("setup: using LIBTORCH={} (libtorch {v})", dir.display());
-                return Ok(Torch::Libtorch { dir, version: v });
-            }
-            Some(v) => println!(
-                "setup: ignoring LIBTORCH={}: it is libtorch {v}, tch 0.24 needs {TORCH_VERSION}; using the project venv",
-                dir.display()
-            ),
-            None => println!(
-                "setup: ignoring LIBTORCH={}: no build-version or version.txt there; using the project venv",
-                dir.display()
-            ),
-        }
+    if let Some(torch) = libtorch_from_env() {
+        return Ok(torch);
     }
-
     let venv = venv_dir(root);
     let python = venv_python(root);
     if !python.exists() {
@@ -140,12 +125,7 @@ pub fn setup(root: &Path) -> Result<Torch> {
 
     match probe_venv_torch(&python) {
         Ok((version, lib)) if version_matches(&version) => {
-            println!(
-                "setup: torch {version} ready in {} (libs: {})",
-                venv.display(),
-                lib.display()
-            );
-            return Ok(Torch::Venv { venv, version, lib });
+            return Ok(venv_ready(venv, version, lib));
         }
         Ok((version, _)) => println!(
             "setup: the venv has torch {version}, tch 0.24 needs {TORCH_VERSION}; reinstalling"
@@ -153,27 +133,9 @@ pub fn setup(root: &Path) -> Result<Torch> {
         Err(why) => println!("setup: no usable torch in {} yet: {why}", venv.display()),
     }
 
-    println!(
-        "setup: pip install torch=={TORCH_VERSION} into {} (PyPI CUDA 13 wheel set, about 4.6 GB; this takes a while)",
-        venv.display()
-    );
-    run_visible(
-        Command::new(&python)
-            // No pip cache: it would hold a second copy of the ~4.6 GB of wheels.
-            .args(["-m", "pip", "install", "--no-cache-dir"])
-            .arg(format!("torch=={TORCH_VERSION}")),
-        "pip install torch",
-    )?;
-
+    pip_install_torch(&python, &venv)?;
     match probe_venv_torch(&python) {
-        Ok((version, lib)) if version_matches(&version) => {
-            println!(
-                "setup: torch {version} ready in {} (libs: {})",
-                venv.display(),
-                lib.display()
-            );
-            Ok(Torch::Venv { venv, version, lib })
-        }
+        Ok((version, lib)) if version_matches(&version) => Ok(venv_ready(venv, version, lib)),
         Ok((version, _)) => bail!(
             "after pip install the venv {} reports torch {version}, not {TORCH_VERSION}",
             venv.display()
@@ -183,6 +145,50 @@ pub fn setup(root: &Path) -> Result<Torch> {
             venv.display()
         ),
     }
+}
+
+/// The libtorch `LIBTORCH` names, when it is 2.11.0; otherwise says why it is passed over.
+fn libtorch_from_env() -> Option<Torch> {
+    let dir = PathBuf::from(std::env::var_os("LIBTORCH").filter(|v| !v.is_empty())?);
+    match libtorch_version(&dir) {
+        Some(v) if version_matches(&v) => {
+            println!("setup: using LIBTORCH={} (libtorch {v})", dir.display());
+            return Some(Torch::Libtorch { dir, version: v });
+        }
+        Some(v) => println!(
+            "setup: ignoring LIBTORCH={}: it is libtorch {v}, tch 0.24 needs {TORCH_VERSION}; using the project venv",
+            dir.display()
+        ),
+        None => println!(
+            "setup: ignoring LIBTORCH={}: no build-version or version.txt there; using the project venv",
+            dir.display()
+        ),
+    }
+    None
+}
+
+/// The venv's usable torch, announced.
+fn venv_ready(venv: PathBuf, version: String, lib: PathBuf) -> Torch {
+    println!(
+        "setup: torch {version} ready in {} (libs: {})",
+        venv.display(),
+        lib.display()
+    );
+    Torch::Venv { venv, version, lib }
+}
+
+fn pip_install_torch(python: &Path, venv: &Path) -> Result<()> {
+    println!(
+        "setup: pip install torch=={TORCH_VERSION} into {} (PyPI CUDA 13 wheel set, about 4.6 GB; this takes a while)",
+        venv.display()
+    );
+    run_visible(
+        Command::new(python)
+            // No pip cache: it would hold a second copy of the ~4.6 GB of wheels.
+            .args(["-m", "pip", "install", "--no-cache-dir"])
+            .arg(format!("torch=={TORCH_VERSION}")),
+        "pip install torch",
+    )
 }
 
 /// A `cargo` command carrying the build environment torch-sys needs.

@@ -57,6 +57,16 @@ fn rr_step(root: &Path, rr: &Path, what: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The path as an argument for `rr`.
+fn lossy(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `--resume` when `dir` already holds checkpoints of an earlier run.
+fn resume_flag(dir: &Path) -> Option<&'static str> {
+    dir.join("checkpoints").exists().then_some("--resume")
+}
+
 pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
     let started = Instant::now();
     let config = if config.is_absolute() {
@@ -69,160 +79,207 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
         prepare,
         packed,
     } = read_recipe(&config)?;
-    let run = root.join("runs").join(&recipe.name);
-    let rr = crate::build_rr(root, torch)?;
-    let s = |p: &Path| p.to_string_lossy().into_owned();
-
-    let source = if prepare.source == "smollm2" {
-        let cache = crate::fetch_model::cache_dir(root, None);
-        crate::fetch_model::fetch_smollm2(root, &cache, torch)?
-    } else {
-        root.join(&prepare.source)
+    let job = Job {
+        run: root.join("runs").join(&recipe.name),
+        rr: crate::build_rr(root, torch)?,
+        root,
+        torch,
+        config,
+        recipe,
+        prepare,
     };
-    let init = root.join(&recipe.model.init);
+    let source = job.source_model()?;
+    let init = root.join(&job.recipe.model.init);
     if !init.join("config.json").exists() {
-        let layers = format!(
-            "{},{},{}",
-            prepare.layers[0], prepare.layers[1], prepare.layers[2]
-        );
+        job.surgery(&source, &init)?;
+    }
+    let packed = root.join(&packed);
+    if !packed.join("manifest.json").exists() {
+        job.pack(&init, &packed)?;
+    }
+    let train_dir = job.run.join("train");
+    job.train(&train_dir)?;
+    let baseline_dir = job.run.join("baseline");
+    let baseline = job
+        .recipe
+        .baseline
+        .is_some()
+        .then_some(baseline_dir.as_path());
+    if let Some(baseline_dir) = baseline {
+        job.train_baseline(&train_dir, baseline_dir)?;
+    }
+    job.report(&train_dir, baseline)?;
+    println!(
+        "done in {:.0} s: {}",
+        started.elapsed().as_secs_f64(),
+        job.run.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// One run of the job: the recipe and where its steps read and write.
+struct Job<'a> {
+    root: &'a Path,
+    torch: &'a Torch,
+    /// The recipe file, absolute.
+    config: PathBuf,
+    recipe: TrainConfig,
+    prepare: PrepareSection,
+    /// `runs/<name>`.
+    run: PathBuf,
+    /// The `rr` binary.
+    rr: PathBuf,
+}
+
+impl Job<'_> {
+    fn step(&self, what: &str, args: &[&str]) -> Result<()> {
+        rr_step(self.root, &self.rr, what, args)
+    }
+
+    /// The model to retrofit: SmolLM2 fetched and imported, or a folder under the workspace.
+    fn source_model(&self) -> Result<PathBuf> {
+        if self.prepare.source == "smollm2" {
+            let cache = crate::fetch_model::cache_dir(self.root, None);
+            crate::fetch_model::fetch_smollm2(self.root, &cache, self.torch)
+        } else {
+            Ok(self.root.join(&self.prepare.source))
+        }
+    }
+
+    /// `rr surgery` from `source` into `init`, the recipe's starting model.
+    fn surgery(&self, source: &Path, init: &Path) -> Result<()> {
+        let [prelude, core, coda] = self.prepare.layers;
+        let layers = format!("{prelude},{core},{coda}");
         // The recipe states the mean recurrence once, as [curriculum.mean] target (validation
         // guarantees a curriculum when there is a [prepare]).
-        let mean = recipe
+        let mean = self
+            .recipe
             .mean_recurrence()
             .context("the recipe has no [curriculum.mean] target")?;
-        let (seed, mean) = (recipe.seed.to_string(), mean.to_string());
-        rr_step(
-            root,
-            &rr,
+        let (seed, mean) = (self.recipe.seed.to_string(), mean.to_string());
+        let (source, init) = (lossy(source), lossy(init));
+        self.step(
             "surgery",
             &[
                 "surgery",
                 "--model",
-                &s(&source),
+                &source,
                 "--layers",
                 &layers,
                 "--adapter",
-                &prepare.adapter,
+                &self.prepare.adapter,
                 "--seed",
                 &seed,
                 "--mean-recurrence",
                 &mean,
                 "--out",
-                &s(&init),
+                &init,
             ],
-        )?;
+        )
     }
-    let packed = root.join(&packed);
-    if !packed.join("manifest.json").exists() {
-        let mut inputs: Vec<PathBuf> = prepare
+
+    /// `rr data pack` of the recipe's inputs and synthetic problems, with `init`'s tokenizer.
+    fn pack(&self, init: &Path, packed: &Path) -> Result<()> {
+        let mut inputs: Vec<PathBuf> = self
+            .prepare
             .inputs
             .iter()
-            .map(|p| root.join(expand_shared(&p.to_string_lossy())))
+            .map(|p| self.root.join(expand_shared(&p.to_string_lossy())))
             .collect();
-        if prepare.synth_problems > 0 {
-            let synth = run.join("data/synth.jsonl");
-            if !synth.exists() {
-                std::fs::create_dir_all(run.join("data"))?;
-                let (n, steps, seed) = (
-                    prepare.synth_problems.to_string(),
-                    prepare.synth_max_steps.to_string(),
-                    recipe.seed.to_string(),
-                );
-                rr_step(
-                    root,
-                    &rr,
-                    "synthetic problems",
-                    &[
-                        "data",
-                        "synth-math",
-                        "--problems",
-                        &n,
-                        "--max-steps",
-                        &steps,
-                        "--seed",
-                        &seed,
-                        "--out",
-                        &s(&synth),
-                    ],
-                )?;
-            }
-            inputs.push(synth);
+        if self.prepare.synth_problems > 0 {
+            inputs.push(self.synth_problems()?);
         }
         if inputs.is_empty() {
             bail!(
                 "{}: no data: set prepare.synth_problems or prepare.inputs",
-                config.display()
+                self.config.display()
             );
         }
         let mut args = vec![
             "data".to_string(),
             "pack".into(),
             "--tokenizer".into(),
-            s(&init),
+            lossy(init),
             "--format".into(),
-            prepare.format.clone(),
+            self.prepare.format.clone(),
             "--seq-len".into(),
-            prepare.seq_len.to_string(),
+            self.prepare.seq_len.to_string(),
             "--out".into(),
-            s(&packed),
+            lossy(packed),
             "--heldout-fraction".into(),
             "0.05".into(),
             "--input".into(),
         ];
-        args.extend(inputs.iter().map(|p| s(p)));
+        args.extend(inputs.iter().map(|p| lossy(p)));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        rr_step(root, &rr, "packing", &args)?;
+        self.step("packing", &args)
     }
-    let train_dir = run.join("train");
-    let resume = |dir: &Path| {
-        if dir.join("checkpoints").exists() {
-            vec!["--resume"]
-        } else {
-            vec![]
+
+    /// `runs/<name>/data/synth.jsonl`, generated unless it is there.
+    fn synth_problems(&self) -> Result<PathBuf> {
+        let synth = self.run.join("data/synth.jsonl");
+        if !synth.exists() {
+            std::fs::create_dir_all(self.run.join("data"))?;
+            let (n, steps, seed) = (
+                self.prepare.synth_problems.to_string(),
+                self.prepare.synth_max_steps.to_string(),
+                self.recipe.seed.to_string(),
+            );
+            self.step(
+                "synthetic problems",
+                &[
+                    "data",
+                    "synth-math",
+                    "--problems",
+                    &n,
+                    "--max-steps",
+                    &steps,
+                    "--seed",
+                    &seed,
+                    "--out",
+                    &lossy(&synth),
+                ],
+            )?;
         }
-    };
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().context("config path is not UTF-8")?,
-    ];
-    let train_s = s(&train_dir);
-    args.extend(["--run-dir", &train_s]);
-    args.extend(resume(&train_dir));
-    rr_step(root, &rr, "training the retrofit", &args)?;
-    let baseline_dir = run.join("baseline");
-    let baseline_s = s(&baseline_dir);
-    if recipe.baseline.is_some() {
+        Ok(synth)
+    }
+
+    /// `rr train` of the retrofit into `train_dir`, resumed when it has checkpoints.
+    fn train(&self, train_dir: &Path) -> Result<()> {
+        let config = self.config.to_str().context("config path is not UTF-8")?;
+        let train_dir_s = lossy(train_dir);
+        let mut args = vec!["train", "--config", config, "--run-dir", &train_dir_s];
+        args.extend(resume_flag(train_dir));
+        self.step("training the retrofit", &args)
+    }
+
+    /// `rr train --baseline` with the FLOPs of the run in `train_dir`.
+    fn train_baseline(&self, train_dir: &Path, baseline_dir: &Path) -> Result<()> {
+        let (train_s, baseline_s) = (lossy(train_dir), lossy(baseline_dir));
         let mut args = vec![
             "train",
             "--config",
-            config.to_str().unwrap_or_default(),
+            self.config.to_str().unwrap_or_default(),
             "--baseline",
             "--match-flops",
             &train_s,
             "--run-dir",
             &baseline_s,
         ];
-        args.extend(resume(&baseline_dir));
-        rr_step(
-            root,
-            &rr,
-            "training the static baseline (equal FLOPs)",
-            &args,
-        )?;
+        args.extend(resume_flag(baseline_dir));
+        self.step("training the static baseline (equal FLOPs)", &args)
     }
-    let run_s = s(&run);
-    let mut args = vec!["report", &train_s, "--out", &run_s];
-    if recipe.baseline.is_some() {
-        args.extend(["--baseline", &baseline_s]);
+
+    /// `rr report` into `runs/<name>`, against the baseline when there is one.
+    fn report(&self, train_dir: &Path, baseline_dir: Option<&Path>) -> Result<()> {
+        let (train_s, run_s) = (lossy(train_dir), lossy(&self.run));
+        let baseline_s = baseline_dir.map(lossy);
+        let mut args = vec!["report", &train_s, "--out", &run_s];
+        if let Some(baseline_s) = &baseline_s {
+            args.extend(["--baseline", baseline_s]);
+        }
+        self.step("report", &args)
     }
-    rr_step(root, &rr, "report", &args)?;
-    println!(
-        "done in {:.0} s: {}",
-        started.elapsed().as_secs_f64(),
-        run.join("report.md").display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

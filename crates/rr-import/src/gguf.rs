@@ -24,8 +24,10 @@ use half::{bf16, f16};
 use rr_util::fs::StagingDir;
 
 use crate::hf_dir::{self, LlamaHyper};
-use crate::tokenizer_build::{self, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
-use crate::{f32_to_clean_f64, interleaved_to_halves, ImportSummary};
+use crate::tokenizer_build::{self, BuiltTokenizer, Gpt2Vocab, SpecialIds, SpmVocab, TokenKind};
+use crate::{
+    f32_to_clean_f64, refuse_existing_output, rotary_rows_to_hf, ImportSummary, MappedFile,
+};
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -265,23 +267,7 @@ pub struct GgufFile {
     pub alignment: u64,
     /// Absolute offset of the data section.
     pub data_offset: u64,
-    map: Mmap,
-}
-
-/// A read-only memory map, or an empty buffer (mmap of a zero-length file fails).
-enum Mmap {
-    Map(memmap2::Mmap),
-    Empty,
-}
-
-impl std::ops::Deref for Mmap {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Mmap::Map(m) => m,
-            Mmap::Empty => &[],
-        }
-    }
+    map: MappedFile,
 }
 
 /// A bounds-checked little-endian reader.
@@ -322,6 +308,72 @@ impl<'a> Cursor<'a> {
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| anyhow::anyhow!("{what} is not valid UTF-8"))
+    }
+
+    /// Magic, version, tensor count and metadata count; the counts are checked against the
+    /// bytes left before anything is allocated from them.
+    fn preamble(&mut self) -> Result<(u32, u64, u64)> {
+        let magic = self
+            .take(4, "magic")
+            .map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
+        if magic != GGUF_MAGIC {
+            anyhow::bail!("bad magic {:02x?} (expected \"GGUF\")", magic);
+        }
+        let version = self.u32("version")?;
+        match version {
+            2 | 3 => {}
+            1 => {
+                anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)")
+            }
+            v if v.swap_bytes() <= 3 => anyhow::bail!("big-endian GGUF files are not supported"),
+            v => anyhow::bail!("unsupported GGUF version {v} (supported: 2, 3)"),
+        }
+        let n_tensors = self.u64("tensor count")?;
+        let n_kv = self.u64("metadata count")?;
+        // Each metadata entry is at least 8 (key length) + 4 (type) + 1 bytes, each tensor info
+        // at least 8 + 4 + 8 + 4 + 8.
+        if n_kv.saturating_mul(13) > self.remaining()
+            || n_tensors.saturating_mul(32) > self.remaining()
+        {
+            anyhow::bail!(
+                "file is truncated: header claims {n_kv} metadata entries and {n_tensors} tensors, \
+                 only {} bytes remain",
+                self.remaining()
+            );
+        }
+        Ok((version, n_tensors, n_kv))
+    }
+
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, Value>> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = self.string(&format!("metadata key {i}"))?;
+            let ty = self.u32(&format!("type of metadata {key}"))?;
+            let value = self.value(ty, &format!("metadata {key}"), 0)?;
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    /// The header entry of tensor `i`.
+    fn tensor_info(&mut self, i: u64) -> Result<TensorInfo> {
+        let name = self.string(&format!("tensor {i} name"))?;
+        let n_dims = self.u32(&format!("tensor {name} dimension count"))?;
+        if n_dims == 0 || n_dims > 4 {
+            anyhow::bail!("tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)");
+        }
+        let mut ne = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            ne.push(self.u64(&format!("tensor {name} dimensions"))?);
+        }
+        let ty = GgmlType(self.u32(&format!("tensor {name} type"))?);
+        let offset = self.u64(&format!("tensor {name} offset"))?;
+        Ok(TensorInfo {
+            name,
+            ne,
+            ty,
+            offset,
+        })
     }
 
     fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
@@ -375,89 +427,34 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// `general.alignment` of the data section, or the GGUF default of 32.
+fn alignment_of(metadata: &BTreeMap<String, Value>) -> Result<u64> {
+    Ok(match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_int() {
+            Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
+            _ => anyhow::bail!("general.alignment {v:?} is not a positive power of two"),
+        },
+    })
+}
+
 impl GgufFile {
     /// Opens and parses `path`; errors name the file.
     pub fn open(path: &Path) -> Result<Self> {
         let file = fs::File::open(path)
             .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file
-            .metadata()
-            .with_context(|| format!("cannot stat {}", path.display()))?
-            .len();
-        let map = if len == 0 {
-            Mmap::Empty
-        } else {
-            // SAFETY: the map is read-only and private to this process; we only read it.
-            Mmap::Map(
-                unsafe { memmap2::Mmap::map(&file) }
-                    .with_context(|| format!("cannot map {}", path.display()))?,
-            )
-        };
+        let map = MappedFile::new(&file, path)?;
         Self::parse(map).with_context(|| format!("{}: not a valid GGUF file", path.display()))
     }
 
-    fn parse(map: Mmap) -> Result<Self> {
+    fn parse(map: MappedFile) -> Result<Self> {
         let mut c = Cursor { buf: &map, pos: 0 };
-        let magic = c
-            .take(4, "magic")
-            .map_err(|_| anyhow::anyhow!("file is too short for a GGUF header"))?;
-        if magic != GGUF_MAGIC {
-            anyhow::bail!("bad magic {:02x?} (expected \"GGUF\")", magic);
-        }
-        let version = c.u32("version")?;
-        match version {
-            2 | 3 => {}
-            1 => {
-                anyhow::bail!("GGUF version 1 is not supported (re-convert with a newer llama.cpp)")
-            }
-            v if v.swap_bytes() <= 3 => anyhow::bail!("big-endian GGUF files are not supported"),
-            v => anyhow::bail!("unsupported GGUF version {v} (supported: 2, 3)"),
-        }
-        let n_tensors = c.u64("tensor count")?;
-        let n_kv = c.u64("metadata count")?;
-        // Each metadata entry is at least 8 (key length) + 4 (type) + 1 bytes, each tensor info
-        // at least 8 + 4 + 8 + 4 + 8.
-        if n_kv.saturating_mul(13) > c.remaining() || n_tensors.saturating_mul(32) > c.remaining() {
-            anyhow::bail!(
-                "file is truncated: header claims {n_kv} metadata entries and {n_tensors} tensors, \
-                 only {} bytes remain",
-                c.remaining()
-            );
-        }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&format!("metadata key {i}"))?;
-            let ty = c.u32(&format!("type of metadata {key}"))?;
-            let value = c.value(ty, &format!("metadata {key}"), 0)?;
-            metadata.insert(key, value);
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_int() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-                _ => anyhow::bail!("general.alignment {v:?} is not a positive power of two"),
-            },
-        };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&format!("tensor {i} name"))?;
-            let n_dims = c.u32(&format!("tensor {name} dimension count"))?;
-            if n_dims == 0 || n_dims > 4 {
-                anyhow::bail!("tensor {name} has {n_dims} dimensions (ggml allows 1 to 4)");
-            }
-            let mut ne = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                ne.push(c.u64(&format!("tensor {name} dimensions"))?);
-            }
-            let ty = GgmlType(c.u32(&format!("tensor {name} type"))?);
-            let offset = c.u64(&format!("tensor {name} offset"))?;
-            tensors.push(TensorInfo {
-                name,
-                ne,
-                ty,
-                offset,
-            });
-        }
+        let (version, n_tensors, n_kv) = c.preamble()?;
+        let metadata = c.metadata(n_kv)?;
+        let alignment = alignment_of(&metadata)?;
+        let tensors = (0..n_tensors)
+            .map(|i| c.tensor_info(i))
+            .collect::<Result<Vec<_>>>()?;
         let header_end = c.pos as u64;
         let data_offset = header_end.div_ceil(alignment) * alignment;
         let file_len = map.len() as u64;
@@ -651,12 +648,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<ImportSummary> {
     if !path.exists() {
         anyhow::bail!("GGUF file {} does not exist", path.display());
     }
-    if out.exists() {
-        anyhow::bail!(
-            "output directory {} already exists; choose another --out or remove it",
-            out.display()
-        );
-    }
+    refuse_existing_output(out)?;
     let gguf = GgufFile::open(path)?;
     let ctx = || format!("{}", path.display());
     let (hyper, sources, tokenizer, notes) = plan(&gguf).with_context(ctx)?;
@@ -678,14 +670,45 @@ struct TokenizerFiles {
 type Plan<'a> = (LlamaHyper, Vec<Source<'a>>, TokenizerFiles, Vec<String>);
 
 /// Reads hyperparameters, maps every tensor and builds the tokenizer, before anything is written.
+///
+/// The steps run in a fixed order, which decides the error a file with several problems gets:
+/// architecture, dimensions, tensor names and types, tokenizer, then tensor shapes.
 fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
+    check_architecture(gguf)?;
+    let dims = read_dims(gguf)?;
+    let by_name = check_tensor_names_and_types(gguf)?;
+    let embd = by_name
+        .get("token_embd.weight")
+        .ok_or_else(|| anyhow::anyhow!("tensor token_embd.weight is missing"))?;
+    let vocab_size = embd.hf_shape().first().copied().unwrap_or(0);
+    let tied = !by_name.contains_key("output.weight");
+
+    // Tokenizer first: the vocabulary size and special ids go into the config.
+    let tokenizer = build_tokenizer(gguf, vocab_size, dims.max_position_embeddings)?;
+    let mut notes: Vec<String> = padded_vocabulary_note(gguf, vocab_size)?
+        .into_iter()
+        .collect();
+    let hyper = LlamaHyper {
+        vocab_size,
+        tie_word_embeddings: tied,
+        bos_token_id: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
+        ..dims
+    };
+    hyper.validate(Path::new("GGUF metadata"))?;
+    let sources = tensor_sources(gguf, &hyper)?;
+    notes.extend(conversion_notes(gguf, tied));
+    Ok((hyper, sources, tokenizer, notes))
+}
+
+/// Refuses anything but a plain Llama: other architectures, mixtures of experts, RoPE scaling.
+fn check_architecture(gguf: &GgufFile) -> Result<()> {
     let arch = gguf
         .get_str("general.architecture")?
         .ok_or_else(|| anyhow::anyhow!("metadata general.architecture is missing"))?;
     if arch != "llama" {
         anyhow::bail!("architecture '{arch}' is not supported (only 'llama' can be imported)");
     }
-    let mut notes = Vec::new();
     if let Some(n) = gguf.get_usize("llama.expert_count")? {
         if n > 0 {
             anyhow::bail!("mixture-of-experts llama models ({n} experts) are not supported");
@@ -696,7 +719,13 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             anyhow::bail!("RoPE scaling '{kind}' is not supported yet");
         }
     }
+    Ok(())
+}
 
+/// The dimensions and constants in the `llama.*` metadata, as a [`LlamaHyper`] whose
+/// vocabulary size, tying and special ids are placeholders: they come from the tensors and the
+/// tokenizer, which [`plan`] checks after these.
+fn read_dims(gguf: &GgufFile) -> Result<LlamaHyper> {
     let hidden = gguf.require_usize("llama.embedding_length")?;
     let ffn = gguf.require_usize("llama.feed_forward_length")?;
     let layers = gguf.require_usize("llama.block_count")?;
@@ -707,11 +736,37 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
     if heads == 0 {
         anyhow::bail!("llama.attention.head_count is 0");
     }
+    let head_dim = read_head_dim(gguf, hidden / heads)?;
+    Ok(LlamaHyper {
+        hidden_size: hidden,
+        intermediate_size: ffn,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim,
+        // Fields are evaluated as written: epsilon, theta, then context length is the order in
+        // which their errors are reported.
+        rms_norm_eps: gguf
+            .get_f64("llama.attention.layer_norm_rms_epsilon")?
+            .unwrap_or(1e-5),
+        rope_theta: gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
+        max_position_embeddings: gguf.get_usize("llama.context_length")?.unwrap_or(2048),
+        vocab_size: 0,
+        tie_word_embeddings: false,
+        bos_token_id: None,
+        eos_token_id: None,
+    })
+}
+
+/// The attention head size: the key length, else the rotary dimension count, else
+/// `default` (hidden / heads). Value heads of another size and partial rotary embeddings are
+/// refused.
+fn read_head_dim(gguf: &GgufFile, default: usize) -> Result<usize> {
     let head_dim = match gguf.get_usize("llama.attention.key_length")? {
         Some(d) => d,
         None => match gguf.get_usize("llama.rope.dimension_count")? {
             Some(d) => d,
-            None => hidden / heads,
+            None => default,
         },
     };
     if let Some(v) = gguf.get_usize("llama.attention.value_length")? {
@@ -726,12 +781,12 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             anyhow::bail!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported");
         }
     }
-    let eps = gguf
-        .get_f64("llama.attention.layer_norm_rms_epsilon")?
-        .unwrap_or(1e-5);
-    let theta = gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
-    let ctx_len = gguf.get_usize("llama.context_length")?.unwrap_or(2048);
+    Ok(head_dim)
+}
 
+/// Every tensor by name, after checking that names are unique, have a Hugging Face Llama
+/// counterpart and a type we can dequantize.
+fn check_tensor_names_and_types(gguf: &GgufFile) -> Result<HashMap<&str, &TensorInfo>> {
     let by_name: HashMap<&str, &TensorInfo> =
         gguf.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     if by_name.len() != gguf.tensors.len() {
@@ -752,47 +807,24 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             );
         }
     }
-    let embd = by_name
-        .get("token_embd.weight")
-        .ok_or_else(|| anyhow::anyhow!("tensor token_embd.weight is missing"))?;
-    let vocab_size = embd.hf_shape().first().copied().unwrap_or(0);
-    let tied = !by_name.contains_key("output.weight");
+    Ok(by_name)
+}
 
-    // Tokenizer first: the vocabulary size and special ids go into the config.
-    let tokenizer = build_tokenizer(gguf, vocab_size, ctx_len)?;
+/// A note when the embedding has more rows than the tokenizer has tokens ([`build_tokenizer`]
+/// has already refused fewer).
+fn padded_vocabulary_note(gguf: &GgufFile, vocab_size: usize) -> Result<Option<String>> {
     let token_count = gguf
         .get_array("tokenizer.ggml.tokens")?
         .map(|a| a.len())
         .unwrap_or(0);
-    if token_count > vocab_size {
-        anyhow::bail!(
-            "the tokenizer has {token_count} tokens but the embedding only {vocab_size} rows"
-        );
-    }
-    if token_count < vocab_size {
-        notes.push(format!(
-            "embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)"
-        ));
-    }
+    Ok((token_count < vocab_size).then(|| {
+        format!("embedding has {vocab_size} rows for {token_count} tokens (padded vocabulary)")
+    }))
+}
 
-    let hyper = LlamaHyper {
-        hidden_size: hidden,
-        intermediate_size: ffn,
-        num_hidden_layers: layers,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        vocab_size,
-        max_position_embeddings: ctx_len,
-        rms_norm_eps: eps,
-        rope_theta: theta,
-        tie_word_embeddings: tied,
-        bos_token_id: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
-        eos_token_id: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
-    };
-    hyper.validate(Path::new("GGUF metadata"))?;
-
-    // Every planned Hugging Face tensor must come from exactly one GGUF tensor of the right shape.
+/// The source of every tensor in `hyper`'s plan: every planned Hugging Face tensor must come
+/// from exactly one GGUF tensor of the right shape, and every GGUF tensor must be planned.
+fn tensor_sources<'a>(gguf: &'a GgufFile, hyper: &LlamaHyper) -> Result<Vec<Source<'a>>> {
     let hf_to_gguf: HashMap<String, &TensorInfo> = gguf
         .tensors
         .iter()
@@ -807,65 +839,81 @@ fn plan(gguf: &GgufFile) -> Result<Plan<'_>> {
             .iter()
             .find(|t| hf_name(&t.name).is_some_and(|n| !planned.contains(n.as_str())))
         {
+            let layers = hyper.num_hidden_layers;
             anyhow::bail!("tensor {} does not fit a {layers}-layer model", extra.name);
         }
     }
-    let mut sources = Vec::with_capacity(plan.len());
-    for p in &plan {
-        let info = hf_to_gguf
-            .get(&p.name)
-            .ok_or_else(|| anyhow::anyhow!("no tensor for {} in the file", p.name))?;
-        if info.hf_shape() != p.shape {
-            anyhow::bail!(
-                "tensor {} has shape {:?} (ne {:?}), expected {:?} for {}",
-                info.name,
-                info.hf_shape(),
-                info.ne,
-                p.shape,
-                p.name
-            );
-        }
-        let unpermute_heads = if p.name.ends_with("q_proj.weight") {
-            Some(heads)
-        } else if p.name.ends_with("k_proj.weight") {
-            Some(kv_heads)
-        } else {
-            None
-        };
-        sources.push(Source {
-            info,
-            unpermute_heads,
-        });
-    }
+    plan.iter()
+        .map(|p| {
+            let info = hf_to_gguf
+                .get(&p.name)
+                .ok_or_else(|| anyhow::anyhow!("no tensor for {} in the file", p.name))?;
+            if info.hf_shape() != p.shape {
+                anyhow::bail!(
+                    "tensor {} has shape {:?} (ne {:?}), expected {:?} for {}",
+                    info.name,
+                    info.hf_shape(),
+                    info.ne,
+                    p.shape,
+                    p.name
+                );
+            }
+            Ok(Source {
+                info,
+                unpermute_heads: hyper.rotary_heads(&p.name),
+            })
+        })
+        .collect()
+}
 
+/// What the conversion did: tensor types dequantized, the q/k permutation, a tied head.
+fn conversion_notes(gguf: &GgufFile, tied: bool) -> Vec<String> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in &gguf.tensors {
         *counts.entry(t.ty.name()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    notes.push(format!(
-        "GGUF v{}: dequantized {} tensors to F32",
-        gguf.version,
-        counts.join(", ")
-    ));
-    notes.push("undid llama.cpp's q/k rotary row permutation".into());
+    let mut notes = vec![
+        format!(
+            "GGUF v{}: dequantized {} tensors to F32",
+            gguf.version,
+            counts.join(", ")
+        ),
+        "undid llama.cpp's q/k rotary row permutation".into(),
+    ];
     if tied {
         notes.push("no output.weight: lm_head tied to embed_tokens".into());
     }
-    Ok((hyper, sources, tokenizer, notes))
+    notes
 }
 
+/// Builds `tokenizer.json` and `tokenizer_config.json` from the `tokenizer.ggml.*` metadata.
 fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result<TokenizerFiles> {
     let model = gguf
         .get_str("tokenizer.ggml.model")?
         .ok_or_else(|| anyhow::anyhow!("metadata tokenizer.ggml.model is missing"))?;
+    let tokens = read_tokens(gguf, vocab_size)?;
+    let kinds = read_token_kinds(gguf, tokens.len())?;
+    let special = SpecialTokens::read(gguf)?;
+    let built = match model {
+        "gpt2" => gpt2_from_metadata(gguf, &tokens, kinds, &special)?,
+        "llama" => spm_from_metadata(gguf, &tokens, kinds, &special)?,
+        other => {
+            anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)")
+        }
+    };
+    tokenizer_files(gguf, &tokens, built, special.ids, ctx_len)
+}
+
+/// `tokenizer.ggml.tokens`, at most `vocab_size` of them; an empty token is renamed
+/// `[EMPTY_i]`, as llama.cpp does.
+fn read_tokens(gguf: &GgufFile, vocab_size: usize) -> Result<Vec<String>> {
     let tokens: Vec<String> = gguf
         .get_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| anyhow::anyhow!("metadata tokenizer.ggml.tokens is missing"))?
         .iter()
         .enumerate()
         .map(|(i, v)| match v.as_str() {
-            // llama.cpp renames empty tokens the same way.
             Some("") => Ok(format!("[EMPTY_{i}]")),
             Some(s) => Ok(s.to_string()),
             None => anyhow::bail!("tokenizer.ggml.tokens[{i}] is not a string"),
@@ -877,8 +925,12 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
             tokens.len()
         );
     }
-    let n = tokens.len();
-    let kinds: Vec<TokenKind> = match gguf.get_array("tokenizer.ggml.token_type")? {
+    Ok(tokens)
+}
+
+/// `tokenizer.ggml.token_type` for `n` tokens; all normal when absent.
+fn read_token_kinds(gguf: &GgufFile, n: usize) -> Result<Vec<TokenKind>> {
+    Ok(match gguf.get_array("tokenizer.ggml.token_type")? {
         None => vec![TokenKind::Normal; n],
         Some(a) if a.len() == n => a
             .iter()
@@ -889,84 +941,121 @@ fn build_tokenizer(gguf: &GgufFile, vocab_size: usize, ctx_len: usize) -> Result
             "tokenizer.ggml.token_type has {} entries for {n} tokens",
             a.len()
         ),
-    };
-    let bos = gguf.get_token_id("tokenizer.ggml.bos_token_id")?;
-    let eos = gguf.get_token_id("tokenizer.ggml.eos_token_id")?;
-    let unk = gguf.get_token_id("tokenizer.ggml.unknown_token_id")?;
-    let pad = gguf.get_token_id("tokenizer.ggml.padding_token_id")?;
-    let add_bos = gguf.get_bool("tokenizer.ggml.add_bos_token")?;
-    let add_eos = gguf.get_bool("tokenizer.ggml.add_eos_token")?;
+    })
+}
 
-    let built = match model {
-        "gpt2" => {
-            let merges: Vec<String> = gguf
-                .get_array("tokenizer.ggml.merges")?
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)"
-                    )
-                })?
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.merges holds non-strings"))?;
-            tokenizer_build::gpt2_tokenizer(&Gpt2Vocab {
-                tokens: tokens.clone(),
-                kinds,
-                merges,
-                pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_string),
-                bos_id: bos,
-                eos_id: eos,
-                add_bos,
-                add_eos,
-            })?
-        }
-        "llama" => {
-            let scores: Vec<f32> = match gguf.get_array("tokenizer.ggml.scores")? {
-                None => vec![0.0; n],
-                Some(a) if a.len() == n => a
-                    .iter()
-                    .map(|v| match v {
-                        Value::F32(f) => Some(*f),
-                        other => other.as_float().map(|f| f as f32),
-                    })
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.scores holds non-numbers"))?,
-                Some(a) => anyhow::bail!(
-                    "tokenizer.ggml.scores has {} entries for {n} tokens",
-                    a.len()
-                ),
-            };
-            tokenizer_build::spm_tokenizer(&SpmVocab {
-                pieces: tokens.clone(),
-                scores,
-                kinds,
-                // llama.cpp's defaults for SentencePiece vocabularies.
-                bos_id: bos.or(Some(1)).filter(|&b| (b as usize) < n),
-                eos_id: eos.or(Some(2)).filter(|&e| (e as usize) < n),
-                unk_id: unk.or(Some(0)).filter(|&u| (u as usize) < n),
-                add_bos: add_bos.unwrap_or(true),
-                add_eos: add_eos.unwrap_or(false),
-                add_space_prefix: gguf
-                    .get_bool("tokenizer.ggml.add_space_prefix")?
-                    .unwrap_or(true),
-                remove_extra_whitespaces: gguf
-                    .get_bool("tokenizer.ggml.remove_extra_whitespaces")?
-                    .unwrap_or(false),
-            })?
-        }
-        other => {
-            anyhow::bail!("tokenizer model '{other}' is not supported (supported: gpt2, llama)")
-        }
-    };
+/// The special-token metadata both tokenizer families read: ids, and whether BOS/EOS are added
+/// (`None` when the file does not say).
+struct SpecialTokens {
+    ids: SpecialIds,
+    add_bos: Option<bool>,
+    add_eos: Option<bool>,
+}
+
+impl SpecialTokens {
+    fn read(gguf: &GgufFile) -> Result<Self> {
+        let ids = SpecialIds {
+            bos: gguf.get_token_id("tokenizer.ggml.bos_token_id")?,
+            eos: gguf.get_token_id("tokenizer.ggml.eos_token_id")?,
+            unk: gguf.get_token_id("tokenizer.ggml.unknown_token_id")?,
+            pad: gguf.get_token_id("tokenizer.ggml.padding_token_id")?,
+        };
+        Ok(Self {
+            ids,
+            add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token")?,
+            add_eos: gguf.get_bool("tokenizer.ggml.add_eos_token")?,
+        })
+    }
+}
+
+/// A byte-level BPE (`tokenizer.ggml.model = "gpt2"`): needs `tokenizer.ggml.merges`.
+fn gpt2_from_metadata(
+    gguf: &GgufFile,
+    tokens: &[String],
+    kinds: Vec<TokenKind>,
+    special: &SpecialTokens,
+) -> Result<BuiltTokenizer> {
+    let merges: Vec<String> = gguf
+        .get_array("tokenizer.ggml.merges")?
+        .ok_or_else(|| {
+            anyhow::anyhow!("metadata tokenizer.ggml.merges is missing (needed by gpt2 BPE)")
+        })?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.merges holds non-strings"))?;
+    tokenizer_build::gpt2_tokenizer(&Gpt2Vocab {
+        tokens: tokens.to_vec(),
+        kinds,
+        merges,
+        pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_string),
+        bos_id: special.ids.bos,
+        eos_id: special.ids.eos,
+        add_bos: special.add_bos,
+        add_eos: special.add_eos,
+    })
+}
+
+/// A SentencePiece BPE (`tokenizer.ggml.model = "llama"`), with llama.cpp's defaults for what
+/// the file leaves out.
+fn spm_from_metadata(
+    gguf: &GgufFile,
+    tokens: &[String],
+    kinds: Vec<TokenKind>,
+    special: &SpecialTokens,
+) -> Result<BuiltTokenizer> {
+    let n = tokens.len();
+    let scores = read_scores(gguf, n)?;
+    let SpecialIds { bos, eos, unk, .. } = special.ids;
+    tokenizer_build::spm_tokenizer(&SpmVocab {
+        pieces: tokens.to_vec(),
+        scores,
+        kinds,
+        bos_id: bos.or(Some(1)).filter(|&b| (b as usize) < n),
+        eos_id: eos.or(Some(2)).filter(|&e| (e as usize) < n),
+        unk_id: unk.or(Some(0)).filter(|&u| (u as usize) < n),
+        add_bos: special.add_bos.unwrap_or(true),
+        add_eos: special.add_eos.unwrap_or(false),
+        add_space_prefix: gguf
+            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(true),
+        remove_extra_whitespaces: gguf
+            .get_bool("tokenizer.ggml.remove_extra_whitespaces")?
+            .unwrap_or(false),
+    })
+}
+
+/// `tokenizer.ggml.scores` for `n` tokens; all zero when absent.
+fn read_scores(gguf: &GgufFile, n: usize) -> Result<Vec<f32>> {
+    Ok(match gguf.get_array("tokenizer.ggml.scores")? {
+        None => vec![0.0; n],
+        Some(a) if a.len() == n => a
+            .iter()
+            .map(|v| match v {
+                Value::F32(f) => Some(*f),
+                other => other.as_float().map(|f| f as f32),
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("tokenizer.ggml.scores holds non-numbers"))?,
+        Some(a) => anyhow::bail!(
+            "tokenizer.ggml.scores has {} entries for {n} tokens",
+            a.len()
+        ),
+    })
+}
+
+/// The two tokenizer documents of a built tokenizer, with the chat template when the file has
+/// one, and what to tell the user.
+fn tokenizer_files(
+    gguf: &GgufFile,
+    tokens: &[String],
+    built: BuiltTokenizer,
+    ids: SpecialIds,
+    ctx_len: usize,
+) -> Result<TokenizerFiles> {
     let chat_template = gguf.get_str("tokenizer.chat_template")?;
-    let config = tokenizer_build::tokenizer_config_json(
-        &tokens,
-        &built,
-        SpecialIds { bos, eos, unk, pad },
-        ctx_len,
-        chat_template,
-    );
+    let config =
+        tokenizer_build::tokenizer_config_json(tokens, &built, ids, ctx_len, chat_template);
     let mut notes = built.notes.clone();
     notes.push(format!(
         "tokenizer adds BOS: {}, adds EOS: {}{}",
@@ -1000,17 +1089,10 @@ fn write_dir(
     let params = hf_dir::write_safetensors(&dir.join("model.safetensors"), &plan, |i| {
         let src = &sources[i];
         let values = gguf.tensor_f32(src.info)?;
-        match src.unpermute_heads {
-            Some(heads) => interleaved_to_halves(&values, heads, head_dim, hidden)
-                .with_context(|| format!("tensor {}", src.info.name)),
-            None => Ok(values),
-        }
+        rotary_rows_to_hf(values, src.unpermute_heads, head_dim, hidden)
+            .with_context(|| format!("tensor {}", src.info.name))
     })?;
-    hf_dir::write_json(&dir.join("config.json"), &hyper.config_json())?;
-    hf_dir::write_json(
-        &dir.join("generation_config.json"),
-        &hyper.generation_config_json(),
-    )?;
+    hf_dir::write_config_files(dir, hyper)?;
     hf_dir::write_json(&dir.join("tokenizer.json"), &tokenizer.json)?;
     hf_dir::write_json(&dir.join("tokenizer_config.json"), &tokenizer.config)?;
     notes.extend(tokenizer.notes);

@@ -127,6 +127,18 @@ impl LlamaHyper {
         })
     }
 
+    /// How many heads the rows of a q or k projection (by Hugging Face name) are grouped in, for
+    /// the importers' rotary layout conversion; `None` for every other tensor.
+    pub fn rotary_heads(&self, name: &str) -> Option<usize> {
+        if name.ends_with("q_proj.weight") {
+            Some(self.num_attention_heads)
+        } else if name.ends_with("k_proj.weight") {
+            Some(self.num_key_value_heads)
+        } else {
+            None
+        }
+    }
+
     /// The tensors of a Llama model in Hugging Face naming, with their shapes, in a fixed order.
     pub fn tensor_plan(&self) -> Vec<TensorPlan> {
         let (h, f) = (self.hidden_size, self.intermediate_size);
@@ -200,6 +212,15 @@ impl TensorPlan {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+}
+
+/// Writes `config.json` and `generation_config.json` for `hyper` into `dir`.
+pub fn write_config_files(dir: &Path, hyper: &LlamaHyper) -> Result<()> {
+    write_json(&dir.join("config.json"), &hyper.config_json())?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &hyper.generation_config_json(),
+    )
 }
 
 /// Writes `model.safetensors` (all F32) by asking `produce(i)` for tensor `i` of `plan`, one at a

@@ -25,6 +25,11 @@ pub mod hf_dir;
 pub mod llama2c;
 pub mod tokenizer_build;
 
+use std::fs;
+use std::path::Path;
+
+use anyhow::Context;
+
 /// What an import produced, for the CLI to print.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportSummary {
@@ -40,9 +45,18 @@ pub struct ImportSummary {
     pub notes: Vec<String>,
 }
 
+/// The two orders in which a q or k projection can hold the rotary pairs of each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryLayout {
+    /// llama.cpp (GGUF) and llama2.c: within each head, row `2j + t` holds pair `j`,
+    /// component `t`.
+    Interleaved,
+    /// Hugging Face: that row is `t * head_dim/2 + j`.
+    Halves,
+}
+
 /// Reorders the rows of a q or k projection from the "interleaved" rotary layout used by
-/// llama.cpp (GGUF) and llama2.c — within each head, row `2j + t` holds pair `j`, component `t` —
-/// to the Hugging Face "halves" layout, where that row is `t * head_dim/2 + j`.
+/// llama.cpp (GGUF) and llama2.c to the Hugging Face "halves" layout (see [`RotaryLayout`]).
 ///
 /// This is the inverse of llama.cpp's `convert_hf_to_gguf.py` permutation
 /// `w.reshape(n_head, 2, head_dim/2, in).swapaxes(1, 2)`, and the same as llama2.c's
@@ -55,32 +69,19 @@ pub fn interleaved_to_halves(
     head_dim: usize,
     in_dim: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
-        (t * half + j, 2 * j + t)
-    })
+    to_rotary_layout(w, n_heads, head_dim, in_dim, RotaryLayout::Halves)
 }
 
-/// The forward permutation (Hugging Face halves → interleaved), i.e. what llama.cpp's converter
-/// does. Only used to check [`interleaved_to_halves`] and to build test fixtures.
-pub fn halves_to_interleaved(
+/// Reorders the rows of a q or k projection, row-major `[n_heads * head_dim, in_dim]`, from the
+/// other layout into `to`; whole rows move, each within its head. The importers need
+/// [`RotaryLayout::Halves`] ([`interleaved_to_halves`]); [`RotaryLayout::Interleaved`] is what
+/// llama.cpp's converter does, only used to check that and to build test fixtures.
+pub fn to_rotary_layout(
     w: &[f32],
     n_heads: usize,
     head_dim: usize,
     in_dim: usize,
-) -> anyhow::Result<Vec<f32>> {
-    permute_rows(w, n_heads, head_dim, in_dim, |half, j, t| {
-        (2 * j + t, t * half + j)
-    })
-}
-
-/// Moves row `src(j, t)` of every head to row `dst(j, t)`; `map` returns `(dst, src)` offsets
-/// within a head.
-fn permute_rows(
-    w: &[f32],
-    n_heads: usize,
-    head_dim: usize,
-    in_dim: usize,
-    map: impl Fn(usize, usize, usize) -> (usize, usize),
+    to: RotaryLayout,
 ) -> anyhow::Result<Vec<f32>> {
     if !head_dim.is_multiple_of(2) {
         anyhow::bail!("head_dim {head_dim} is odd: rotary embeddings need an even head dimension");
@@ -101,7 +102,12 @@ fn permute_rows(
         let base = h * head_dim;
         for j in 0..half {
             for t in 0..2 {
-                let (dst, src) = map(half, j, t);
+                // Row offsets within the head of pair j, component t, in each layout.
+                let (interleaved, halves) = (2 * j + t, t * half + j);
+                let (dst, src) = match to {
+                    RotaryLayout::Halves => (halves, interleaved),
+                    RotaryLayout::Interleaved => (interleaved, halves),
+                };
                 let d = (base + dst) * in_dim;
                 let s = (base + src) * in_dim;
                 out[d..d + in_dim].copy_from_slice(&w[s..s + in_dim]);
@@ -109,6 +115,66 @@ fn permute_rows(
         }
     }
     Ok(out)
+}
+
+/// A q or k projection as Hugging Face stores it: `values` in the interleaved rotary layout of
+/// both source formats, rows grouped in `heads` heads, reordered to halves; any other tensor
+/// (`heads` is `None`, see [`hf_dir::LlamaHyper::rotary_heads`]) as it is.
+pub(crate) fn rotary_rows_to_hf(
+    values: Vec<f32>,
+    heads: Option<usize>,
+    head_dim: usize,
+    in_dim: usize,
+) -> anyhow::Result<Vec<f32>> {
+    match heads {
+        Some(heads) => interleaved_to_halves(&values, heads, head_dim, in_dim),
+        None => Ok(values),
+    }
+}
+
+/// Refuses to import into an existing `out` (an import never merges into or replaces a folder).
+pub(crate) fn refuse_existing_output(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        anyhow::bail!(
+            "output directory {} already exists; choose another --out or remove it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// A read-only memory map of a whole input file, or an empty buffer for an empty file (mmap of
+/// a zero-length file fails).
+pub(crate) enum MappedFile {
+    Map(memmap2::Mmap),
+    Empty,
+}
+
+impl MappedFile {
+    /// Maps `file`, opened from `path` (which errors name).
+    pub(crate) fn new(file: &fs::File, path: &Path) -> anyhow::Result<Self> {
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        if len == 0 {
+            return Ok(Self::Empty);
+        }
+        // SAFETY: the map is read-only and private to this process; we only read it.
+        let map = unsafe { memmap2::Mmap::map(file) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        Ok(Self::Map(map))
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            MappedFile::Map(m) => m,
+            MappedFile::Empty => &[],
+        }
+    }
 }
 
 /// Shortest decimal that rounds to the same `f32`, as an `f64` (so `1e-5f32` is written to JSON

@@ -22,7 +22,9 @@
 //! SentencePiece `.model`, or llama2.c's `tokenizer.bin` (i32 max_token_length, then per token
 //! f32 score, i32 length, bytes), turned into a SentencePiece-style BPE `tokenizer.json`.
 
+use std::collections::HashMap;
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -33,7 +35,7 @@ use crate::hf_dir::{self, LlamaHyper, TensorPlan};
 use crate::tokenizer_build::{
     self, BuiltTokenizer, SentencePieceModel, SpecialIds, SpmVocab, TokenKind,
 };
-use crate::{interleaved_to_halves, ImportSummary};
+use crate::{refuse_existing_output, rotary_rows_to_hf, ImportSummary, MappedFile};
 
 const V1_MAGIC: u32 = 0x616b_3432;
 const V1_HEADER_BYTES: u64 = 256;
@@ -172,14 +174,7 @@ impl Llama2cHeader {
 
 /// Parses and validates the header of a llama2.c model file of `file_len` bytes.
 pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
-    let word = |i: usize| -> Result<i32> {
-        let b = bytes.get(i * 4..i * 4 + 4).ok_or_else(|| {
-            anyhow::anyhow!(
-                "file is truncated: {file_len} bytes is too short for a llama2.c header"
-            )
-        })?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let word = |i: usize| header_word(bytes, i, file_len);
     let (version, first) = if word(0)? as u32 == V1_MAGIC {
         match word(1)? {
             1 => (1u32, 2usize),
@@ -193,89 +188,121 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Llama2cHeader> {
     for (k, slot) in ints.iter_mut().enumerate() {
         *slot = word(first + k)?;
     }
-    let [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab, seq_len] = ints;
-    let shared_classifier = if version == 0 {
-        vocab > 0
-    } else {
-        match bytes.get(36) {
-            Some(0) => false,
-            Some(1) => true,
-            Some(b) => anyhow::bail!("invalid shared_classifier flag {b} in the v1 header"),
-            None => {
-                anyhow::bail!("file is truncated: {file_len} bytes is too short for a v1 header")
+    let shared_classifier = match version {
+        // v0 says it with the sign of the vocabulary size.
+        0 => ints[5] > 0,
+        _ => v1_shared_classifier(bytes, file_len)?,
+    };
+    let h = Llama2cHeader::from_ints(version, ints, shared_classifier)?;
+    h.check_heads()?;
+    h.check_file_size(file_len)?;
+    Ok(h)
+}
+
+/// The `i`-th little-endian i32 of the header.
+fn header_word(bytes: &[u8], i: usize, file_len: u64) -> Result<i32> {
+    let b = bytes.get(i * 4..i * 4 + 4).ok_or_else(|| {
+        anyhow::anyhow!("file is truncated: {file_len} bytes is too short for a llama2.c header")
+    })?;
+    Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The v1 header's `shared_classifier` byte, which must be 0 or 1.
+fn v1_shared_classifier(bytes: &[u8], file_len: u64) -> Result<bool> {
+    match bytes.get(36) {
+        Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        Some(b) => anyhow::bail!("invalid shared_classifier flag {b} in the v1 header"),
+        None => anyhow::bail!("file is truncated: {file_len} bytes is too short for a v1 header"),
+    }
+}
+
+impl Llama2cHeader {
+    /// The header from its seven integers (`dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+    /// vocab_size, seq_len`), each of which must be positive (the vocabulary size in absolute
+    /// value: a v0 file gives it negative for an untied classifier).
+    fn from_ints(version: u32, ints: [i32; 7], shared_classifier: bool) -> Result<Self> {
+        let [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab, seq_len] = ints;
+        let names = [
+            "dim",
+            "hidden_dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "vocab_size",
+            "seq_len",
+        ];
+        let mut values = ints;
+        values[5] = vocab.saturating_abs();
+        for (name, v) in names.iter().zip(values) {
+            if v <= 0 {
+                anyhow::bail!(
+                    "header field {name} = {v} is not positive (is this a llama2.c model file?)"
+                );
             }
         }
-    };
-    let names = [
-        "dim",
-        "hidden_dim",
-        "n_layers",
-        "n_heads",
-        "n_kv_heads",
-        "vocab_size",
-        "seq_len",
-    ];
-    for (name, v) in names.iter().zip([
-        dim,
-        hidden_dim,
-        n_layers,
-        n_heads,
-        n_kv_heads,
-        vocab.saturating_abs(),
-        seq_len,
-    ]) {
-        if v <= 0 {
+        if version == 1 && vocab < 0 {
+            anyhow::bail!("header vocab_size {vocab} is negative in a v1 file");
+        }
+        Ok(Self {
+            version,
+            dim: dim as usize,
+            hidden_dim: hidden_dim as usize,
+            n_layers: n_layers as usize,
+            n_heads: n_heads as usize,
+            n_kv_heads: n_kv_heads as usize,
+            vocab_size: vocab.unsigned_abs() as usize,
+            seq_len: seq_len as usize,
+            shared_classifier,
+        })
+    }
+
+    /// Whole heads, whole key/value groups and an even head dimension (for rotary embeddings).
+    fn check_heads(&self) -> Result<()> {
+        if !self.dim.is_multiple_of(self.n_heads) {
             anyhow::bail!(
-                "header field {name} = {v} is not positive (is this a llama2.c model file?)"
+                "dim {} is not a multiple of n_heads {}",
+                self.dim,
+                self.n_heads
             );
         }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            anyhow::bail!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads,
+                self.n_kv_heads
+            );
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            anyhow::bail!("head dimension {} is odd", self.head_dim());
+        }
+        Ok(())
     }
-    if version == 1 && vocab < 0 {
-        anyhow::bail!("header vocab_size {vocab} is negative in a v1 file");
+
+    /// The file must be exactly as long as the header implies: this catches truncated and
+    /// wrong-format files before anything is allocated.
+    fn check_file_size(&self, file_len: u64) -> Result<()> {
+        let expected = self.expected_file_size().ok_or_else(|| {
+            anyhow::anyhow!("header sizes overflow (is this a llama2.c model file?)")
+        })?;
+        if expected != file_len {
+            anyhow::bail!(
+                "file is {file_len} bytes but its v{} header (dim {}, hidden {}, {} layers, {} heads, \
+                 {} kv heads, vocab {}, seq_len {}, {} classifier) implies {expected} bytes{}",
+                self.version,
+                self.dim,
+                self.hidden_dim,
+                self.n_layers,
+                self.n_heads,
+                self.n_kv_heads,
+                self.vocab_size,
+                self.seq_len,
+                if self.shared_classifier { "shared" } else { "separate" },
+                if file_len < expected { " (truncated?)" } else { "" }
+            );
+        }
+        Ok(())
     }
-    let h = Llama2cHeader {
-        version,
-        dim: dim as usize,
-        hidden_dim: hidden_dim as usize,
-        n_layers: n_layers as usize,
-        n_heads: n_heads as usize,
-        n_kv_heads: n_kv_heads as usize,
-        vocab_size: vocab.unsigned_abs() as usize,
-        seq_len: seq_len as usize,
-        shared_classifier,
-    };
-    if !h.dim.is_multiple_of(h.n_heads) {
-        anyhow::bail!("dim {} is not a multiple of n_heads {}", h.dim, h.n_heads);
-    }
-    if !h.n_heads.is_multiple_of(h.n_kv_heads) {
-        anyhow::bail!(
-            "n_heads {} is not a multiple of n_kv_heads {}",
-            h.n_heads,
-            h.n_kv_heads
-        );
-    }
-    if !h.head_dim().is_multiple_of(2) {
-        anyhow::bail!("head dimension {} is odd", h.head_dim());
-    }
-    let expected = h
-        .expected_file_size()
-        .ok_or_else(|| anyhow::anyhow!("header sizes overflow (is this a llama2.c model file?)"))?;
-    if expected != file_len {
-        anyhow::bail!(
-            "file is {file_len} bytes but its v{version} header (dim {}, hidden {}, {} layers, {} heads, \
-             {} kv heads, vocab {}, seq_len {}, {} classifier) implies {expected} bytes{}",
-            h.dim,
-            h.hidden_dim,
-            h.n_layers,
-            h.n_heads,
-            h.n_kv_heads,
-            h.vocab_size,
-            h.seq_len,
-            if h.shared_classifier { "shared" } else { "separate" },
-            if file_len < expected { " (truncated?)" } else { "" }
-        );
-    }
-    Ok(h)
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -293,95 +320,86 @@ pub fn import_llama2c(model: &Path, tokenizer: &Path, out: &Path) -> Result<Impo
     if !tokenizer.exists() {
         anyhow::bail!("tokenizer file {} does not exist", tokenizer.display());
     }
-    if out.exists() {
-        anyhow::bail!(
-            "output directory {} already exists; choose another --out or remove it",
-            out.display()
-        );
-    }
+    refuse_existing_output(out)?;
     let file = fs::File::open(model).with_context(|| format!("cannot open {}", model.display()))?;
-    let file_len = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", model.display()))?
-        .len();
-    let map = if file_len == 0 {
-        None
-    } else {
-        // SAFETY: read-only private map; we only read it.
-        Some(
-            unsafe { memmap2::Mmap::map(&file) }
-                .with_context(|| format!("cannot map {}", model.display()))?,
-        )
-    };
-    let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
-    let header = read_header(bytes, file_len)
+    let bytes = MappedFile::new(&file, model)?;
+    let header = read_header(&bytes, bytes.len() as u64)
         .with_context(|| format!("{}: not a valid llama2.c model file", model.display()))?;
     let hyper = header.hyper();
     hyper.validate(model)?;
-
     let tok = TokenizerSource::load(tokenizer, header.vocab_size)
         .with_context(|| format!("{}: cannot use as tokenizer", tokenizer.display()))?;
-
-    // File offsets of every array, in file order.
-    let mut offsets = std::collections::HashMap::new();
-    let mut pos = header.data_start() as usize;
-    for (name, shape) in header.layout() {
-        let n: usize = shape.iter().product();
-        offsets.insert(name, pos..pos + n * 4);
-        pos += n * 4;
-    }
-    if pos as u64 != file_len {
+    let ranges = header.array_ranges();
+    if ranges.end != bytes.len() {
         anyhow::bail!(
-            "internal error: layout of {} ends at byte {pos}, file has {file_len}",
-            model.display()
+            "internal error: layout of {} ends at byte {}, file has {}",
+            model.display(),
+            ranges.end,
+            bytes.len()
         );
     }
-    let plan: Vec<TensorPlan> = hyper.tensor_plan();
-    let head_dim = header.head_dim();
 
     let staging = StagingDir::create(out)?;
     let dir = staging.path().to_path_buf();
+    let plan: Vec<TensorPlan> = hyper.tensor_plan();
     let params = hf_dir::write_safetensors(&dir.join("model.safetensors"), &plan, |i| {
         let p = &plan[i];
-        let range = offsets.get(&p.name).cloned().ok_or_else(|| {
+        let range = ranges.of.get(&p.name).cloned().ok_or_else(|| {
             anyhow::anyhow!("internal error: {} has no place in the file layout", p.name)
         })?;
-        let values = f32s(&bytes[range]);
-        if p.name.ends_with("q_proj.weight") {
-            interleaved_to_halves(&values, header.n_heads, head_dim, header.dim)
-        } else if p.name.ends_with("k_proj.weight") {
-            interleaved_to_halves(&values, header.n_kv_heads, head_dim, header.dim)
-        } else {
-            Ok(values)
-        }
+        let heads = hyper.rotary_heads(&p.name);
+        rotary_rows_to_hf(f32s(&bytes[range]), heads, header.head_dim(), header.dim)
     })
     .with_context(|| format!("{}: cannot convert", model.display()))?;
-    hf_dir::write_json(&dir.join("config.json"), &hyper.config_json())?;
-    hf_dir::write_json(
-        &dir.join("generation_config.json"),
-        &hyper.generation_config_json(),
-    )?;
-    let (tokenizer_desc, mut notes) = tok.write(&dir, &hyper)?;
+    hf_dir::write_config_files(&dir, &hyper)?;
+    let (tokenizer_desc, notes) = tok.write(&dir, &hyper)?;
     staging.commit()?;
-
-    notes.insert(
-        0,
-        format!(
-            "llama2.c v{} file; permuted wq/wk from interleaved to half-split rotary layout; \
-             RMSNorm eps 1e-5 and RoPE theta 10000 assumed (run.c hard-codes them)",
-            header.version
-        ),
-    );
-    if header.shared_classifier {
-        notes.push("classifier shared with the token embedding: lm_head tied".into());
-    }
     Ok(ImportSummary {
         architecture: "llama".into(),
         num_tensors: plan.len(),
         num_parameters: params,
         tokenizer: tokenizer_desc,
-        notes,
+        notes: header.notes(notes),
     })
+}
+
+/// Where each f32 array of a llama2.c file lies.
+struct ArrayRanges {
+    /// Byte range of every array by its name in [`Llama2cHeader::layout`].
+    of: HashMap<String, Range<usize>>,
+    /// The byte after the last array.
+    end: usize,
+}
+
+impl Llama2cHeader {
+    /// The byte ranges of the arrays, in file order from the first weight.
+    fn array_ranges(&self) -> ArrayRanges {
+        let mut of = HashMap::new();
+        let mut pos = self.data_start() as usize;
+        for (name, shape) in self.layout() {
+            let n: usize = shape.iter().product();
+            of.insert(name, pos..pos + n * 4);
+            pos += n * 4;
+        }
+        ArrayRanges { of, end: pos }
+    }
+
+    /// The import's notes: what was assumed and converted first, then the tokenizer's `notes`,
+    /// then a tied classifier.
+    fn notes(&self, mut notes: Vec<String>) -> Vec<String> {
+        notes.insert(
+            0,
+            format!(
+                "llama2.c v{} file; permuted wq/wk from interleaved to half-split rotary layout; \
+                 RMSNorm eps 1e-5 and RoPE theta 10000 assumed (run.c hard-codes them)",
+                self.version
+            ),
+        );
+        if self.shared_classifier {
+            notes.push("classifier shared with the token embedding: lm_head tied".into());
+        }
+        notes
+    }
 }
 
 /// The tokenizer given on the command line, loaded and checked before any output is written.

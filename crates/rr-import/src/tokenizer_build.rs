@@ -199,9 +199,12 @@ fn template_post_processor(
     })
 }
 
-/// Builds the vocabulary map; duplicate strings keep their first id (Hugging Face needs a
-/// one-to-one map) and are reported.
-fn vocab_map(tokens: &[String]) -> (serde_json::Map<String, Value>, HashMap<&str, usize>, usize) {
+/// Builds the vocabulary map and the string → id index; duplicate strings keep their first id
+/// (Hugging Face needs a one-to-one map), which a note in `notes` reports.
+fn vocab_map<'a>(
+    tokens: &'a [String],
+    notes: &mut Vec<String>,
+) -> (serde_json::Map<String, Value>, HashMap<&'a str, usize>) {
     let mut map = serde_json::Map::new();
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
     let mut duplicates = 0;
@@ -213,7 +216,71 @@ fn vocab_map(tokens: &[String]) -> (serde_json::Map<String, Value>, HashMap<&str
         index.insert(t.as_str(), id);
         map.insert(t.clone(), json!(id));
     }
-    (map, index, duplicates)
+    if duplicates > 0 {
+        notes.push(format!(
+            "{duplicates} duplicate token strings kept their first id only"
+        ));
+    }
+    (map, index)
+}
+
+/// Refuses a special token id outside a vocabulary of `n` tokens; `ids` are `(name, id)`.
+fn check_special_ids(n: usize, ids: &[(&str, Option<u32>)]) -> Result<()> {
+    for &(name, id) in ids {
+        if let Some(id) = id {
+            if id as usize >= n {
+                anyhow::bail!("{name} token id {id} is outside the vocabulary of {n} tokens");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the `tokenizer.json` documents of the two families differ in; [`bpe_document`] adds
+/// the parts they share.
+struct BpeParts<'a> {
+    tokens: &'a [String],
+    kinds: &'a [TokenKind],
+    normalizer: Value,
+    pre_tokenizer: Value,
+    /// BOS and EOS ids, each with whether it is added.
+    bos: Option<(u32, bool)>,
+    eos: Option<(u32, bool)>,
+    decoder: Value,
+    unk_token: Value,
+    fuse_unk: bool,
+    byte_fallback: bool,
+    ignore_merges: bool,
+    vocab: serde_json::Map<String, Value>,
+    merges: Vec<Value>,
+}
+
+/// A BPE `tokenizer.json`, checked to load with the `tokenizers` crate.
+fn bpe_document(p: BpeParts<'_>) -> Result<Value> {
+    let json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens(p.tokens, p.kinds),
+        "normalizer": p.normalizer,
+        "pre_tokenizer": p.pre_tokenizer,
+        "post_processor": template_post_processor(p.tokens, p.bos, p.eos),
+        "decoder": p.decoder,
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": p.unk_token,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": p.fuse_unk,
+            "byte_fallback": p.byte_fallback,
+            "ignore_merges": p.ignore_merges,
+            "vocab": p.vocab,
+            "merges": p.merges,
+        },
+    });
+    check_loadable(&json)?;
+    Ok(json)
 }
 
 /// Builds a SentencePiece-style BPE `tokenizer.json`.
@@ -229,24 +296,51 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
             v.kinds.len()
         );
     }
-    for (name, id) in [("bos", v.bos_id), ("eos", v.eos_id), ("unk", v.unk_id)] {
-        if let Some(id) = id {
-            if id as usize >= n {
-                anyhow::bail!("{name} token id {id} is outside the vocabulary of {n} tokens");
-            }
-        }
-    }
+    check_special_ids(
+        n,
+        &[("bos", v.bos_id), ("eos", v.eos_id), ("unk", v.unk_id)],
+    )?;
     let mut notes = Vec::new();
-    let (vocab, index, duplicates) = vocab_map(&v.pieces);
-    if duplicates > 0 {
-        notes.push(format!(
-            "{duplicates} duplicate token strings kept their first id only"
-        ));
+    let (vocab, index) = vocab_map(&v.pieces, &mut notes);
+    let merges = spm_merges(v, &index);
+    let has_bytes = v.kinds.contains(&TokenKind::Byte);
+    if !has_bytes {
+        notes.push(
+            "the vocabulary has no <0xXX> byte tokens: unknown characters map to <unk>".into(),
+        );
     }
+    let unk = v
+        .unk_id
+        .map(|id| Value::String(v.pieces[id as usize].clone()))
+        .unwrap_or(Value::Null);
+    let json = bpe_document(BpeParts {
+        tokens: &v.pieces,
+        kinds: &v.kinds,
+        normalizer: json!({ "type": "Sequence", "normalizers": spm_normalizers(v) }),
+        pre_tokenizer: Value::Null,
+        bos: v.bos_id.map(|id| (id, v.add_bos)),
+        eos: v.eos_id.map(|id| (id, v.add_eos)),
+        decoder: json!({ "type": "Sequence", "decoders": spm_decoders(v) }),
+        unk_token: unk,
+        fuse_unk: true,
+        byte_fallback: has_bytes,
+        ignore_merges: false,
+        vocab,
+        merges,
+    })?;
+    Ok(BuiltTokenizer {
+        json,
+        description: format!("llama SentencePiece BPE, {n} tokens"),
+        add_bos: v.add_bos && v.bos_id.is_some(),
+        add_eos: v.add_eos && v.eos_id.is_some(),
+        notes,
+    })
+}
 
-    // Merges: every way of splitting a mergeable piece into two vocabulary pieces, ranked by the
-    // score of the result (highest first), then by the ids of the parts — as `transformers`'
-    // SentencePiece converter does.
+/// Merges: every way of splitting a mergeable piece into two vocabulary pieces, ranked by the
+/// score of the result (highest first), then by the ids of the parts — as `transformers`'
+/// SentencePiece converter does.
+fn spm_merges(v: &SpmVocab, index: &HashMap<&str, usize>) -> Vec<Value> {
     let mergeable = |k: TokenKind| matches!(k, TokenKind::Normal | TokenKind::UserDefined);
     let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new(); // (score, merged, left, right)
     for (id, piece) in v.pieces.iter().enumerate() {
@@ -264,11 +358,14 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
         merges.extend(local);
     }
     merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-    let merges: Vec<Value> = merges
+    merges
         .iter()
         .map(|&(_, _, l, r)| json!([v.pieces[l], v.pieces[r]]))
-        .collect();
+        .collect()
+}
 
+/// SentencePiece's whitespace handling: optional cleanup, the dummy prefix, spaces as `▁`.
+fn spm_normalizers(v: &SpmVocab) -> Vec<Value> {
     let mut normalizers = Vec::new();
     if v.remove_extra_whitespaces {
         normalizers.push(
@@ -281,7 +378,11 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
         normalizers.push(json!({ "type": "Prepend", "prepend": "▁" }));
     }
     normalizers.push(json!({ "type": "Replace", "pattern": { "String": " " }, "content": "▁" }));
+    normalizers
+}
 
+/// The inverse of [`spm_normalizers`], with byte fallback.
+fn spm_decoders(v: &SpmVocab) -> Vec<Value> {
     let mut decoders = vec![
         json!({ "type": "Replace", "pattern": { "String": "▁" }, "content": " " }),
         json!({ "type": "ByteFallback" }),
@@ -290,51 +391,7 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
     if v.add_space_prefix {
         decoders.push(json!({ "type": "Strip", "content": " ", "start": 1, "stop": 0 }));
     }
-    let has_bytes = v.kinds.contains(&TokenKind::Byte);
-    if !has_bytes {
-        notes.push(
-            "the vocabulary has no <0xXX> byte tokens: unknown characters map to <unk>".into(),
-        );
-    }
-    let unk = v
-        .unk_id
-        .map(|id| Value::String(v.pieces[id as usize].clone()))
-        .unwrap_or(Value::Null);
-
-    let json = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added_tokens(&v.pieces, &v.kinds),
-        "normalizer": { "type": "Sequence", "normalizers": normalizers },
-        "pre_tokenizer": null,
-        "post_processor": template_post_processor(
-            &v.pieces,
-            v.bos_id.map(|id| (id, v.add_bos)),
-            v.eos_id.map(|id| (id, v.add_eos)),
-        ),
-        "decoder": { "type": "Sequence", "decoders": decoders },
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": unk,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": true,
-            "byte_fallback": has_bytes,
-            "ignore_merges": false,
-            "vocab": vocab,
-            "merges": merges,
-        },
-    });
-    check_loadable(&json)?;
-    Ok(BuiltTokenizer {
-        json,
-        description: format!("llama SentencePiece BPE, {n} tokens"),
-        add_bos: v.add_bos && v.bos_id.is_some(),
-        add_eos: v.add_eos && v.eos_id.is_some(),
-        notes,
-    })
+    decoders
 }
 
 /// Builds a byte-level BPE `tokenizer.json` with llama.cpp's split regexes for `v.pre`.
@@ -346,30 +403,56 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
     if v.kinds.len() != n {
         anyhow::bail!("tokenizer has {n} tokens but {} token types", v.kinds.len());
     }
-    for (name, id) in [("bos", v.bos_id), ("eos", v.eos_id)] {
-        if let Some(id) = id {
-            if id as usize >= n {
-                anyhow::bail!("{name} token id {id} is outside the vocabulary of {n} tokens");
-            }
-        }
-    }
+    check_special_ids(n, &[("bos", v.bos_id), ("eos", v.eos_id)])?;
     let pre = pre_tokenizer_for(v.pre.as_deref())?;
     let mut notes = Vec::new();
     if v.pre.is_none() {
         notes.push("no tokenizer.ggml.pre: used llama.cpp's default split regexes".into());
     }
-    let (vocab, index, duplicates) = vocab_map(&v.tokens);
-    if duplicates > 0 {
+    let (vocab, index) = vocab_map(&v.tokens, &mut notes);
+    let (merges, dropped) = gpt2_merges(&v.merges, &index);
+    if dropped > 0 {
         notes.push(format!(
-            "{duplicates} duplicate token strings kept their first id only"
+            "{dropped} merges dropped (malformed, duplicated or outside the vocabulary)"
         ));
     }
+    let add_bos = v.add_bos.unwrap_or(pre.add_bos_default) && v.bos_id.is_some();
+    let add_eos = v.add_eos.unwrap_or(false) && v.eos_id.is_some();
+    let json = bpe_document(BpeParts {
+        tokens: &v.tokens,
+        kinds: &v.kinds,
+        normalizer: Value::Null,
+        pre_tokenizer: json!({ "type": "Sequence", "pretokenizers": gpt2_pretokenizers(&pre) }),
+        bos: v.bos_id.map(|id| (id, add_bos)),
+        eos: v.eos_id.map(|id| (id, add_eos)),
+        decoder: json!({ "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true }),
+        unk_token: Value::Null,
+        fuse_unk: false,
+        byte_fallback: false,
+        ignore_merges: pre.ignore_merges,
+        vocab,
+        merges,
+    })?;
+    Ok(BuiltTokenizer {
+        json,
+        description: format!(
+            "gpt2 BPE (pre-tokenizer {}), {n} tokens",
+            v.pre.as_deref().unwrap_or("default")
+        ),
+        add_bos,
+        add_eos,
+        notes,
+    })
+}
 
-    // llama.cpp splits each merge at the first space after the first character.
-    let mut merges = Vec::with_capacity(v.merges.len());
+/// The usable merges of a GGUF merge list as `[left, right]` pairs, and how many were dropped:
+/// malformed ones, repeats, and those whose parts or result are not in the vocabulary.
+fn gpt2_merges(merges: &[String], index: &HashMap<&str, usize>) -> (Vec<Value>, usize) {
+    let mut out = Vec::with_capacity(merges.len());
     let mut seen = HashSet::new();
     let mut dropped = 0usize;
-    for m in &v.merges {
+    for m in merges {
+        // llama.cpp splits each merge at the first space after the first character.
         let split = m
             .char_indices()
             .skip(1)
@@ -392,60 +475,20 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
             dropped += 1;
             continue;
         }
-        merges.push(json!([l, r]));
+        out.push(json!([l, r]));
     }
-    if dropped > 0 {
-        notes.push(format!(
-            "{dropped} merges dropped (malformed, duplicated or outside the vocabulary)"
-        ));
-    }
+    (out, dropped)
+}
 
+/// The pre-tokenizer's split regexes in order, then the GPT-2 byte-to-unicode mapping.
+fn gpt2_pretokenizers(pre: &PreTokenizer) -> Vec<Value> {
     let mut pretokenizers: Vec<Value> = pre
         .regexes
         .iter()
         .map(|re| json!({ "type": "Split", "pattern": { "Regex": re }, "behavior": "Isolated", "invert": false }))
         .collect();
     pretokenizers.push(json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false }));
-
-    let add_bos = v.add_bos.unwrap_or(pre.add_bos_default) && v.bos_id.is_some();
-    let add_eos = v.add_eos.unwrap_or(false) && v.eos_id.is_some();
-    let json = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added_tokens(&v.tokens, &v.kinds),
-        "normalizer": null,
-        "pre_tokenizer": { "type": "Sequence", "pretokenizers": pretokenizers },
-        "post_processor": template_post_processor(
-            &v.tokens,
-            v.bos_id.map(|id| (id, add_bos)),
-            v.eos_id.map(|id| (id, add_eos)),
-        ),
-        "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
-        "model": {
-            "type": "BPE",
-            "dropout": null,
-            "unk_token": null,
-            "continuing_subword_prefix": null,
-            "end_of_word_suffix": null,
-            "fuse_unk": false,
-            "byte_fallback": false,
-            "ignore_merges": pre.ignore_merges,
-            "vocab": vocab,
-            "merges": merges,
-        },
-    });
-    check_loadable(&json)?;
-    Ok(BuiltTokenizer {
-        json,
-        description: format!(
-            "gpt2 BPE (pre-tokenizer {}), {n} tokens",
-            v.pre.as_deref().unwrap_or("default")
-        ),
-        add_bos,
-        add_eos,
-        notes,
-    })
+    pretokenizers
 }
 
 /// Parses `json` with the `tokenizers` crate, so a document it cannot load is never written.
@@ -615,51 +658,13 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
     while let Some((field, value)) = top.next().context("not a SentencePiece model")? {
         match (field, value) {
             (1, Field::Bytes(piece_msg)) => {
-                let (mut piece, mut score, mut kind) = (None, 0f32, TokenKind::Normal);
-                let mut p = Proto::new(piece_msg);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (1, Field::Bytes(b)) => {
-                            piece = Some(String::from_utf8(b.to_vec()).map_err(|_| {
-                                anyhow::anyhow!("piece {} is not valid UTF-8", m.pieces.len())
-                            })?)
-                        }
-                        (2, Field::Fixed32(b)) => score = f32::from_le_bytes(b),
-                        (3, Field::Varint(t)) => kind = TokenKind::from_code(t as i64),
-                        _ => {}
-                    }
-                }
-                let piece =
-                    piece.ok_or_else(|| anyhow::anyhow!("piece {} has no text", m.pieces.len()))?;
+                let (piece, score, kind) = read_piece(piece_msg, m.pieces.len())?;
                 m.pieces.push(piece);
                 m.scores.push(score);
                 m.kinds.push(kind);
             }
-            (2, Field::Bytes(trainer)) => {
-                let mut p = Proto::new(trainer);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (3, Field::Varint(t)) => m.model_type = t,
-                        (40, Field::Varint(t)) => m.unk_id = t as i32 as i64,
-                        (41, Field::Varint(t)) => m.bos_id = t as i32 as i64,
-                        (42, Field::Varint(t)) => m.eos_id = t as i32 as i64,
-                        _ => {}
-                    }
-                }
-            }
-            (3, Field::Bytes(normalizer)) => {
-                let mut p = Proto::new(normalizer);
-                while let Some((f, v)) = p.next()? {
-                    match (f, v) {
-                        (1, Field::Bytes(b)) => {
-                            m.normalization_rule = String::from_utf8_lossy(b).into_owned()
-                        }
-                        (3, Field::Varint(t)) => m.add_dummy_prefix = t != 0,
-                        (4, Field::Varint(t)) => m.remove_extra_whitespaces = t != 0,
-                        _ => {}
-                    }
-                }
-            }
+            (2, Field::Bytes(trainer)) => m.read_trainer_spec(trainer)?,
+            (3, Field::Bytes(normalizer)) => m.read_normalizer_spec(normalizer)?,
             _ => {}
         }
     }
@@ -669,7 +674,59 @@ pub fn read_sentencepiece_model(bytes: &[u8]) -> Result<SentencePieceModel> {
     Ok(m)
 }
 
+/// One `SentencePiece` message, piece number `index`: text, score and type.
+fn read_piece(msg: &[u8], index: usize) -> Result<(String, f32, TokenKind)> {
+    let (mut piece, mut score, mut kind) = (None, 0f32, TokenKind::Normal);
+    let mut p = Proto::new(msg);
+    while let Some((f, v)) = p.next()? {
+        match (f, v) {
+            (1, Field::Bytes(b)) => {
+                piece = Some(
+                    String::from_utf8(b.to_vec())
+                        .map_err(|_| anyhow::anyhow!("piece {index} is not valid UTF-8"))?,
+                )
+            }
+            (2, Field::Fixed32(b)) => score = f32::from_le_bytes(b),
+            (3, Field::Varint(t)) => kind = TokenKind::from_code(t as i64),
+            _ => {}
+        }
+    }
+    let piece = piece.ok_or_else(|| anyhow::anyhow!("piece {index} has no text"))?;
+    Ok((piece, score, kind))
+}
+
 impl SentencePieceModel {
+    /// `TrainerSpec`: the model type and the special ids.
+    fn read_trainer_spec(&mut self, msg: &[u8]) -> Result<()> {
+        let mut p = Proto::new(msg);
+        while let Some((f, v)) = p.next()? {
+            match (f, v) {
+                (3, Field::Varint(t)) => self.model_type = t,
+                (40, Field::Varint(t)) => self.unk_id = t as i32 as i64,
+                (41, Field::Varint(t)) => self.bos_id = t as i32 as i64,
+                (42, Field::Varint(t)) => self.eos_id = t as i32 as i64,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `NormalizerSpec`: the rule name and the whitespace flags.
+    fn read_normalizer_spec(&mut self, msg: &[u8]) -> Result<()> {
+        let mut p = Proto::new(msg);
+        while let Some((f, v)) = p.next()? {
+            match (f, v) {
+                (1, Field::Bytes(b)) => {
+                    self.normalization_rule = String::from_utf8_lossy(b).into_owned()
+                }
+                (3, Field::Varint(t)) => self.add_dummy_prefix = t != 0,
+                (4, Field::Varint(t)) => self.remove_extra_whitespaces = t != 0,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The id as an `Option`, `None` for SentencePiece's "disabled" (-1) or out of range.
     pub fn id(&self, id: i64) -> Option<u32> {
         u32::try_from(id)

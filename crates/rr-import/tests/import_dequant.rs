@@ -1,8 +1,11 @@
 //! Unit tests of the import building blocks: ggml dequantisation on hand-built blocks with
 //! hand-computed values, and the rotary q/k row permutation.
 
+mod common;
+
+use common::llamacpp_permute;
 use rr_import::gguf::{dequantize, GgmlType};
-use rr_import::{halves_to_interleaved, interleaved_to_halves};
+use rr_import::{interleaved_to_halves, to_rotary_layout, RotaryLayout};
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -127,22 +130,6 @@ fn wrong_sizes_are_errors_not_panics() {
 // ------------------------------------------------------------------------------------------
 // Rotary permutation
 
-/// llama.cpp's converter, written out independently: `w.reshape(n_head, 2, hd/2, in)
-/// .swapaxes(1, 2).reshape(out, in)`, i.e. new[h][j][t] = old[h][t][j].
-fn llamacpp_permute(w: &[f32], n_head: usize, hd: usize, inp: usize) -> Vec<f32> {
-    let half = hd / 2;
-    let mut out = Vec::with_capacity(w.len());
-    for h in 0..n_head {
-        for j in 0..half {
-            for t in 0..2 {
-                let row = h * hd + t * half + j;
-                out.extend_from_slice(&w[row * inp..(row + 1) * inp]);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn permutation_hand_checked() {
     // One head of dim 4, one input: HF halves [x0, x1 | y0, y1] are stored interleaved as
@@ -175,7 +162,7 @@ fn permutation_inverts_llamacpp_converter() {
             .collect();
         let gguf = llamacpp_permute(&w, heads, hd, inp);
         assert_eq!(
-            halves_to_interleaved(&w, heads, hd, inp).unwrap(),
+            to_rotary_layout(&w, heads, hd, inp, RotaryLayout::Interleaved).unwrap(),
             gguf,
             "forward matches llama.cpp"
         );
@@ -184,11 +171,12 @@ fn permutation_inverts_llamacpp_converter() {
             w,
             "inverse restores HF"
         );
-        let back = halves_to_interleaved(
+        let back = to_rotary_layout(
             &interleaved_to_halves(&w, heads, hd, inp).unwrap(),
             heads,
             hd,
             inp,
+            RotaryLayout::Interleaved,
         );
         assert_eq!(back.unwrap(), w, "other composition is identity too");
         if hd > 2 {

@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use common::llamacpp_permute;
 use half::{bf16, f16};
 use rr_import::gguf::{import_gguf, GgufFile, Value};
 use rr_import::tokenizer_build::{gpt2_tokenizer, Gpt2Vocab, TokenKind};
@@ -218,22 +219,6 @@ impl Enc {
         }
         out
     }
-}
-
-/// llama.cpp's converter permutation, HF rows -> GGUF rows:
-/// `w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`.
-fn llamacpp_permute(w: &[f32], n_head: usize, hd: usize, inp: usize) -> Vec<f32> {
-    let half = hd / 2;
-    let mut out = Vec::with_capacity(w.len());
-    for h in 0..n_head {
-        for j in 0..half {
-            for t in 0..2 {
-                let row = h * hd + t * half + j;
-                out.extend_from_slice(&w[row * inp..(row + 1) * inp]);
-            }
-        }
-    }
-    out
 }
 
 // ----------------------------------------------------------------------------------------------
