@@ -211,6 +211,10 @@ impl LlamaConfig {
         if not_positive(self.rms_norm_eps) || not_positive(self.rope_theta) {
             bail!("invalid model config: rms_norm_eps and rope_theta must be positive");
         }
+        self.validate_rope_scaling()
+    }
+
+    fn validate_rope_scaling(&self) -> Result<()> {
         if let Some(scaling) = &self.rope_scaling {
             match scaling.rope_type.as_str() {
                 "default" => {}

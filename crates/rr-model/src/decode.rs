@@ -182,6 +182,21 @@ struct Row {
 }
 
 impl Row {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            generation: Generation {
+                ids: Vec::new(),
+                text: String::new(),
+                stop: StopReason::MaxTokens,
+                steps_per_token: Vec::new(),
+                logits: Vec::new(),
+            },
+            emitted: String::new(),
+            done: false,
+        }
+    }
+
     /// Takes the next token; returns the newly printable text.
     fn accept(
         &mut self,
@@ -270,82 +285,28 @@ pub fn decode(
 ) -> Result<Decoded> {
     validate(model, tokenizer, prompts, opts)?;
     let _no_grad = tch::no_grad_guard();
-    let mut rows: Vec<Row> = prompts
-        .iter()
-        .map(|_| Row {
-            rng: StdRng::seed_from_u64(opts.seed),
-            generation: Generation {
-                ids: Vec::new(),
-                text: String::new(),
-                stop: StopReason::MaxTokens,
-                steps_per_token: Vec::new(),
-                logits: Vec::new(),
-            },
-            emitted: String::new(),
-            done: false,
-        })
-        .collect();
+    let mut rows: Vec<Row> = prompts.iter().map(|_| Row::new(opts.seed)).collect();
     let mut batch = Batch::left_padded(prompts, model.device());
-    let mut cache = match opts.use_cache {
-        true => Some(model.new_cache(opts.cache_mode)?),
-        false => None,
-    };
-    let seeded = opts.test_time.init();
-    let token_depth = match opts.exit {
-        Some(exit) => Depth::Adaptive(exit),
-        None => opts.test_time.depth(),
-    };
+    let mut stepper = Stepper::new(model, opts)?;
     // With an exit rule the last prompt token (whose distribution gives the first new token)
     // runs under it, so the rest of the prompt goes first at the fixed recurrence.
-    let mut fed = 0;
-    let mut prev_state: Option<Tensor> = None;
     if opts.exit.is_some() && batch.len() > 1 {
-        let (ids, mask) = batch.columns(0, batch.len() - 1);
-        let out = model.forward(
-            &ids,
-            mask.as_ref(),
-            cache.as_mut(),
-            opts.test_time.depth(),
-            &seeded,
-        )?;
-        prev_state = out.state;
-        fed = batch.len() - 1;
+        stepper.prefill(&batch, batch.len() - 1)?;
     }
     for step in 0..opts.max_new_tokens {
-        let len = batch.len();
-        let (ids, mask) = batch.columns(fed, len);
-        let warm = match (&prev_state, opts.warm_start && step > 0) {
-            (Some(s), true) => Some(InitialState::Given(s.narrow(1, s.size()[1] - 1, 1))),
-            _ => None,
-        };
-        let out = model.forward(
-            &ids,
-            mask.as_ref(),
-            cache.as_mut(),
-            token_depth,
-            warm.as_ref().unwrap_or(&seeded),
-        )?;
-        if cache.is_some() {
-            fed = len;
-        }
-        prev_state = out.state;
-        let last = out
-            .logits
-            .select(1, -1)
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu);
-        let flat: Vec<f32> = Vec::try_from(last.flatten(0, -1))?;
+        let (logits, steps) = stepper.next_logits(&batch, step)?;
+        let flat: Vec<f32> = Vec::try_from(logits.flatten(0, -1))?;
         let vocab = flat.len() / rows.len();
         let mut next = Vec::with_capacity(rows.len());
-        for (i, (row, logits)) in rows.iter_mut().zip(flat.chunks(vocab)).enumerate() {
-            let token = sample(logits, &opts.sampling, &mut row.rng);
+        for (i, (row, row_logits)) in rows.iter_mut().zip(flat.chunks(vocab)).enumerate() {
+            let token = sample(row_logits, &opts.sampling, &mut row.rng);
             next.push(token);
             if row.done {
                 continue;
             }
-            row.generation.steps_per_token.push(out.steps);
+            row.generation.steps_per_token.push(steps);
             if opts.keep_logits {
-                row.generation.logits.push(last.get(i as i64));
+                row.generation.logits.push(logits.get(i as i64));
             }
             let piece = row.accept(token, opts, tokenizer)?;
             if !piece.is_empty() {
@@ -358,9 +319,86 @@ pub fn decode(
         batch.push(&next);
     }
     Ok(Decoded {
-        cache_stats: cache.as_ref().and_then(AnyCache::stats),
+        cache_stats: stepper.cache.as_ref().and_then(AnyCache::stats),
         rows: rows.into_iter().map(|r| r.generation).collect(),
     })
+}
+
+/// Runs the model for decoding: the cache, how far the batch has been fed into it, and the
+/// latent state that a warm start continues from.
+struct Stepper<'a> {
+    model: &'a AnyModel,
+    opts: &'a DecodeOptions,
+    cache: Option<AnyCache>,
+    fed: usize,
+    prev_state: Option<Tensor>,
+    seeded: InitialState,
+    token_depth: Depth,
+}
+
+impl<'a> Stepper<'a> {
+    fn new(model: &'a AnyModel, opts: &'a DecodeOptions) -> Result<Self> {
+        let cache = match opts.use_cache {
+            true => Some(model.new_cache(opts.cache_mode)?),
+            false => None,
+        };
+        Ok(Self {
+            model,
+            opts,
+            cache,
+            fed: 0,
+            prev_state: None,
+            seeded: opts.test_time.init(),
+            token_depth: match opts.exit {
+                Some(exit) => Depth::Adaptive(exit),
+                None => opts.test_time.depth(),
+            },
+        })
+    }
+
+    /// Feeds the first `upto` columns at the fixed recurrence (needs the cache).
+    fn prefill(&mut self, batch: &Batch, upto: usize) -> Result<()> {
+        let (ids, mask) = batch.columns(0, upto);
+        let depth = self.opts.test_time.depth();
+        let out = self.model.forward(
+            &ids,
+            mask.as_ref(),
+            self.cache.as_mut(),
+            depth,
+            &self.seeded,
+        )?;
+        self.prev_state = out.state;
+        self.fed = upto;
+        Ok(())
+    }
+
+    /// Next-token logits [B, V] (f32, CPU) for the batch as it stands, and the core
+    /// iterations behind them: only the new columns with a cache, everything without.
+    fn next_logits(&mut self, batch: &Batch, step: usize) -> Result<(Tensor, usize)> {
+        let len = batch.len();
+        let (ids, mask) = batch.columns(self.fed, len);
+        let warm = match (&self.prev_state, self.opts.warm_start && step > 0) {
+            (Some(s), true) => Some(InitialState::Given(s.narrow(1, s.size()[1] - 1, 1))),
+            _ => None,
+        };
+        let out = self.model.forward(
+            &ids,
+            mask.as_ref(),
+            self.cache.as_mut(),
+            self.token_depth,
+            warm.as_ref().unwrap_or(&self.seeded),
+        )?;
+        if self.cache.is_some() {
+            self.fed = len;
+        }
+        self.prev_state = out.state;
+        let last = out
+            .logits
+            .select(1, -1)
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+        Ok((last, out.steps))
+    }
 }
 
 /// Picks the next token from one row of logits.

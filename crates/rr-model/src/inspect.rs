@@ -180,6 +180,14 @@ impl fmt::Display for Inspection {
                 self.non_finite.join(", ")
             )?;
         }
+        self.fmt_parameters(f)?;
+        self.fmt_tokenizer(f)
+    }
+}
+
+impl Inspection {
+    fn fmt_parameters(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
         writeln!(f, "parameters")?;
         for (stack, n) in &self.parameters {
             writeln!(f, "  {stack:<13}{:>15}", group_digits(*n))?;
@@ -205,6 +213,10 @@ impl fmt::Display for Inspection {
                 writeln!(f, "  r = {r:<9}{:>15}", group_digits(*n))?;
             }
         }
+        Ok(())
+    }
+
+    fn fmt_tokenizer(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.tokenizer {
             Some(t) => write!(
                 f,

@@ -162,42 +162,7 @@ impl Trainer {
         let mut cfg = cfg.clone();
         let device = parse_device(&cfg.training.device)?;
         let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
-        let mut inputs: Vec<&Path> = vec![&cfg.model.init];
-        inputs.extend(cfg.data.heldout.iter().map(PathBuf::as_path));
-        let phases = cfg.data.phases();
-        inputs.extend(
-            phases
-                .iter()
-                .flat_map(|p| p.train.iter().map(|s| s.path.as_path())),
-        );
-        rr_util::fs::ensure_output_apart(&opts.run_dir, &inputs)?;
-        if opts.resume && !opts.run_dir.exists() {
-            bail!(
-                "{}: nothing to resume (no such run)",
-                opts.run_dir.display()
-            );
-        }
-        if !opts.resume && opts.run_dir.exists() && !opts.force {
-            bail!(
-                "{}: run directory exists (use --resume to continue it or --force to start over)",
-                opts.run_dir.display()
-            );
-        }
-        let mut held = opts
-            .resume
-            .then(|| RunDir::resume(&opts.run_dir))
-            .transpose()?;
-        let latest = match &held {
-            Some(dir) => Some(
-                checkpoint::latest_intact_checkpoint(&dir.path)?.with_context(|| {
-                    format!(
-                        "{}: nothing to resume (no complete checkpoint)",
-                        dir.path.display()
-                    )
-                })?,
-            ),
-            None => None,
-        };
+        let (held, latest) = open_for_resume(&cfg, opts)?;
         let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
         if !init_dir.join("config.json").exists() {
             bail!(
@@ -222,55 +187,33 @@ impl Trainer {
         let precision = Precision::load(&init_dir, device, compute_kind)?;
         let mut phases = build_phases(&cfg, &sets)?;
         let mut optimizer = crate::optim::build_for(&cfg.optimizer, model.vs())?;
-        let fresh = TrainerState {
-            step: 0,
-            micro_batch: 0,
-            tokens: 0,
-            flops: 0.0,
-            data: phases.state(),
-            config_hash: cfg.hash(),
-        };
-        let state = match &latest {
-            Some(ckpt) => {
-                let saved = checkpoint::restore(ckpt, optimizer.as_mut())?;
-                if saved.config_hash != fresh.config_hash && !opts.force {
-                    bail!(
-                        "{}: the config changed since this run started (use --force to resume anyway)",
-                        opts.run_dir.display()
-                    );
-                }
-                phases.restore(&saved.data)?;
-                TrainerState {
-                    config_hash: fresh.config_hash,
-                    ..saved
-                }
+        let (mut run_dir, state) = match (held, &latest) {
+            (Some(dir), Some(ckpt)) => {
+                let state = restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?;
+                (dir, state)
             }
-            None => {
+            _ => {
                 let dir = RunDir::create(&opts.run_dir, opts.force)?;
                 write_recipe(&dir.path, &cfg)?;
-                held = Some(dir);
-                fresh
+                (dir, fresh_state(&cfg, &phases))
             }
         };
-        let mut run_dir = held.expect("held or created above");
         let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
         run_dir.started()?;
-        let tokens_per_micro = (cfg.training.micro_batch_size * heldout.seq_len()) as u64;
-        let params = optimizer_params(&model);
         Ok(Self {
             run_dir,
             device,
+            params: optimizer_params(&model),
             model,
             precision,
             optimizer,
-            params,
             phases,
             curriculum,
+            tokens_per_micro: (cfg.training.micro_batch_size * heldout.seq_len()) as u64,
             heldout,
             state,
             metrics,
             last_good: latest,
-            tokens_per_micro,
             heldout_before: BTreeMap::new(),
             started,
             window: (Instant::now(), 0),
@@ -499,6 +442,81 @@ impl Trainer {
         crate::report::write_run_report(&self.run_dir.path, &summary)?;
         Ok(summary)
     }
+}
+
+/// The run directory rules before anything else: the output apart from every input, no
+/// resume of a missing run, no silent reuse of an existing one. For a resume, the run
+/// directory (locked) and its newest intact checkpoint.
+fn open_for_resume(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+) -> Result<(Option<RunDir>, Option<PathBuf>)> {
+    let phases = cfg.data.phases();
+    let mut inputs: Vec<&Path> = vec![&cfg.model.init];
+    inputs.extend(cfg.data.heldout.iter().map(PathBuf::as_path));
+    inputs.extend(
+        phases
+            .iter()
+            .flat_map(|p| p.train.iter().map(|s| s.path.as_path())),
+    );
+    rr_util::fs::ensure_output_apart(&opts.run_dir, &inputs)?;
+    let dir = &opts.run_dir;
+    if !opts.resume {
+        if dir.exists() && !opts.force {
+            bail!(
+                "{}: run directory exists (use --resume to continue it or --force to start over)",
+                dir.display()
+            );
+        }
+        return Ok((None, None));
+    }
+    if !dir.exists() {
+        bail!("{}: nothing to resume (no such run)", dir.display());
+    }
+    let held = RunDir::resume(dir)?;
+    let latest = checkpoint::latest_intact_checkpoint(&held.path)?.with_context(|| {
+        format!(
+            "{}: nothing to resume (no complete checkpoint)",
+            dir.display()
+        )
+    })?;
+    Ok((Some(held), Some(latest)))
+}
+
+/// The state of a run that has not taken a step.
+fn fresh_state(cfg: &TrainConfig, phases: &Phases) -> TrainerState {
+    TrainerState {
+        step: 0,
+        micro_batch: 0,
+        tokens: 0,
+        flops: 0.0,
+        data: phases.state(),
+        config_hash: cfg.hash(),
+    }
+}
+
+/// Restores optimizer, data position and trainer state from `checkpoint`; a changed recipe
+/// is refused unless `--force`.
+fn restore(
+    checkpoint: &Path,
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    optimizer: &mut dyn Optimizer,
+    phases: &mut Phases,
+) -> Result<TrainerState> {
+    let saved = checkpoint::restore(checkpoint, optimizer)?;
+    let config_hash = cfg.hash();
+    if saved.config_hash != config_hash && !opts.force {
+        bail!(
+            "{}: the config changed since this run started (use --force to resume anyway)",
+            opts.run_dir.display()
+        );
+    }
+    phases.restore(&saved.data)?;
+    Ok(TrainerState {
+        config_hash,
+        ..saved
+    })
 }
 
 /// The recipe as the run uses it, `config.toml` in the run directory.
