@@ -11,7 +11,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{LlamaConfig, ModelType, RopeScaling};
-use crate::weights::SafetensorsFiles;
+use crate::weights::FromCheckpoint;
 
 /// RMSNorm computed in fp32: `(x.float() * rsqrt(mean(x²) + eps)).to(dtype) * weight`.
 #[derive(Debug)]
@@ -534,6 +534,32 @@ impl Prologue {
     }
 }
 
+impl FromCheckpoint for LlamaModel {
+    type Config = LlamaConfig;
+    fn read_config(dir: &Path) -> Result<LlamaConfig> {
+        LlamaConfig::from_path(dir)
+    }
+    fn parameter_elements(config: &LlamaConfig) -> u128 {
+        config.parameter_elements()
+    }
+    fn build(vs: nn::VarStore, config: LlamaConfig) -> Self {
+        Self::new(vs, config)
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn ignorable(&self, name: &str) -> bool {
+        name.ends_with("rotary_emb.inv_freq")
+            || (self.config.tie_word_embeddings && name == "lm_head.weight")
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} layers, model_type {:?}",
+            self.config.num_hidden_layers, self.config.model_type
+        )
+    }
+}
+
 /// A Llama-family causal language model with its parameters.
 pub struct LlamaModel {
     pub config: LlamaConfig,
@@ -578,21 +604,7 @@ impl LlamaModel {
     /// Loads a Hugging Face model directory (`config.json` + safetensors) onto `device`,
     /// with parameters in `dtype` whatever the file's dtype.
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
-        let config = LlamaConfig::from_path(dir)?;
-        let files = SafetensorsFiles::open_dir(dir)?;
-        files.check_fits(config.parameter_elements(), &dir.join("config.json"))?;
-        let model = Self::new(crate::weights::var_store(device, dtype), config);
-        let tied = model.config.tie_word_embeddings;
-        let described = format!(
-            "{} layers, model_type {:?}",
-            model.config.num_hidden_layers, model.config.model_type
-        );
-        files.load_model(
-            &model.vs,
-            |name| name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight"),
-            &described,
-        )?;
-        Ok(model)
+        <Self as FromCheckpoint>::load(dir, device, dtype)
     }
 
     pub fn device(&self) -> Device {

@@ -370,3 +370,30 @@ pub fn var_store(device: tch::Device, dtype: Kind) -> VarStore {
     vs.set_kind(dtype);
     vs
 }
+
+/// A model whose variables mirror a checkpoint's tensor names, built from its config: one
+/// loading path for the static and the recurrent model (config, header check before any
+/// allocation, variables, a name-for-name copy).
+pub trait FromCheckpoint: Sized {
+    type Config;
+    fn read_config(dir: &Path) -> Result<Self::Config>;
+    /// Parameters the config implies, compared with the files before allocating.
+    fn parameter_elements(config: &Self::Config) -> u128;
+    /// The model with placeholder weights in `vs`.
+    fn build(vs: VarStore, config: Self::Config) -> Self;
+    fn var_store(&self) -> &VarStore;
+    /// Tensors a file may carry that the model has no variable for (buffers, a tied head).
+    fn ignorable(&self, name: &str) -> bool;
+    /// The config's shape, for the error on a tensor that does not belong.
+    fn describe(&self) -> String;
+
+    /// Loads a model directory onto `device`, parameters in `dtype` whatever the files hold.
+    fn load(dir: &Path, device: tch::Device, dtype: Kind) -> Result<Self> {
+        let config = Self::read_config(dir)?;
+        let files = SafetensorsFiles::open_dir(dir)?;
+        files.check_fits(Self::parameter_elements(&config), &dir.join("config.json"))?;
+        let model = Self::build(var_store(device, dtype), config);
+        files.load_model(model.var_store(), |n| model.ignorable(n), &model.describe())?;
+        Ok(model)
+    }
+}

@@ -30,7 +30,7 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
 use crate::llama::{Block, LayerKv, Layout, Prologue, RmsNorm, Rope};
-use crate::weights::{write_safetensors, SafetensorsFiles};
+use crate::weights::{write_safetensors, FromCheckpoint};
 
 pub use cache::{CacheMode, CacheStats, RecurrentCache};
 pub use config::{
@@ -39,6 +39,32 @@ pub use config::{
 };
 pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
 pub use state::{truncated_normal, truncated_normal_rows, InitialState};
+
+impl FromCheckpoint for RecurrentModel {
+    type Config = RecurrentConfig;
+    fn read_config(dir: &Path) -> Result<RecurrentConfig> {
+        RecurrentConfig::from_path(dir)
+    }
+    fn parameter_elements(config: &RecurrentConfig) -> u128 {
+        config.parameter_elements()
+    }
+    fn build(vs: nn::VarStore, config: RecurrentConfig) -> Self {
+        Self::new(vs, config)
+    }
+    fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+    fn ignorable(&self, name: &str) -> bool {
+        name.ends_with("freqs_cis")
+    }
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} prelude, {} core, {} coda layers",
+            c.n_layers_in_prelude, c.n_layers_in_recurrent_block, c.n_layers_in_coda
+        )
+    }
+}
 
 /// What one forward call produces.
 pub struct RecurrentOutput {
@@ -102,17 +128,7 @@ impl RecurrentModel {
 
     /// Loads a recurrent checkpoint directory; parameters in `dtype` whatever the file holds.
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> Result<Self> {
-        let config = RecurrentConfig::from_path(dir)?;
-        let files = SafetensorsFiles::open_dir(dir)?;
-        files.check_fits(config.parameter_elements(), &dir.join("config.json"))?;
-        let model = Self::new(crate::weights::var_store(device, dtype), config);
-        let c = &model.config;
-        let described = format!(
-            "{} prelude, {} core, {} coda layers",
-            c.n_layers_in_prelude, c.n_layers_in_recurrent_block, c.n_layers_in_coda
-        );
-        files.load_model(&model.vs, |name| name.ends_with("freqs_cis"), &described)?;
-        Ok(model)
+        <Self as FromCheckpoint>::load(dir, device, dtype)
     }
 
     /// Every parameter by its checkpoint name, sorted.
