@@ -143,7 +143,7 @@ enum DataCommand {
         #[arg(long)]
         out: PathBuf,
         /// Fraction of documents held out.
-        #[arg(long, default_value_t = rr_train::data::DEFAULT_HELDOUT_FRACTION)]
+        #[arg(long, default_value_t = rr_data::DEFAULT_HELDOUT_FRACTION)]
         heldout_fraction: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -433,10 +433,10 @@ fn run(cli: Cli) -> Result<()> {
             seed,
         }) => {
             let mut opts =
-                rr_train::data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
+                rr_data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
             opts.heldout_fraction = heldout_fraction;
             opts.seed = seed;
-            let summary = rr_train::data::pack(&opts)?;
+            let summary = rr_data::pack(&opts)?;
             for w in summary.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -455,8 +455,8 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             out,
         }) => {
-            let generated = rr_train::data::synth_math(problems, max_steps, seed);
-            rr_train::data::write_synth_math(&out, &generated)?;
+            let generated = rr_data::synth_math(problems, max_steps, seed);
+            rr_data::write_synth_math(&out, &generated)?;
             println!(
                 "wrote {} problems (1-{max_steps} steps) to {}",
                 generated.len(),
@@ -849,9 +849,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let heldout = match &args.heldout {
         None => None,
         Some(p) if p.join("manifest.json").exists() => {
-            let set = rr_train::data::PackedSet::open(p)?;
+            let set = rr_data::PackedSet::open(p)?;
             set.check_tokenizer(&tokenizer)?;
-            let split = rr_train::data::Split::Heldout;
+            let split = rr_data::Split::Heldout;
             let n = set.rows(split).min(args.heldout_rows);
             if n == 0 {
                 bail!("{}: the held-out split has no rows", p.display());

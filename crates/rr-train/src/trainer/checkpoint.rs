@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use rr_data::PhasesState;
 use rr_model::recurrent::{write_config, RecurrentConfig};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::AnyModel;
@@ -12,7 +13,6 @@ use rr_recipe::TrainedRecurrence;
 use rr_util::fs::StagingDir;
 use serde::{Deserialize, Serialize};
 
-use crate::data::PhasesState;
 use crate::optim::Optimizer;
 
 pub const CHECKPOINTS: &str = "checkpoints";

@@ -22,6 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rr_curriculum::Curriculum;
+use rr_data::{Loader, Mixture, PackedSet, Phases, Split};
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::parse_device;
 use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
@@ -29,7 +30,6 @@ use rr_recipe::{OptimizerConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Loader, Mixture, PackedSet, Phases, Split};
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};

@@ -19,7 +19,7 @@ struct SplitData {
     rows: usize,
 }
 
-/// A packed data set (see [`crate::data`]). Cheap to share behind an `Arc`.
+/// A packed data set (see [the crate docs](crate)). Cheap to share behind an `Arc`.
 pub struct PackedSet {
     dir: PathBuf,
     manifest: Manifest,

@@ -407,6 +407,7 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         version: MANIFEST_VERSION,
+        // Still "rr-train": see `Manifest::created_by`.
         created_by: concat!("rr-train ", env!("CARGO_PKG_VERSION")).into(),
         tokenizer: TokenizerInfo {
             file: opts.tokenizer.clone(),

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use rr_train::data::synth::{synth_math, verify, write_synth_math, SynthProblem};
-use rr_train::data::{read_documents, InputFormat};
+use rr_data::synth::{synth_math, verify, write_synth_math, SynthProblem};
+use rr_data::{read_documents, InputFormat};
 
 #[test]
 fn print_examples() {
