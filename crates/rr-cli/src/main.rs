@@ -849,16 +849,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let heldout = match &args.heldout {
         None => None,
         Some(p) if p.join("manifest.json").exists() => {
-            let set = rr_data::PackedSet::open(p)?;
-            set.check_tokenizer(&tokenizer)?;
-            let split = rr_data::Split::Heldout;
-            let n = set.rows(split).min(args.heldout_rows);
-            if n == 0 {
-                bail!("{}: the held-out split has no rows", p.display());
-            }
-            Some(rr_eval::evaluate::Heldout::Rows(
-                (0..n).map(|i| set.row(split, i)).collect(),
-            ))
+            let rows = args.heldout_rows;
+            Some(rr_eval::evaluate::Heldout::packed(p, &tokenizer, rows)?)
         }
         Some(p) => {
             let text = std::fs::read_to_string(p)

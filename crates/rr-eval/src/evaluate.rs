@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rr_data::{PackedSet, Split};
 use rr_model::{AnyModel, TestTime, Tokenizer};
 
 use crate::plot::{line_plot, Series};
@@ -20,6 +21,26 @@ pub enum Heldout {
     Text(Vec<i64>),
     /// Packed rows of T+1 tokens (input = row[..T], labels = row[1..]).
     Rows(Vec<Vec<i64>>),
+}
+
+impl Heldout {
+    /// The first `max_rows` rows of the held-out split of the packed set in `dir`, which must
+    /// have been packed with `tokenizer` (the same `tokenizer.json`, byte for byte).
+    pub fn packed(dir: &Path, tokenizer: &Tokenizer, max_rows: usize) -> Result<Self> {
+        let set = PackedSet::open(dir)?;
+        set.check_tokenizer(tokenizer)?;
+        Ok(Heldout::Rows(heldout_rows(&set, max_rows)?))
+    }
+}
+
+/// The first `max_rows` rows (`seq_len + 1` ids each) of the held-out split of `set`; an error
+/// when that leaves none. `rr eval --heldout` and the trainer's held-out loss both read these.
+pub fn heldout_rows(set: &PackedSet, max_rows: usize) -> Result<Vec<Vec<i64>>> {
+    let rows = set.rows(Split::Heldout).min(max_rows);
+    if rows == 0 {
+        bail!("{}: the held-out split has no rows", set.dir().display());
+    }
+    Ok((0..rows).map(|i| set.row(Split::Heldout, i)).collect())
 }
 
 pub struct EvalOptions {

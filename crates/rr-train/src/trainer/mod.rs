@@ -646,11 +646,7 @@ pub fn heldout_losses(
     recurrences: &[usize],
     seed: u64,
 ) -> Result<BTreeMap<String, f64>> {
-    let rows = rows.min(set.rows(Split::Heldout));
-    if rows == 0 {
-        bail!("{}: the held-out split is empty", set.dir().display());
-    }
-    let data: Vec<Vec<i64>> = (0..rows).map(|i| set.row(Split::Heldout, i)).collect();
+    let data = rr_eval::evaluate::heldout_rows(set, rows)?;
     let mut out = BTreeMap::new();
     for &recurrence in recurrences {
         let tt = TestTime { recurrence, seed };
