@@ -67,14 +67,6 @@ enum BenchCommand {
     /// Time training steps, no-grad forwards and cached generation at each recurrence on
     /// random weights of a real model's shape; writes a JSON result.
     Recurrence(BenchArgs),
-    /// Check the fast paths (fused AdamW, bf16 compute) against the plain path: the losses
-    /// of a few training steps of a tiny model.
-    FastPaths {
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value_t = 4)]
-        steps: usize,
-    },
     /// Merge an rr result with PyTorch reference rows into results.json, results.md and plots.
     Report {
         /// `rr bench recurrence` output.
@@ -465,30 +457,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => run_eval(args)?,
         Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args)?,
-        Command::Bench(BenchCommand::FastPaths { device, steps }) => {
-            let device = parse_device(&device)?;
-            let checks = rr_train::bench::check_fast_paths(device, steps)?;
-            let mut failed = Vec::new();
-            for c in &checks {
-                println!(
-                    "{}: max relative loss difference {:.2e} (tolerance {:.0e}): {}",
-                    c.name,
-                    c.max_rel_diff,
-                    c.tolerance,
-                    if c.passed() { "ok" } else { "FAILED" }
-                );
-                println!("  plain {:?}\n  fast  {:?}", c.plain, c.fast);
-                if !c.passed() {
-                    failed.push(c.name.clone());
-                }
-            }
-            if !failed.is_empty() {
-                bail!(
-                    "fast paths differ from the plain path: {}",
-                    failed.join(", ")
-                );
-            }
-        }
         Command::Bench(BenchCommand::Report { rr, reference, out }) => {
             let read = |p: &PathBuf| -> Result<serde_json::Value> {
                 let text = std::fs::read_to_string(p)

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use rr_model::config::LlamaConfig;
-use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
-use rr_model::{decode, AnyModel, DecodeOptions, Depth, TestTime};
+use rr_model::recurrent::{RecurrentConfig, RecurrentModel};
+use rr_model::{decode, AnyModel, DecodeOptions, TestTime};
 use rr_recipe::AdamWConfig;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -758,128 +758,4 @@ mod tests {
         let err = Shape::preset("gpt5", None).unwrap_err().to_string();
         assert!(err.contains("unknown shape `gpt5`"), "{err}");
     }
-}
-
-/// One comparison of a fast path with the plain path: the training losses of a few steps.
-#[derive(Debug, Clone, Serialize)]
-pub struct FastPathCheck {
-    pub name: String,
-    pub plain: Vec<f64>,
-    pub fast: Vec<f64>,
-    /// max |fast - plain| / |plain| over the steps.
-    pub max_rel_diff: f64,
-    pub tolerance: f64,
-}
-
-impl FastPathCheck {
-    pub fn passed(&self) -> bool {
-        self.max_rel_diff <= self.tolerance
-    }
-}
-
-/// How a fast-path check trains.
-#[derive(Clone, Copy)]
-enum Path {
-    /// fp32, the full logits and PyTorch's cross-entropy, AdamW as separate ops.
-    Plain,
-    /// The trainer's step (memory-lean loss, fused AdamW) with compute in `Kind`.
-    Trainer(Kind),
-}
-
-/// Losses of `steps` training steps of the tiny shape on `device` from the same weights and
-/// data along `path`.
-fn losses(device: Device, path: Path, steps: usize) -> Result<Vec<f64>> {
-    let shape = Shape::preset("tiny", None)?;
-    let (b, t) = (2i64, 64i64);
-    tch::manual_seed(0);
-    let master = AnyModel::Recurrent(random_model(&shape, t as usize, device, Kind::Float));
-    let compute = match path {
-        Path::Trainer(kind) if kind != Kind::Float => Some(AnyModel::Recurrent(random_model(
-            &shape, t as usize, device, kind,
-        ))),
-        _ => None,
-    };
-    let ids = Tensor::randint(shape.vocab as i64, [b, t], (Kind::Int64, device));
-    let labels = ids.roll([-1], [1]).view([-1]);
-    let mut opt = AdamW::from_var_store(
-        master.vs(),
-        AdamWConfig {
-            lr: 1e-3,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let params = optimizer_params(&master);
-    let mut out = Vec::with_capacity(steps);
-    for step in 0..steps {
-        let loss = match (path, &master) {
-            (Path::Plain, AnyModel::Recurrent(m)) => {
-                let depth = Depth::Fixed {
-                    no_grad: 2,
-                    with_grad: 2,
-                };
-                let init = InitialState::RandomPerRow { seed: step as u64 };
-                let logits = m.logits(&m.forward(&ids, None, depth, &init, None)?.hidden);
-                let loss = logits
-                    .view([-1, shape.vocab as i64])
-                    .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.0);
-                loss.backward();
-                loss
-            }
-            _ => {
-                if let Some(c) = &compute {
-                    copy_weights(&master, c);
-                }
-                micro_batch(
-                    &master,
-                    compute.as_ref(),
-                    &ids,
-                    &labels,
-                    (2, 2),
-                    step as u64,
-                    1,
-                )?
-            }
-        };
-        out.push(f64::try_from(&loss)?);
-        clip_grad_norm_lazy(&params, 1.0);
-        match path {
-            Path::Plain => opt.step_plain(1e-3),
-            Path::Trainer(_) => opt.step_fused(1e-3)?,
-        }
-        opt.zero_grad();
-    }
-    Ok(out)
-}
-
-/// The trainer's fast paths against the plain path on `device`: the memory-lean loss with
-/// the fused AdamW kernel (fp32 rounding), and the same with bf16 compute over fp32 masters
-/// (bf16 rounding).
-pub fn check_fast_paths(device: Device, steps: usize) -> Result<Vec<FastPathCheck>> {
-    let plain = losses(device, Path::Plain, steps)?;
-    let compare = |name: &str, fast: Vec<f64>, tolerance: f64| {
-        let max_rel_diff = plain
-            .iter()
-            .zip(&fast)
-            .map(|(p, f)| (f - p).abs() / p.abs().max(1e-12))
-            .fold(0.0, f64::max);
-        FastPathCheck {
-            name: name.to_string(),
-            plain: plain.clone(),
-            fast,
-            max_rel_diff,
-            tolerance,
-        }
-    };
-    Ok(vec![
-        compare(
-            "memory-lean loss + fused AdamW",
-            losses(device, Path::Trainer(Kind::Float), steps)?,
-            1e-5,
-        ),
-        compare(
-            "bf16 compute + memory-lean loss + fused AdamW",
-            losses(device, Path::Trainer(Kind::BFloat16), steps)?,
-            2e-2,
-        ),
-    ])
 }

@@ -36,7 +36,7 @@ use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
 use precision::Precision;
 
 pub use checkpoint::latest_checkpoint;
-pub(crate) use precision::copy_weights;
+pub use precision::copy_weights;
 
 const METRICS: &str = "metrics.jsonl";
 
@@ -494,14 +494,14 @@ fn start_run_dir(run_dir: &Path, cfg: &TrainConfig) -> Result<()> {
         .with_context(|| format!("{}: cannot write", path.display()))
 }
 
+/// The packed sets of a recipe, by path.
+type PackedSets = BTreeMap<PathBuf, Arc<PackedSet>>;
+
 /// Opens every packed set the recipe names, checked against the model's tokenizer; returns
 /// them by path and the held-out set (the first training set when none is named).
-fn open_data(
-    cfg: &TrainConfig,
-    tokenizer: &Tokenizer,
-) -> Result<(BTreeMap<PathBuf, Arc<PackedSet>>, Arc<PackedSet>)> {
+fn open_data(cfg: &TrainConfig, tokenizer: &Tokenizer) -> Result<(PackedSets, Arc<PackedSet>)> {
     let phases = cfg.data.phases();
-    let mut sets: BTreeMap<PathBuf, Arc<PackedSet>> = BTreeMap::new();
+    let mut sets = PackedSets::new();
     let paths = phases
         .iter()
         .flat_map(|p| p.train.iter())
@@ -573,8 +573,9 @@ fn peak_lr(optimizer: &OptimizerConfig) -> f64 {
 /// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (on
 /// the compute copy when there is one), mean cross-entropy, backward of `loss / grad_accum`;
 /// the gradients end on the fp32 masters. Returns the loss as a 0-d tensor (not read here, so
-/// the caller decides when to synchronise).
-pub(crate) fn micro_batch(
+/// the caller decides when to synchronise). Public so that benchmarks and tests run the
+/// trainer's own step.
+pub fn micro_batch(
     master: &AnyModel,
     compute: Option<&AnyModel>,
     input: &Tensor,
@@ -593,7 +594,7 @@ pub(crate) fn micro_batch(
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
-pub(crate) fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
+pub fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
     let mut vars: Vec<(String, Tensor)> = model
         .vs()
         .variables()
@@ -612,7 +613,7 @@ fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
     format!("non-finite {what} at step {}; stopping ({kept})", step + 1)
 }
 
-fn build_phases(cfg: &TrainConfig, sets: &BTreeMap<PathBuf, Arc<PackedSet>>) -> Result<Phases> {
+fn build_phases(cfg: &TrainConfig, sets: &PackedSets) -> Result<Phases> {
     let mut phases = Vec::new();
     for (i, phase) in cfg.data.phases().iter().enumerate() {
         let mut sources = Vec::new();
