@@ -464,14 +464,14 @@ fn run(cli: Cli) -> Result<()> {
                 serde_json::from_str(&text)
                     .with_context(|| format!("{}: invalid JSON", p.display()))
             };
-            let result: rr_train::bench::BenchResult = serde_json::from_value(read(&rr)?)
+            let result: rr_bench::BenchResult = serde_json::from_value(read(&rr)?)
                 .with_context(|| format!("{}: not an rr bench result", rr.display()))?;
-            let reference: Vec<rr_train::bench::Row> = match &reference {
+            let reference: Vec<rr_bench::Row> = match &reference {
                 Some(p) => serde_json::from_value(read(p)?["rows"].clone())
                     .with_context(|| format!("{}: not a reference result", p.display()))?,
                 None => Vec::new(),
             };
-            rr_train::bench::write_report(&out, &result, &reference)?;
+            rr_bench::write_report(&out, &result, &reference)?;
             println!("{}", std::fs::read_to_string(out.join("results.md"))?);
             println!("wrote {}", out.display());
         }
@@ -559,7 +559,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
-    use rr_train::bench::{BenchSpec, Shape};
+    use rr_bench::{BenchSpec, Shape};
     let layers = match &args.layers {
         Some(text) => {
             let v = rr_eval::evaluate::parse_recurrences(text)
@@ -597,7 +597,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             &rr_eval::evaluate::parse_recurrences(&args.backprop).context("--backprop")?,
         ),
     };
-    let result = rr_train::bench::run(&spec, |row| {
+    let result = rr_bench::run(&spec, |row| {
         eprintln!(
             "rr {:?} r={} k={}: {:.1} ms, {:.1} tok/s",
             row.kind,

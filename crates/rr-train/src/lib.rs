@@ -1,6 +1,5 @@
 //! Training: optimizers (AdamW, Muon) and the trainer. The data it reads comes from `rr-data`.
 
-pub mod bench;
 pub mod loss;
 pub mod optim;
 pub mod report;

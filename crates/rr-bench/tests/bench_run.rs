@@ -1,7 +1,7 @@
 //! `rr bench recurrence` end to end on a tiny spec: every point is measured, the FLOP rate is
 //! the hand formula over the measured time, and the report merges reference rows into ratios.
 
-use rr_train::bench::{run, write_report, BenchSpec, PointKind, Row, Shape};
+use rr_bench::{run, write_report, BenchSpec, PointKind, Row, Shape};
 
 #[test]
 fn bench_runs_every_point_and_reports_ratios() {

@@ -1,9 +1,9 @@
 //! `rr bench recurrence`: what one training step, one no-grad forward and cached generation
 //! cost at each recurrence, on random weights of a real model's shape.
 //!
-//! The training step is the trainer's own (`trainer::micro_batch`, global-norm clipping, the
-//! optimizer), so the numbers are those of `rr train`. Every timing is the median of
-//! `repeats` runs after `warmup` runs; CUDA work is synchronised before the clock stops.
+//! The training step is the trainer's own (`rr_train::trainer::micro_batch`, global-norm
+//! clipping, the optimizer), so the numbers are those of `rr train`. Every timing is the median
+//! of `repeats` runs after `warmup` runs; CUDA work is synchronised before the clock stops.
 //!
 //! Model FLOPs count every matmul of the pass (attention projections, MLP, adapter, head, and
 //! causal attention scores and values at `2·T·n_heads·head_dim` per token and layer, forward);
@@ -21,8 +21,8 @@ use rr_recipe::AdamWConfig;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
-use crate::trainer::{copy_weights, micro_batch, optimizer_params};
+use rr_train::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
+use rr_train::trainer::{copy_weights, micro_batch, optimizer_params};
 
 /// Dimensions of the benchmarked model (a Llama-family block in the Raven layout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
