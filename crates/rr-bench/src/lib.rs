@@ -11,9 +11,12 @@
 //! iterations with gradient, coda, head). MFU is model FLOP/s over the matmul peak measured in
 //! the same run, in the same dtype.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use rr_eval::compute::{BlockDims, ModelFlops};
+use rr_eval::plot::{line_plot, Series};
 use rr_model::config::LlamaConfig;
 use rr_model::recurrent::{RecurrentConfig, RecurrentModel};
 use rr_model::{decode, AnyModel, DecodeOptions, TestTime};
@@ -96,38 +99,26 @@ impl Shape {
         cfg
     }
 
-    /// Matmul parameters of one block (q, k, v, o, gate, up, down).
-    fn block_matmul_params(&self) -> f64 {
-        let h = self.hidden as f64;
-        let attn = h * (self.heads + 2 * self.kv_heads) as f64 * self.head_dim as f64
-            + (self.heads * self.head_dim) as f64 * h;
-        attn + 3.0 * h * self.intermediate as f64
+    /// The matmul dimensions of one block.
+    pub fn block(&self) -> BlockDims {
+        BlockDims {
+            hidden: self.hidden,
+            intermediate: self.intermediate,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 
-    /// Forward FLOPs per token of one block at sequence length `t` (causal attention).
-    fn block_flops(&self, t: usize) -> f64 {
-        2.0 * self.block_matmul_params() + 2.0 * (t * self.heads * self.head_dim) as f64
-    }
-
-    /// Forward FLOPs per token of the pieces: (prelude + coda + head, one core iteration).
-    fn pieces_flops(&self, t: usize) -> (f64, f64) {
-        let h = self.hidden as f64;
-        let outer =
-            (self.prelude + self.coda) as f64 * self.block_flops(t) + 2.0 * h * self.vocab as f64;
-        let iteration = self.core as f64 * self.block_flops(t) + 2.0 * 2.0 * h * h;
-        (outer, iteration)
-    }
-
-    /// Model FLOPs of a no-grad forward of `tokens` tokens at recurrence `r`.
-    pub fn forward_flops(&self, tokens: usize, t: usize, r: usize) -> f64 {
-        let (outer, iteration) = self.pieces_flops(t);
-        tokens as f64 * (outer + r as f64 * iteration)
-    }
-
-    /// Model FLOPs of a training step: forward at `r`, backward through `k` iterations.
-    pub fn train_flops(&self, tokens: usize, t: usize, r: usize, k: usize) -> f64 {
-        let (outer, iteration) = self.pieces_flops(t);
-        tokens as f64 * (3.0 * outer + r as f64 * iteration + 2.0 * k as f64 * iteration)
+    /// The model-FLOP count of this shape (`rr_eval::compute`, the workspace's one counter).
+    pub fn flops(&self) -> ModelFlops {
+        ModelFlops {
+            block: self.block(),
+            vocab: self.vocab,
+            prelude: self.prelude,
+            core: self.core,
+            coda: self.coda,
+        }
     }
 }
 
@@ -189,6 +180,48 @@ impl BenchSpec {
         }
         points
     }
+
+    /// Tokens one run of a point processes: `batch × seq`, or the new tokens of generation.
+    pub fn point_tokens(&self, kind: PointKind) -> usize {
+        match kind {
+            PointKind::Train | PointKind::Forward => self.batch * self.seq,
+            PointKind::Generate => self.gen_tokens,
+        }
+    }
+
+    /// Model FLOPs of one run of a point. Generation counts as the forward passes of the new
+    /// tokens over the mean context (the prompt and half of the new tokens).
+    pub fn point_flops(&self, point: Point) -> f64 {
+        let flops = self.shape.flops();
+        let tokens = self.point_tokens(point.kind);
+        match point.kind {
+            PointKind::Train => flops.training_flops(tokens, self.seq, point.r, point.k),
+            PointKind::Forward => flops.forward_flops(tokens, self.seq, point.r),
+            PointKind::Generate => {
+                let context = self.gen_prompt + self.gen_tokens / 2;
+                flops.forward_flops(tokens, context, point.r)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.batch >= 1 && self.seq >= 2,
+            "batch and seq must be positive"
+        );
+        ensure!(
+            self.gen_prompt >= 1 && self.gen_tokens >= 1,
+            "generation needs a prompt and new tokens"
+        );
+        for &Point { kind, r, k } in &self.points {
+            ensure!(r >= 1, "recurrence must be at least 1");
+            ensure!(
+                kind != PointKind::Train || (k >= 1 && k <= r),
+                "training point needs 1 <= k <= r, got ({r}, {k})"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One measured point.
@@ -215,6 +248,17 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+impl Row {
+    /// The point this row measured.
+    pub fn point(&self) -> Point {
+        Point {
+            kind: self.kind,
+            r: self.r,
+            k: self.k,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
     pub spec: BenchSpec,
@@ -230,24 +274,11 @@ pub struct BenchResult {
 /// The kernel ATen's `scaled_dot_product_attention` dispatches to for queries [B, heads, T,
 /// head_dim] and grouped keys/values, causal, in `kind` on `device`.
 pub fn sdpa_backend(shape: &Shape, b: usize, t: usize, device: Device, kind: Kind) -> String {
-    let q = Tensor::zeros(
-        [
-            b as i64,
-            shape.heads as i64,
-            t as i64,
-            shape.head_dim as i64,
-        ],
-        (kind, device),
-    );
-    let kv = Tensor::zeros(
-        [
-            b as i64,
-            shape.kv_heads as i64,
-            t as i64,
-            shape.head_dim as i64,
-        ],
-        (kind, device),
-    );
+    let zeros = |heads: usize| {
+        let dims = [b, heads, t, shape.head_dim].map(|d| d as i64);
+        Tensor::zeros(dims, (kind, device))
+    };
+    let (q, kv) = (zeros(shape.heads), zeros(shape.kv_heads));
     let choice = Tensor::internal_fused_sdp_choice::<Tensor>(
         &q,
         &kv,
@@ -357,14 +388,7 @@ fn random_model(shape: &Shape, max_positions: usize, device: Device, kind: Kind)
 pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResult> {
     let device = rr_model::device::parse_device(&spec.device)?;
     let compute_kind = rr_model::device::parse_dtype(&spec.dtype)?;
-    ensure!(
-        spec.batch >= 1 && spec.seq >= 2,
-        "batch and seq must be positive"
-    );
-    ensure!(
-        spec.gen_prompt >= 1 && spec.gen_tokens >= 1,
-        "generation needs a prompt and new tokens"
-    );
+    spec.validate()?;
     if let Some(threads) = spec.threads {
         tch::set_num_threads(threads as i32);
     }
@@ -373,133 +397,11 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
     }
     tch::manual_seed(0);
     let matmul_peak_flops = matmul_peak(device, compute_kind)?;
-    let max_positions = spec.seq.max(spec.gen_prompt + spec.gen_tokens);
-
-    let master = AnyModel::Recurrent(random_model(
-        &spec.shape,
-        max_positions,
-        device,
-        Kind::Float,
-    ));
-    let compute = (compute_kind != Kind::Float).then(|| {
-        AnyModel::Recurrent(random_model(
-            &spec.shape,
-            max_positions,
-            device,
-            compute_kind,
-        ))
-    });
-    let mut optimizer = AdamW::from_var_store(
-        master.vs(),
-        AdamWConfig {
-            lr: 1e-4,
-            weight_decay: 0.1,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let params = optimizer_params(&master);
-    let (b, t) = (spec.batch as i64, spec.seq as i64);
-    let ids = Tensor::randint(spec.shape.vocab as i64, [b, t], (Kind::Int64, device));
-    let labels = Tensor::randint(spec.shape.vocab as i64, [b * t], (Kind::Int64, device));
-    let tokens = spec.batch * spec.seq;
-
+    let mut bench = Bench::new(spec, device, compute_kind)?;
     let mut rows = Vec::new();
-    for point in &spec.points {
-        let Point { kind, r, k } = *point;
-        ensure!(r >= 1, "recurrence must be at least 1");
-        let (seconds, peak, flops, tokens_done) = match kind {
-            PointKind::Train => {
-                ensure!(
-                    k >= 1 && k <= r,
-                    "training point needs 1 <= k <= r, got ({r}, {k})"
-                );
-                let mut seed = 0u64;
-                let (s, p) = timed(device, spec.warmup, spec.repeats, || {
-                    if let Some(c) = &compute {
-                        copy_weights(&master, c);
-                    }
-                    seed += 1;
-                    let _loss = micro_batch(
-                        &master,
-                        compute.as_ref(),
-                        &ids,
-                        &labels,
-                        (r - k, k),
-                        seed,
-                        1,
-                    )?;
-                    let _norm = clip_grad_norm_lazy(&params, 1.0);
-                    optimizer.step(1.0);
-                    optimizer.zero_grad();
-                    Ok(())
-                })?;
-                (s, p, spec.shape.train_flops(tokens, spec.seq, r, k), tokens)
-            }
-            PointKind::Forward => {
-                let model = compute.as_ref().unwrap_or(&master);
-                let tt = TestTime {
-                    recurrence: r,
-                    seed: 1,
-                };
-                let (s, p) = timed(device, spec.warmup, spec.repeats, || {
-                    let _logits = tch::no_grad(|| model.logits(&ids, None, tt))?;
-                    Ok(())
-                })?;
-                (s, p, spec.shape.forward_flops(tokens, spec.seq, r), tokens)
-            }
-            PointKind::Generate => {
-                let model = compute.as_ref().unwrap_or(&master);
-                let prompt: Vec<i64> = Vec::<i64>::try_from(
-                    ids.get(0)
-                        .narrow(0, 0, spec.gen_prompt as i64)
-                        .to_device(Device::Cpu),
-                )
-                .context("prompt ids")?;
-                let opts = DecodeOptions {
-                    max_new_tokens: spec.gen_tokens,
-                    test_time: TestTime {
-                        recurrence: r,
-                        seed: 1,
-                    },
-                    ..DecodeOptions::default()
-                };
-                let (s, p) = timed(
-                    device,
-                    spec.warmup.div_ceil(2),
-                    spec.repeats.div_ceil(2),
-                    || {
-                        let out =
-                            decode(model, None, std::slice::from_ref(&prompt), &opts, |_, _| {})?;
-                        ensure!(
-                            out.rows[0].ids.len() == spec.gen_tokens,
-                            "generation stopped early"
-                        );
-                        Ok(())
-                    },
-                )?;
-                // Counted as the forward passes of the new tokens over a growing context.
-                let mid = spec.gen_prompt + spec.gen_tokens / 2;
-                (
-                    s,
-                    p,
-                    spec.shape.forward_flops(spec.gen_tokens, mid, r),
-                    spec.gen_tokens,
-                )
-            }
-        };
-        let flops_per_s = flops / seconds;
-        let row = Row {
-            implementation: "rr".into(),
-            kind,
-            r,
-            k,
-            ms: Some(seconds * 1e3),
-            tokens_per_s: Some(tokens_done as f64 / seconds),
-            peak_bytes: peak,
-            flops_per_s: Some(flops_per_s),
-            mfu: Some(flops_per_s / matmul_peak_flops),
-            error: None,
-        };
+    for &point in &spec.points {
+        let (seconds, peak) = bench.time(point)?;
+        let row = rr_row(spec, point, seconds, peak, matmul_peak_flops);
         progress(&row);
         rows.push(row);
     }
@@ -512,26 +414,163 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
     })
 }
 
+/// rr's row of a point timed at `seconds` per run.
+fn rr_row(
+    spec: &BenchSpec,
+    point: Point,
+    seconds: f64,
+    peak_bytes: Option<i64>,
+    matmul_peak_flops: f64,
+) -> Row {
+    let flops_per_s = spec.point_flops(point) / seconds;
+    Row {
+        implementation: "rr".into(),
+        kind: point.kind,
+        r: point.r,
+        k: point.k,
+        ms: Some(seconds * 1e3),
+        tokens_per_s: Some(spec.point_tokens(point.kind) as f64 / seconds),
+        peak_bytes,
+        flops_per_s: Some(flops_per_s),
+        mfu: Some(flops_per_s / matmul_peak_flops),
+        error: None,
+    }
+}
+
+/// What the timed runs work on: the fp32 master model and its optimizer, the compute-dtype
+/// copy (when it is not fp32) and one random batch.
+struct Bench<'a> {
+    spec: &'a BenchSpec,
+    device: Device,
+    master: AnyModel,
+    compute: Option<AnyModel>,
+    optimizer: AdamW,
+    params: Vec<Tensor>,
+    ids: Tensor,
+    labels: Tensor,
+}
+
+impl<'a> Bench<'a> {
+    fn new(spec: &'a BenchSpec, device: Device, compute_kind: Kind) -> Result<Self> {
+        let max_positions = spec.seq.max(spec.gen_prompt + spec.gen_tokens);
+        let model =
+            |kind| AnyModel::Recurrent(random_model(&spec.shape, max_positions, device, kind));
+        let master = model(Kind::Float);
+        let compute = (compute_kind != Kind::Float).then(|| model(compute_kind));
+        let config = AdamWConfig {
+            lr: 1e-4,
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let optimizer = AdamW::from_var_store(master.vs(), config)?;
+        let params = optimizer_params(&master);
+        let (b, t, vocab) = (spec.batch as i64, spec.seq as i64, spec.shape.vocab as i64);
+        let ids = Tensor::randint(vocab, [b, t], (Kind::Int64, device));
+        let labels = Tensor::randint(vocab, [b * t], (Kind::Int64, device));
+        Ok(Self {
+            spec,
+            device,
+            master,
+            compute,
+            optimizer,
+            params,
+            ids,
+            labels,
+        })
+    }
+
+    /// The model that runs inference: the compute copy when there is one.
+    fn inference_model(&self) -> &AnyModel {
+        self.compute.as_ref().unwrap_or(&self.master)
+    }
+
+    /// Median seconds per run of `point` and the peak memory of the timed runs.
+    fn time(&mut self, point: Point) -> Result<(f64, Option<i64>)> {
+        match point.kind {
+            PointKind::Train => self.time_train(point.r, point.k),
+            PointKind::Forward => self.time_forward(point.r),
+            PointKind::Generate => self.time_generate(point.r),
+        }
+    }
+
+    /// The trainer's step: weights to the compute copy, forward with `r - k` iterations
+    /// without and `k` with gradient, backward, clipping, AdamW.
+    fn time_train(&mut self, r: usize, k: usize) -> Result<(f64, Option<i64>)> {
+        let (spec, device) = (self.spec, self.device);
+        let mut seed = 0u64;
+        timed(device, spec.warmup, spec.repeats, || {
+            if let Some(c) = &self.compute {
+                copy_weights(&self.master, c);
+            }
+            seed += 1;
+            let pass = (r - k, k);
+            let compute = self.compute.as_ref();
+            let _loss = micro_batch(
+                &self.master,
+                compute,
+                &self.ids,
+                &self.labels,
+                pass,
+                seed,
+                1,
+            )?;
+            let _norm = clip_grad_norm_lazy(&self.params, 1.0);
+            self.optimizer.step(1.0);
+            self.optimizer.zero_grad();
+            Ok(())
+        })
+    }
+
+    /// A no-grad forward of the batch to the logits.
+    fn time_forward(&self, r: usize) -> Result<(f64, Option<i64>)> {
+        let model = self.inference_model();
+        let tt = TestTime {
+            recurrence: r,
+            seed: 1,
+        };
+        timed(self.device, self.spec.warmup, self.spec.repeats, || {
+            let _logits = tch::no_grad(|| model.logits(&self.ids, None, tt))?;
+            Ok(())
+        })
+    }
+
+    /// Cached greedy generation of `gen_tokens` tokens after a prompt of `gen_prompt` (batch 1;
+    /// half the warm-up and repeats of the other points).
+    fn time_generate(&self, r: usize) -> Result<(f64, Option<i64>)> {
+        let spec = self.spec;
+        let model = self.inference_model();
+        let first_row = self.ids.get(0).narrow(0, 0, spec.gen_prompt as i64);
+        let prompt =
+            Vec::<i64>::try_from(first_row.to_device(Device::Cpu)).context("prompt ids")?;
+        let opts = DecodeOptions {
+            max_new_tokens: spec.gen_tokens,
+            test_time: TestTime {
+                recurrence: r,
+                seed: 1,
+            },
+            ..DecodeOptions::default()
+        };
+        let (warmup, repeats) = (spec.warmup.div_ceil(2), spec.repeats.div_ceil(2));
+        timed(self.device, warmup, repeats, || {
+            let out = decode(model, None, std::slice::from_ref(&prompt), &opts, |_, _| {})?;
+            ensure!(
+                out.rows[0].ids.len() == spec.gen_tokens,
+                "generation stopped early"
+            );
+            Ok(())
+        })
+    }
+}
+
 /// Reference rows (from `bench/recurrent_ref.py`) with FLOP/s and MFU filled in by the same
 /// FLOP count as rr's rows.
 fn complete_reference(result: &BenchResult, reference: &[Row]) -> Vec<Row> {
-    let spec = &result.spec;
-    let tokens = spec.batch * spec.seq;
     reference
         .iter()
         .cloned()
         .map(|mut row| {
             if let Some(ms) = row.ms {
-                let flops = match row.kind {
-                    PointKind::Train => spec.shape.train_flops(tokens, spec.seq, row.r, row.k),
-                    PointKind::Forward => spec.shape.forward_flops(tokens, spec.seq, row.r),
-                    PointKind::Generate => spec.shape.forward_flops(
-                        spec.gen_tokens,
-                        spec.gen_prompt + spec.gen_tokens / 2,
-                        row.r,
-                    ),
-                };
-                let fps = flops / (ms / 1e3);
+                let fps = result.spec.point_flops(row.point()) / (ms / 1e3);
                 row.flops_per_s = Some(fps);
                 row.mfu = Some(fps / result.matmul_peak_flops);
             }
@@ -552,16 +591,28 @@ fn num(x: Option<f64>, digits: usize) -> String {
 
 /// The markdown table: one line per point, rr's numbers and the ratios to each reference.
 pub fn markdown(result: &BenchResult, reference: &[Row]) -> String {
+    let impls = implementations(reference);
+    let mut out = describe_run(result);
+    out.push_str(&table_head(&impls));
+    for row in &result.rows {
+        out.push_str(&table_line(row, reference, &impls));
+    }
+    out
+}
+
+/// The reference implementations present, sorted, each once.
+fn implementations(reference: &[Row]) -> Vec<String> {
+    let mut v: Vec<String> = reference.iter().map(|r| r.implementation.clone()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The paragraph above the table: shape, device, sizes, repeats, matmul peak, threads, kernel.
+fn describe_run(result: &BenchResult) -> String {
     let spec = &result.spec;
     let s = &spec.shape;
-    let impls: Vec<String> = {
-        let mut v: Vec<String> = reference.iter().map(|r| r.implementation.clone()).collect();
-        v.dedup();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let mut out = format!(
+    format!(
         "Shape `{}` (h {}, {} heads / {} kv, intermediate {}, vocab {}, layers ({}, {}, {})), \
          {} {}, batch {}, seq {}; generation: batch 1, prompt {}, {} new tokens. \
          Median of {} after {} warm-up. Matmul peak measured: {:.1} GFLOP/s; libtorch threads: {}; \
@@ -586,69 +637,75 @@ pub fn markdown(result: &BenchResult, reference: &[Row]) -> String {
         result.matmul_peak_flops / 1e9,
         result.libtorch_threads,
         result.sdpa_backend,
-    );
-    out.push_str("| what | r | k | rr ms | rr tok/s | rr peak MiB | rr MFU |");
-    for i in &impls {
+    )
+}
+
+/// The table's header and separator lines: rr's columns, then three per reference.
+fn table_head(impls: &[String]) -> String {
+    let mut out = String::from("| what | r | k | rr ms | rr tok/s | rr peak MiB | rr MFU |");
+    for i in impls {
         out.push_str(&format!(" {i} tok/s | {i} peak MiB | rr / {i} |"));
     }
+    out.push_str("\n|---|---|---|---|---|---|---|");
+    out.push_str(&"---|---|---|".repeat(impls.len()));
     out.push('\n');
-    out.push_str("|---|---|---|---|---|---|---|");
-    for _ in &impls {
-        out.push_str("---|---|---|");
-    }
-    out.push('\n');
-    for row in &result.rows {
-        let kind = match row.kind {
-            PointKind::Train => "train step",
-            PointKind::Forward => "no-grad forward",
-            PointKind::Generate => "generation (cached)",
-        };
-        let k = if row.kind == PointKind::Train {
-            row.k.to_string()
-        } else {
-            "–".into()
-        };
-        out.push_str(&format!(
-            "| {kind} | {} | {k} | {} | {} | {} | {} |",
-            row.r,
-            num(row.ms, 1),
-            num(row.tokens_per_s, 1),
-            mib(row.peak_bytes),
-            row.mfu
-                .map_or("–".into(), |m| format!("{:.1} %", m * 100.0)),
-        ));
-        for i in &impls {
-            let other = reference.iter().find(|o| {
-                &o.implementation == i && o.kind == row.kind && o.r == row.r && o.k == row.k
-            });
-            match other {
-                Some(o) if o.error.is_none() => {
-                    let ratio = match (row.tokens_per_s, o.tokens_per_s) {
-                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-                        _ => "–".into(),
-                    };
-                    out.push_str(&format!(
-                        " {} | {} | {ratio} |",
-                        num(o.tokens_per_s, 1),
-                        mib(o.peak_bytes)
-                    ));
-                }
-                Some(o) => out.push_str(&format!(
-                    " {} | – | – |",
-                    o.error.clone().unwrap_or_default()
-                )),
-                None => out.push_str(" – | – | – |"),
-            }
-        }
-        out.push('\n');
-    }
     out
+}
+
+/// One table line: rr's numbers for `row`, then each reference's at the same point.
+fn table_line(row: &Row, reference: &[Row], impls: &[String]) -> String {
+    let kind = match row.kind {
+        PointKind::Train => "train step",
+        PointKind::Forward => "no-grad forward",
+        PointKind::Generate => "generation (cached)",
+    };
+    let k = if row.kind == PointKind::Train {
+        row.k.to_string()
+    } else {
+        "–".into()
+    };
+    let mut out = format!(
+        "| {kind} | {} | {k} | {} | {} | {} | {} |",
+        row.r,
+        num(row.ms, 1),
+        num(row.tokens_per_s, 1),
+        mib(row.peak_bytes),
+        row.mfu
+            .map_or("–".into(), |m| format!("{:.1} %", m * 100.0)),
+    );
+    for i in impls {
+        let other = reference
+            .iter()
+            .find(|o| &o.implementation == i && o.point() == row.point());
+        out.push_str(&reference_cells(row, other));
+    }
+    out.push('\n');
+    out
+}
+
+/// A reference's three cells at rr's point: tokens/s, peak MiB and rr's speed-up over it
+/// (its error, or dashes when it has no such point).
+fn reference_cells(row: &Row, other: Option<&Row>) -> String {
+    match other {
+        Some(o) if o.error.is_none() => {
+            let ratio = match (row.tokens_per_s, o.tokens_per_s) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            format!(
+                " {} | {} | {ratio} |",
+                num(o.tokens_per_s, 1),
+                mib(o.peak_bytes)
+            )
+        }
+        Some(o) => format!(" {} | – | – |", o.error.clone().unwrap_or_default()),
+        None => " – | – | – |".into(),
+    }
 }
 
 /// Writes `results.json` (spec, rr rows, reference rows), `results.md`, and the plots
 /// `tokens_per_s.svg` and `memory.svg` (against recurrence) into `dir`.
-pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Row]) -> Result<()> {
-    use rr_eval::plot::{line_plot, Series};
+pub fn write_report(dir: &Path, result: &BenchResult, reference: &[Row]) -> Result<()> {
     let reference = complete_reference(result, reference);
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let json = serde_json::json!({
@@ -667,34 +724,13 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         &dir.join("results.md"),
         markdown(result, &reference).as_bytes(),
     )?;
+    write_plots(dir, result, &reference)
+}
 
+/// `tokens_per_s.svg` (log10) and `memory.svg` against recurrence: one line per
+/// implementation and kind of point (and backprop depth for training).
+fn write_plots(dir: &Path, result: &BenchResult, reference: &[Row]) -> Result<()> {
     let all: Vec<&Row> = result.rows.iter().chain(reference.iter()).collect();
-    let mut keys: Vec<(String, PointKind, usize)> = all
-        .iter()
-        .map(|r| (r.implementation.clone(), r.kind, r.k))
-        .collect();
-    keys.sort_by(|a, b| (&a.0, a.1 as u8, a.2).cmp(&(&b.0, b.1 as u8, b.2)));
-    keys.dedup();
-    let series = |value: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
-        keys.iter()
-            .map(|(imp, kind, k)| {
-                let label = match kind {
-                    PointKind::Train => format!("{imp} train k={k}"),
-                    PointKind::Forward => format!("{imp} forward"),
-                    PointKind::Generate => format!("{imp} generate"),
-                };
-                Series {
-                    name: label,
-                    points: all
-                        .iter()
-                        .filter(|r| &r.implementation == imp && r.kind == *kind && r.k == *k)
-                        .filter_map(|r| Some((r.r as f64, value(r)?)))
-                        .collect(),
-                }
-            })
-            .filter(|s| !s.points.is_empty())
-            .collect()
-    };
     let title = format!(
         "{} on {} ({})",
         result.spec.shape.name, result.spec.device, result.spec.dtype
@@ -704,7 +740,7 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         &format!("tokens/s, {title}"),
         "recurrence r",
         "tokens/s (log10)",
-        &series(&|r| r.tokens_per_s.map(f64::log10)),
+        &series(&all, |r| r.tokens_per_s.map(f64::log10)),
         true,
     )?;
     line_plot(
@@ -712,10 +748,37 @@ pub fn write_report(dir: &std::path::Path, result: &BenchResult, reference: &[Ro
         &format!("peak memory, {title}"),
         "recurrence r",
         "peak MiB",
-        &series(&|r| r.peak_bytes.map(|b| b as f64 / (1024.0 * 1024.0))),
+        &series(&all, |r| r.peak_bytes.map(|b| b as f64 / (1024.0 * 1024.0))),
         true,
-    )?;
-    Ok(())
+    )
+}
+
+/// One series of `value` against r per (implementation, kind, k) of `rows`, empty ones left out.
+fn series(rows: &[&Row], value: impl Fn(&Row) -> Option<f64>) -> Vec<Series> {
+    let mut keys: Vec<(String, PointKind, usize)> = rows
+        .iter()
+        .map(|r| (r.implementation.clone(), r.kind, r.k))
+        .collect();
+    keys.sort_by(|a, b| (&a.0, a.1 as u8, a.2).cmp(&(&b.0, b.1 as u8, b.2)));
+    keys.dedup();
+    keys.iter()
+        .map(|(imp, kind, k)| {
+            let label = match kind {
+                PointKind::Train => format!("{imp} train k={k}"),
+                PointKind::Forward => format!("{imp} forward"),
+                PointKind::Generate => format!("{imp} generate"),
+            };
+            Series {
+                name: label,
+                points: rows
+                    .iter()
+                    .filter(|r| &r.implementation == imp && r.kind == *kind && r.k == *k)
+                    .filter_map(|r| Some((r.r as f64, value(r)?)))
+                    .collect(),
+            }
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -728,16 +791,51 @@ mod tests {
         let s = Shape::preset("tiny", None).unwrap();
         let attn = 256.0 * (4.0 + 4.0) * 64.0 + 256.0 * 256.0; // qkv + o
         let mlp = 3.0 * 256.0 * 704.0;
-        assert_eq!(s.block_matmul_params(), attn + mlp);
+        assert_eq!(s.block().matmul_params() as f64, attn + mlp);
         let t = 128;
         let block = 2.0 * (attn + mlp) + 2.0 * 128.0 * 256.0;
         let outer = 2.0 * block + 2.0 * 256.0 * 8192.0;
         let iteration = 2.0 * block + 4.0 * 256.0 * 256.0;
-        assert_eq!(s.forward_flops(10, t, 3), 10.0 * (outer + 3.0 * iteration));
+        let flops = s.flops();
+        assert_eq!(
+            flops.forward_flops(10, t, 3),
+            10.0 * (outer + 3.0 * iteration)
+        );
         // Training at (r, k) = (4, 2): forward at 4 plus a backward (2×) through outer and 2.
         assert_eq!(
-            s.train_flops(10, t, 4, 2),
+            flops.training_flops(10, t, 4, 2),
             10.0 * (3.0 * outer + 4.0 * iteration + 4.0 * iteration)
+        );
+    }
+
+    #[test]
+    fn point_flops_count_batch_tokens_and_generation_over_its_mean_context() {
+        let spec = BenchSpec {
+            device: "cpu".into(),
+            dtype: "float32".into(),
+            shape: Shape::preset("tiny", None).unwrap(),
+            batch: 2,
+            seq: 128,
+            gen_prompt: 16,
+            gen_tokens: 8,
+            warmup: 0,
+            repeats: 1,
+            threads: None,
+            points: Vec::new(),
+        };
+        let flops = spec.shape.flops();
+        let point = |kind, r, k| Point { kind, r, k };
+        assert_eq!(
+            spec.point_flops(point(PointKind::Train, 4, 2)),
+            flops.training_flops(256, 128, 4, 2)
+        );
+        assert_eq!(
+            spec.point_flops(point(PointKind::Forward, 3, 0)),
+            flops.forward_flops(256, 128, 3)
+        );
+        assert_eq!(
+            spec.point_flops(point(PointKind::Generate, 3, 0)),
+            flops.forward_flops(8, 20, 3)
         );
     }
 

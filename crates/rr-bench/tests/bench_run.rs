@@ -29,7 +29,7 @@ fn bench_runs_every_point_and_reports_ratios() {
         assert!(ms > 0.0 && row.tokens_per_s.unwrap() > 0.0, "{row:?}");
         assert!(row.peak_bytes.unwrap() > 1 << 20, "{row:?}");
         if row.kind == PointKind::Forward {
-            let want = spec.shape.forward_flops(32, 16, row.r) / (ms / 1e3);
+            let want = spec.shape.flops().forward_flops(32, 16, row.r) / (ms / 1e3);
             assert!((row.flops_per_s.unwrap() / want - 1.0).abs() < 1e-9);
             assert!((row.tokens_per_s.unwrap() - 32.0 / (ms / 1e3)).abs() < 1e-6);
         }
