@@ -5,11 +5,12 @@
 //! clipping, the optimizer), so the numbers are those of `rr train`. Every timing is the median
 //! of `repeats` runs after `warmup` runs; CUDA work is synchronised before the clock stops.
 //!
-//! Model FLOPs count every matmul of the pass (attention projections, MLP, adapter, head, and
-//! causal attention scores and values at `2·T·n_heads·head_dim` per token and layer, forward);
-//! a backward pass costs twice the forward of the parts it runs through (prelude, the `k`
-//! iterations with gradient, coda, head). MFU is model FLOP/s over the matmul peak measured in
-//! the same run, in the same dtype.
+//! Model FLOPs are counted by `rr_eval::compute::ModelFlops`, the workspace's one FLOP counter:
+//! every matmul of the pass (attention projections, MLP, adapter, head, and causal attention
+//! scores and values at `2·T·n_heads·head_dim` per token and layer, forward); a backward pass
+//! costs twice the forward of the parts it runs through (prelude, the `k` iterations with
+//! gradient, coda, head). MFU is model FLOP/s over the matmul peak measured in the same run, in
+//! the same dtype.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,11 +22,10 @@ use rr_model::config::LlamaConfig;
 use rr_model::recurrent::{RecurrentConfig, RecurrentModel};
 use rr_model::{decode, AnyModel, DecodeOptions, TestTime};
 use rr_recipe::AdamWConfig;
-use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
-
 use rr_train::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
 use rr_train::trainer::{copy_weights, micro_batch, optimizer_params};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Dimensions of the benchmarked model (a Llama-family block in the Raven layout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
