@@ -137,7 +137,7 @@ fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The GPU run: the issue's target points on Llama-3.2-1B shapes, the fast-path check on CUDA.
+/// The GPU run: the issue's target points on Llama-3.2-1B shapes.
 const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
 # rr GPU benchmark: run on a machine with an NVIDIA GPU and Python torch 2.11.0 (any CUDA
 # build of the same ABI). No cargo needed. Results go to $OUT (default ./results).
@@ -154,8 +154,6 @@ DEVICE="${DEVICE:-cuda}"
 SHAPE="${SHAPE:-llama3.2-1b}"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")' | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.txt" 2>/dev/null || true
-# Fast paths (fused AdamW, bf16 compute) against the plain path on CUDA.
-"$HERE/rr" bench fast-paths --device "$DEVICE" | tee "$OUT/fast_paths.txt"
 for layers in ${LAYERS:-4,8,4 4,6,4}; do
   d="$OUT/$SHAPE-${layers//,/-}"
   mkdir -p "$d"
@@ -228,7 +226,6 @@ mod tests {
         assert!(status.success(), "bash -n run.sh failed");
         for needle in [
             "LD_LIBRARY_PATH",
-            "bench fast-paths",
             "bench recurrence",
             "recurrent_ref.py",
             "bench report",

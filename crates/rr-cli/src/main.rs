@@ -67,14 +67,6 @@ enum BenchCommand {
     /// Time training steps, no-grad forwards and cached generation at each recurrence on
     /// random weights of a real model's shape; writes a JSON result.
     Recurrence(BenchArgs),
-    /// Check the fast paths (fused AdamW, bf16 compute) against the plain path: the losses
-    /// of a few training steps of a tiny model.
-    FastPaths {
-        #[arg(long, default_value = "auto")]
-        device: String,
-        #[arg(long, default_value_t = 4)]
-        steps: usize,
-    },
     /// Merge an rr result with PyTorch reference rows into results.json, results.md and plots.
     Report {
         /// `rr bench recurrence` output.
@@ -143,7 +135,7 @@ enum DataCommand {
         #[arg(long)]
         out: PathBuf,
         /// Fraction of documents held out.
-        #[arg(long, default_value_t = rr_train::data::DEFAULT_HELDOUT_FRACTION)]
+        #[arg(long, default_value_t = rr_data::DEFAULT_HELDOUT_FRACTION)]
         heldout_fraction: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -436,10 +428,10 @@ fn run(cli: Cli) -> Result<()> {
             seed,
         }) => {
             let mut opts =
-                rr_train::data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
+                rr_data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
             opts.heldout_fraction = heldout_fraction;
             opts.seed = seed;
-            let summary = rr_train::data::pack(&opts)?;
+            let summary = rr_data::pack(&opts)?;
             for w in summary.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -458,8 +450,8 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             out,
         }) => {
-            let generated = rr_train::data::synth_math(problems, max_steps, seed);
-            rr_train::data::write_synth_math(&out, &generated)?;
+            let generated = rr_data::synth_math(problems, max_steps, seed);
+            rr_data::write_synth_math(&out, &generated)?;
             println!(
                 "wrote {} problems (1-{max_steps} steps) to {}",
                 generated.len(),
@@ -468,30 +460,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => run_eval(args)?,
         Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args)?,
-        Command::Bench(BenchCommand::FastPaths { device, steps }) => {
-            let device = parse_device(&device)?;
-            let checks = rr_train::bench::check_fast_paths(device, steps)?;
-            let mut failed = Vec::new();
-            for c in &checks {
-                println!(
-                    "{}: max relative loss difference {:.2e} (tolerance {:.0e}): {}",
-                    c.name,
-                    c.max_rel_diff,
-                    c.tolerance,
-                    if c.passed() { "ok" } else { "FAILED" }
-                );
-                println!("  plain {:?}\n  fast  {:?}", c.plain, c.fast);
-                if !c.passed() {
-                    failed.push(c.name.clone());
-                }
-            }
-            if !failed.is_empty() {
-                bail!(
-                    "fast paths differ from the plain path: {}",
-                    failed.join(", ")
-                );
-            }
-        }
         Command::Bench(BenchCommand::Report { rr, reference, out }) => {
             let read = |p: &PathBuf| -> Result<serde_json::Value> {
                 let text = std::fs::read_to_string(p)
@@ -499,14 +467,14 @@ fn run(cli: Cli) -> Result<()> {
                 serde_json::from_str(&text)
                     .with_context(|| format!("{}: invalid JSON", p.display()))
             };
-            let result: rr_train::bench::BenchResult = serde_json::from_value(read(&rr)?)
+            let result: rr_bench::BenchResult = serde_json::from_value(read(&rr)?)
                 .with_context(|| format!("{}: not an rr bench result", rr.display()))?;
-            let reference: Vec<rr_train::bench::Row> = match &reference {
+            let reference: Vec<rr_bench::Row> = match &reference {
                 Some(p) => serde_json::from_value(read(p)?["rows"].clone())
                     .with_context(|| format!("{}: not a reference result", p.display()))?,
                 None => Vec::new(),
             };
-            rr_train::bench::write_report(&out, &result, &reference)?;
+            rr_bench::write_report(&out, &result, &reference)?;
             println!("{}", std::fs::read_to_string(out.join("results.md"))?);
             println!("wrote {}", out.display());
         }
@@ -594,7 +562,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
-    use rr_train::bench::{BenchSpec, Shape};
+    use rr_bench::{BenchSpec, Shape};
     let layers = match &args.layers {
         Some(text) => {
             let v = rr_eval::evaluate::parse_recurrences(text)
@@ -632,7 +600,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             &rr_eval::evaluate::parse_recurrences(&args.backprop).context("--backprop")?,
         ),
     };
-    let result = rr_train::bench::run(&spec, |row| {
+    let result = rr_bench::run(&spec, |row| {
         eprintln!(
             "rr {:?} r={} k={}: {:.1} ms, {:.1} tok/s",
             row.kind,
@@ -851,16 +819,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let heldout = match &args.heldout {
         None => None,
         Some(p) if p.join("manifest.json").exists() => {
-            let set = rr_train::data::PackedSet::open(p)?;
-            set.check_tokenizer(&tokenizer)?;
-            let split = rr_train::data::Split::Heldout;
-            let n = set.rows(split).min(args.heldout_rows);
-            if n == 0 {
-                bail!("{}: the held-out split has no rows", p.display());
-            }
-            Some(rr_eval::evaluate::Heldout::Rows(
-                (0..n).map(|i| set.row(split, i)).collect(),
-            ))
+            let rows = args.heldout_rows;
+            Some(rr_eval::evaluate::Heldout::packed(p, &tokenizer, rows)?)
         }
         Some(p) => {
             let text = rr_util::fs::read_text_limited(p, TEXT_LIMIT)?;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rr_data::{PackedSet, Split};
 use rr_model::{AnyModel, TestTime, Tokenizer};
 
 use crate::plot::{line_plot, Series};
@@ -12,7 +13,7 @@ use crate::results::{
     RecurrenceReport,
 };
 use crate::runner::{greedy_until_batch, loglikelihoods};
-use crate::tasks::{load, Requests, Task};
+use crate::tasks::{load, GenRequest, McItem, Requests, Task, TaskData};
 
 /// Held-out data whose loss is measured at each recurrence.
 pub enum Heldout {
@@ -20,6 +21,26 @@ pub enum Heldout {
     Text(Vec<i64>),
     /// Packed rows of T+1 tokens (input = row[..T], labels = row[1..]).
     Rows(Vec<Vec<i64>>),
+}
+
+impl Heldout {
+    /// The first `max_rows` rows of the held-out split of the packed set in `dir`, which must
+    /// have been packed with `tokenizer` (the same `tokenizer.json`, byte for byte).
+    pub fn packed(dir: &Path, tokenizer: &Tokenizer, max_rows: usize) -> Result<Self> {
+        let set = PackedSet::open(dir)?;
+        set.check_tokenizer(tokenizer)?;
+        Ok(Heldout::Rows(heldout_rows(&set, max_rows)?))
+    }
+}
+
+/// The first `max_rows` rows (`seq_len + 1` ids each) of the held-out split of `set`; an error
+/// when that leaves none. `rr eval --heldout` and the trainer's held-out loss both read these.
+pub fn heldout_rows(set: &PackedSet, max_rows: usize) -> Result<Vec<Vec<i64>>> {
+    let rows = set.rows(Split::Heldout).min(max_rows);
+    if rows == 0 {
+        bail!("{}: the held-out split has no rows", set.dir().display());
+    }
+    Ok((0..rows).map(|i| set.row(Split::Heldout, i)).collect())
 }
 
 pub struct EvalOptions {
@@ -77,109 +98,30 @@ pub fn evaluate(
         AnyModel::Recurrent(_) => opts.recurrences.clone(),
         AnyModel::Static(_) => vec![1],
     };
-    let eos: Vec<i64> = {
-        let mut ids = model.eos_token_ids();
-        ids.extend(tokenizer.eos_id());
-        ids
-    };
-    let max_len = model.max_context();
+    let mut eos = model.eos_token_ids();
+    eos.extend(tokenizer.eos_id());
     let mut report = RecurrenceReport::default();
     for &r in &recurrences {
-        let tt = TestTime {
-            recurrence: r,
-            seed: opts.seed,
+        let run = AtRecurrence {
+            model,
+            tokenizer,
+            opts,
+            eos: &eos,
+            max_len: model.max_context(),
+            tt: TestTime {
+                recurrence: r,
+                seed: opts.seed,
+            },
         };
         let mut results = EvalResults::default();
         if let Some(heldout) = &opts.heldout {
-            let (nll, tokens) = match heldout {
-                Heldout::Text(ids) => {
-                    let s = crate::nll::score_text(model, ids, max_len, tt)?;
-                    (s.total_nll, s.tokens)
-                }
-                Heldout::Rows(rows) => crate::nll::rows_nll(model, rows, opts.batch_size, tt)?,
-            };
-            let mean = nll / tokens as f64;
-            let mut m = crate::results::Metrics::new();
-            m.insert("loss,none".into(), serde_json::json!(mean));
-            m.insert("perplexity,none".into(), serde_json::json!(mean.exp()));
-            results.add(
-                "heldout",
-                m,
-                NSamples {
-                    original: tokens,
-                    effective: tokens,
-                },
-            );
+            let mean = run.heldout(heldout, &mut results)?;
             progress(&format!("r={r} heldout: loss {mean:.4}"));
         }
         for task in &data {
-            let n = NSamples {
-                original: task.n_original,
-                effective: task.requests.len(),
-            };
-            match &task.requests {
-                Requests::LogLikelihood(items) => {
-                    let pairs: Vec<(String, String)> = items
-                        .iter()
-                        .flat_map(|i| {
-                            i.pairs()
-                                .into_iter()
-                                .map(|(c, k)| (c.to_string(), k.to_string()))
-                        })
-                        .collect();
-                    let lls =
-                        loglikelihoods(model, tokenizer, &pairs, opts.batch_size, max_len, tt)
-                            .with_context(|| format!("{}", task.file.display()))?;
-                    let mut per_item = Vec::with_capacity(items.len());
-                    let mut next = lls.iter();
-                    for item in items {
-                        per_item.push(
-                            (0..item.n_choices())
-                                .map(|_| next.next().map(|l| l.sum).unwrap_or(f64::NAN))
-                                .collect::<Vec<_>>(),
-                        );
-                    }
-                    results.add(
-                        task.task.name(),
-                        score_multiple_choice(items, &per_item)?,
-                        n,
-                    );
-                }
-                Requests::Generate(reqs) => {
-                    let prompts: Vec<(String, Vec<String>)> = reqs
-                        .iter()
-                        .map(|r| (r.prompt.clone(), r.stop.clone()))
-                        .collect();
-                    let generations = greedy_until_batch(
-                        model,
-                        tokenizer,
-                        &prompts,
-                        &eos,
-                        opts.max_new_tokens,
-                        opts.batch_size,
-                        tt,
-                    )?;
-                    match task.task {
-                        Task::Math500 => {
-                            results.add(task.task.name(), score_math(reqs, &generations)?, n)
-                        }
-                        Task::Synth => {
-                            add_synth(&mut results, reqs, &generations, task.n_original)?
-                        }
-                        _ => results.add(task.task.name(), score_gsm8k(reqs, &generations)?, n),
-                    }
-                }
-            }
+            run.task(task, &mut results)?;
             let metric = task.task.headline_metric();
-            let value = results
-                .results
-                .get(task.task.name())
-                .and_then(|m| {
-                    m.iter()
-                        .find(|(k, _)| k.starts_with(metric))
-                        .map(|(_, v)| v.clone())
-                })
-                .unwrap_or_default();
+            let value = headline_value(&results, task.task);
             progress(&format!("r={r} {}: {metric} {value}", task.task.name()));
         }
         results.config =
@@ -194,6 +136,124 @@ pub fn evaluate(
         "batch_size": opts.batch_size,
     });
     Ok(report)
+}
+
+/// The first metric of `task` in `results` whose name starts with its headline metric (null
+/// when there is none).
+fn headline_value(results: &EvalResults, task: Task) -> serde_json::Value {
+    let metric = task.headline_metric();
+    results
+        .results
+        .get(task.name())
+        .and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.starts_with(metric))
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Everything the held-out data and the tasks run with at one test recurrence.
+struct AtRecurrence<'a> {
+    model: &'a AnyModel,
+    tokenizer: &'a Tokenizer,
+    opts: &'a EvalOptions,
+    /// Generation stops at any of these.
+    eos: &'a [i64],
+    max_len: usize,
+    tt: TestTime,
+}
+
+impl AtRecurrence<'_> {
+    /// Adds task `heldout` (mean loss and perplexity per token) and returns the mean loss.
+    fn heldout(&self, heldout: &Heldout, results: &mut EvalResults) -> Result<f64> {
+        let (nll, tokens) = match heldout {
+            Heldout::Text(ids) => {
+                let s = crate::nll::score_text(self.model, ids, self.max_len, self.tt)?;
+                (s.total_nll, s.tokens)
+            }
+            Heldout::Rows(rows) => {
+                crate::nll::rows_nll(self.model, rows, self.opts.batch_size, self.tt)?
+            }
+        };
+        let mean = nll / tokens as f64;
+        let mut m = crate::results::Metrics::new();
+        m.insert("loss,none".into(), serde_json::json!(mean));
+        m.insert("perplexity,none".into(), serde_json::json!(mean.exp()));
+        let n = NSamples {
+            original: tokens,
+            effective: tokens,
+        };
+        results.add("heldout", m, n);
+        Ok(mean)
+    }
+
+    /// Runs one task and adds its metrics.
+    fn task(&self, task: &TaskData, results: &mut EvalResults) -> Result<()> {
+        let n = NSamples {
+            original: task.n_original,
+            effective: task.requests.len(),
+        };
+        let name = task.task.name();
+        match &task.requests {
+            Requests::LogLikelihood(items) => {
+                let lls = self
+                    .choice_loglikelihoods(items)
+                    .with_context(|| format!("{}", task.file.display()))?;
+                results.add(name, score_multiple_choice(items, &lls)?, n);
+            }
+            Requests::Generate(reqs) => {
+                let generations = self.generate(reqs)?;
+                match task.task {
+                    Task::Math500 => results.add(name, score_math(reqs, &generations)?, n),
+                    Task::Synth => add_synth(results, reqs, &generations, task.n_original)?,
+                    _ => results.add(name, score_gsm8k(reqs, &generations)?, n),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The summed log-likelihood of every choice of every item (NaN for any the runner did
+    /// not return).
+    fn choice_loglikelihoods(&self, items: &[McItem]) -> Result<Vec<Vec<f64>>> {
+        let pairs: Vec<(String, String)> = items
+            .iter()
+            .flat_map(|i| {
+                i.pairs()
+                    .into_iter()
+                    .map(|(c, k)| (c.to_string(), k.to_string()))
+            })
+            .collect();
+        let (model, tokenizer, batch) = (self.model, self.tokenizer, self.opts.batch_size);
+        let lls = loglikelihoods(model, tokenizer, &pairs, batch, self.max_len, self.tt)?;
+        let mut next = lls.iter();
+        Ok(items
+            .iter()
+            .map(|item| {
+                (0..item.n_choices())
+                    .map(|_| next.next().map(|l| l.sum).unwrap_or(f64::NAN))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Greedy generations for `reqs`, each up to its stop strings or EOS.
+    fn generate(&self, reqs: &[GenRequest]) -> Result<Vec<String>> {
+        let prompts: Vec<(String, Vec<String>)> = reqs
+            .iter()
+            .map(|r| (r.prompt.clone(), r.stop.clone()))
+            .collect();
+        greedy_until_batch(
+            self.model,
+            self.tokenizer,
+            &prompts,
+            self.eos,
+            self.opts.max_new_tokens,
+            self.opts.batch_size,
+            self.tt,
+        )
+    }
 }
 
 /// Writes `results.json`, `results.md` and one SVG per task (headline metric vs recurrence,

@@ -1,8 +1,9 @@
 //! Evaluation: tasks, metrics, compute accounting and reports; `runner` and `evaluate` run
 //! them through a model.
 //!
-//! Compute accounting lives here and is pure arithmetic, so the trainer's running FLOP count
-//! and the reports use the same function.
+//! Compute accounting lives here and is pure arithmetic, so the trainer's running FLOP count,
+//! the reports and `rr bench` use the same functions. So does reading the held-out rows of a
+//! packed set ([`evaluate::Heldout::packed`]), which `rr eval` and the trainer share.
 
 pub mod compute;
 pub mod evaluate;

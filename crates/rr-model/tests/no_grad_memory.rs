@@ -17,7 +17,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn step(model: &RecurrentModel, ids: &Tensor, n: usize, k: usize) {
     let logits =
-        common::recurrent_forward(&model, ids, n, k, &InitialState::Random { seed: 1 }).logits;
+        common::recurrent_forward(model, ids, n, k, &InitialState::Random { seed: 1 }).logits;
     logits.mean(Kind::Float).backward();
 }
 

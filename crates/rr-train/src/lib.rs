@@ -1,7 +1,5 @@
-//! Training: packed token data and its loader, optimizers (AdamW, Muon), and the trainer.
+//! Training: optimizers (AdamW, Muon) and the trainer. The data it reads comes from `rr-data`.
 
-pub mod bench;
-pub mod data;
 pub mod loss;
 pub mod optim;
 pub mod report;

@@ -1,6 +1,7 @@
 //! End-of-run artefacts: `summary.json`, `summary.md` (a table) and SVG plots of the training
 //! loss against step and of the held-out loss against test recurrence.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -15,7 +16,7 @@ pub fn read_losses(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
     Ok(steps.iter().map(|l| (l.step as f64, l.loss)).collect())
 }
 
-fn recurrence_points(losses: &std::collections::BTreeMap<String, f64>) -> Vec<(f64, f64)> {
+fn recurrence_points(losses: &BTreeMap<String, f64>) -> Vec<(f64, f64)> {
     let mut pts: Vec<(f64, f64)> = losses
         .iter()
         .filter_map(|(r, l)| r.parse::<f64>().ok().map(|r| (r, *l)))
@@ -104,93 +105,130 @@ pub fn write_comparison(
     baseline: Option<&Path>,
     out_dir: &Path,
 ) -> Result<std::path::PathBuf> {
-    let run = read_summary(run_dir)?;
-    let base = baseline.map(read_summary).transpose()?;
-    let heldout = |v: &serde_json::Value, key: &str| -> std::collections::BTreeMap<String, f64> {
-        serde_json::from_value(v[key].clone()).unwrap_or_default()
-    };
-    let after = heldout(&run, "heldout_after");
-    let before = heldout(&run, "heldout_before");
-    let base_loss = base
-        .as_ref()
-        .and_then(|b| heldout(b, "heldout_after").get("static").copied());
-    let base_before = base
-        .as_ref()
-        .and_then(|b| heldout(b, "heldout_before").get("static").copied());
+    let comparison = Comparison::read(run_dir, baseline)?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    comparison.plot_heldout(&out_dir.join("heldout_vs_recurrence.svg"))?;
+    plot_loss_vs_flops(run_dir, baseline, &out_dir.join("loss_vs_flops.svg"))?;
+    let path = out_dir.join("report.md");
+    std::fs::write(&path, comparison.markdown())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
 
-    let mut series = vec![
-        Series {
-            name: "retrofit, before".into(),
-            points: recurrence_points(&before),
-        },
-        Series {
-            name: "retrofit, after".into(),
-            points: recurrence_points(&after),
-        },
-    ];
-    if let Some(b) = base_loss {
-        let xs: Vec<f64> = recurrence_points(&after).iter().map(|p| p.0).collect();
-        series.push(Series {
-            name: "static baseline, after".into(),
-            points: xs.iter().map(|&x| (x, b)).collect(),
-        });
+/// A finished run and its baseline, as their `summary.json` files tell them.
+struct Comparison {
+    run: serde_json::Value,
+    base: Option<serde_json::Value>,
+    /// The run's held-out loss by test recurrence, before and after training.
+    before: BTreeMap<String, f64>,
+    after: BTreeMap<String, f64>,
+    /// The baseline's held-out loss (its one entry, `static`), before and after training.
+    base_before: Option<f64>,
+    base_after: Option<f64>,
+}
+
+impl Comparison {
+    fn read(run_dir: &Path, baseline: Option<&Path>) -> Result<Self> {
+        let run = read_summary(run_dir)?;
+        let base = baseline.map(read_summary).transpose()?;
+        let heldout = |v: &serde_json::Value, key: &str| -> BTreeMap<String, f64> {
+            serde_json::from_value(v[key].clone()).unwrap_or_default()
+        };
+        let base_heldout = |key: &str| {
+            base.as_ref()
+                .and_then(|b| heldout(b, key).get("static").copied())
+        };
+        Ok(Self {
+            before: heldout(&run, "heldout_before"),
+            after: heldout(&run, "heldout_after"),
+            base_before: base_heldout("heldout_before"),
+            base_after: base_heldout("heldout_after"),
+            run,
+            base,
+        })
     }
-    line_plot(
-        &out_dir.join("heldout_vs_recurrence.svg"),
-        "held-out loss vs test recurrence",
-        "test recurrence r",
-        "held-out loss (nats/token)",
-        &series,
-        true,
-    )?;
-    let mut flops_series = vec![Series {
+
+    /// Held-out loss against test recurrence: the retrofit before and after training, and
+    /// the baseline's final loss as a flat line.
+    fn plot_heldout(&self, path: &Path) -> Result<()> {
+        let mut series = vec![
+            Series {
+                name: "retrofit, before".into(),
+                points: recurrence_points(&self.before),
+            },
+            Series {
+                name: "retrofit, after".into(),
+                points: recurrence_points(&self.after),
+            },
+        ];
+        if let Some(b) = self.base_after {
+            let xs: Vec<f64> = recurrence_points(&self.after).iter().map(|p| p.0).collect();
+            series.push(Series {
+                name: "static baseline, after".into(),
+                points: xs.iter().map(|&x| (x, b)).collect(),
+            });
+        }
+        line_plot(
+            path,
+            "held-out loss vs test recurrence",
+            "test recurrence r",
+            "held-out loss (nats/token)",
+            &series,
+            true,
+        )
+    }
+
+    /// `report.md`: a table of the runs, a table of held-out losses and the two plots.
+    fn markdown(&self) -> String {
+        let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let mut md = format!("# {}\n\n", self.run["name"].as_str().unwrap_or("run"));
+        md.push_str("| run | steps | tokens | training FLOPs | wall time (s) | final training loss |\n|---|---|---|---|---|---|\n");
+        let runs = std::iter::once(("retrofit", &self.run))
+            .chain(self.base.iter().map(|b| ("static baseline", b)));
+        for (label, v) in runs {
+            md.push_str(&format!(
+                "| {label} | {} | {} | {:.3e} | {:.0} | {:.4} |\n",
+                v["steps"],
+                v["tokens"],
+                num(v, "flops"),
+                num(v, "wall_seconds"),
+                num(v, "final_loss")
+            ));
+        }
+        md.push_str("\nHeld-out loss (nats/token) by test recurrence:\n\n| r | retrofit before | retrofit after | static baseline before | after |\n|---|---|---|---|---|\n");
+        let fmt = |x: Option<f64>| x.map(|x| format!("{x:.4}")).unwrap_or_else(|| "–".into());
+        for (r, a) in &self.after {
+            md.push_str(&format!(
+                "| {r} | {} | {a:.4} | {} | {} |\n",
+                fmt(self.before.get(r).copied()),
+                fmt(self.base_before),
+                fmt(self.base_after)
+            ));
+        }
+        md.push_str("\n![held-out loss vs test recurrence](heldout_vs_recurrence.svg)\n\n![training loss vs FLOPs](loss_vs_flops.svg)\n");
+        md
+    }
+}
+
+/// Training loss against training FLOPs of the run and, when there is one, its baseline.
+fn plot_loss_vs_flops(run_dir: &Path, baseline: Option<&Path>, path: &Path) -> Result<()> {
+    let mut series = vec![Series {
         name: "retrofit".into(),
         points: read_loss_vs_flops(run_dir)?,
     }];
     if let Some(b) = baseline {
-        flops_series.push(Series {
+        series.push(Series {
             name: "static baseline".into(),
             points: read_loss_vs_flops(b)?,
         });
     }
     line_plot(
-        &out_dir.join("loss_vs_flops.svg"),
+        path,
         "training loss vs training FLOPs",
         "training FLOPs",
         "loss (nats/token)",
-        &flops_series,
+        &series,
         false,
-    )?;
-
-    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    let mut md = format!("# {}\n\n", run["name"].as_str().unwrap_or("run"));
-    md.push_str("| run | steps | tokens | training FLOPs | wall time (s) | final training loss |\n|---|---|---|---|---|---|\n");
-    for (label, v) in
-        std::iter::once(("retrofit", &run)).chain(base.iter().map(|b| ("static baseline", b)))
-    {
-        md.push_str(&format!(
-            "| {label} | {} | {} | {:.3e} | {:.0} | {:.4} |\n",
-            v["steps"],
-            v["tokens"],
-            num(v, "flops"),
-            num(v, "wall_seconds"),
-            num(v, "final_loss")
-        ));
-    }
-    md.push_str("\nHeld-out loss (nats/token) by test recurrence:\n\n| r | retrofit before | retrofit after | static baseline before | after |\n|---|---|---|---|---|\n");
-    let fmt = |x: Option<f64>| x.map(|x| format!("{x:.4}")).unwrap_or_else(|| "–".into());
-    for (r, a) in &after {
-        md.push_str(&format!(
-            "| {r} | {} | {a:.4} | {} | {} |\n",
-            fmt(before.get(r).copied()),
-            fmt(base_before),
-            fmt(base_loss)
-        ));
-    }
-    md.push_str("\n![held-out loss vs test recurrence](heldout_vs_recurrence.svg)\n\n![training loss vs FLOPs](loss_vs_flops.svg)\n");
-    let path = out_dir.join("report.md");
-    std::fs::write(&path, md).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(path)
+    )
 }

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use rr_data::PhasesState;
 use rr_model::recurrent::{write_config, RecurrentConfig};
 use rr_model::weights::SafetensorsFiles;
 use rr_model::AnyModel;
@@ -17,7 +18,6 @@ use rr_util::fs::StagingDir;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::data::PhasesState;
 use crate::optim::Optimizer;
 
 pub const CHECKPOINTS: &str = "checkpoints";

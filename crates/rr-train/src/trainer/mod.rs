@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rr_curriculum::Curriculum;
+use rr_data::{Loader, Mixture, PackedSet, Phases, Split};
 use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::parse_device;
 use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
@@ -30,7 +31,6 @@ use rr_recipe::{OptimizerConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Loader, Mixture, PackedSet, Phases, Split};
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
@@ -38,7 +38,7 @@ use precision::Precision;
 use run_dir::RunDir;
 
 pub use checkpoint::latest_checkpoint;
-pub(crate) use precision::copy_weights;
+pub use precision::copy_weights;
 
 const METRICS: &str = "metrics.jsonl";
 
@@ -526,14 +526,14 @@ fn write_recipe(run_dir: &Path, cfg: &TrainConfig) -> Result<()> {
         .with_context(|| format!("{}: cannot write", path.display()))
 }
 
+/// The packed sets of a recipe, by path.
+type PackedSets = BTreeMap<PathBuf, Arc<PackedSet>>;
+
 /// Opens every packed set the recipe names, checked against the model's tokenizer; returns
 /// them by path and the held-out set (the first training set when none is named).
-fn open_data(
-    cfg: &TrainConfig,
-    tokenizer: &Tokenizer,
-) -> Result<(BTreeMap<PathBuf, Arc<PackedSet>>, Arc<PackedSet>)> {
+fn open_data(cfg: &TrainConfig, tokenizer: &Tokenizer) -> Result<(PackedSets, Arc<PackedSet>)> {
     let phases = cfg.data.phases();
-    let mut sets: BTreeMap<PathBuf, Arc<PackedSet>> = BTreeMap::new();
+    let mut sets = PackedSets::new();
     let paths = phases
         .iter()
         .flat_map(|p| p.train.iter())
@@ -618,8 +618,9 @@ fn peak_lr(optimizer: &OptimizerConfig) -> f64 {
 /// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (on
 /// the compute copy when there is one), mean cross-entropy, backward of `loss / grad_accum`;
 /// the gradients end on the fp32 masters. Returns the loss as a 0-d tensor (not read here, so
-/// the caller decides when to synchronise).
-pub(crate) fn micro_batch(
+/// the caller decides when to synchronise). Public so that benchmarks and tests run the
+/// trainer's own step.
+pub fn micro_batch(
     master: &AnyModel,
     compute: Option<&AnyModel>,
     input: &Tensor,
@@ -638,7 +639,7 @@ pub(crate) fn micro_batch(
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
-pub(crate) fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
+pub fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
     let mut vars: Vec<(String, Tensor)> = model
         .vs()
         .variables()
@@ -657,7 +658,7 @@ fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
     format!("non-finite {what} at step {}; stopping ({kept})", step + 1)
 }
 
-fn build_phases(cfg: &TrainConfig, sets: &BTreeMap<PathBuf, Arc<PackedSet>>) -> Result<Phases> {
+fn build_phases(cfg: &TrainConfig, sets: &PackedSets) -> Result<Phases> {
     let mut phases = Vec::new();
     for (i, phase) in cfg.data.phases().iter().enumerate() {
         let mut sources = Vec::new();
@@ -691,11 +692,7 @@ pub fn heldout_losses(
     recurrences: &[usize],
     seed: u64,
 ) -> Result<BTreeMap<String, f64>> {
-    let rows = rows.min(set.rows(Split::Heldout));
-    if rows == 0 {
-        bail!("{}: the held-out split is empty", set.dir().display());
-    }
-    let data: Vec<Vec<i64>> = (0..rows).map(|i| set.row(Split::Heldout, i)).collect();
+    let data = rr_eval::evaluate::heldout_rows(set, rows)?;
     let mut out = BTreeMap::new();
     for &recurrence in recurrences {
         let tt = TestTime { recurrence, seed };

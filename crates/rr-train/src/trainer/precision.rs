@@ -57,7 +57,7 @@ impl Precision {
 }
 
 /// Copies the fp32 master weights into the compute-dtype model.
-pub(crate) fn copy_weights(master: &AnyModel, compute: &AnyModel) {
+pub fn copy_weights(master: &AnyModel, compute: &AnyModel) {
     let _guard = tch::no_grad_guard();
     let masters = master.vs().variables();
     for (name, mut p) in compute.vs().variables() {

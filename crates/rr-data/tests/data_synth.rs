@@ -1,10 +1,10 @@
-//! `data::synth`: determinism, self-verification, answer format, difficulty coverage, and the
+//! `rr_data::synth`: determinism, a pinned output, self-verification, answer format, difficulty coverage, and the
 //! JSONL writer (read back through `pack`'s GSM8K document reader).
 
 use std::collections::BTreeMap;
 
-use rr_train::data::synth::{synth_math, verify, write_synth_math, SynthProblem};
-use rr_train::data::{read_documents, InputFormat};
+use rr_data::synth::{synth_math, verify, write_synth_math, SynthProblem};
+use rr_data::{read_documents, InputFormat};
 
 #[test]
 fn print_examples() {
@@ -35,6 +35,21 @@ fn deterministic_by_seed_and_prefix_stable() {
         distinct.len() > 290,
         "only {} distinct questions",
         distinct.len()
+    );
+}
+
+/// The generator's output is part of every packed set made from it: a change to the wording or
+/// to the order of the draws shows here first.
+#[test]
+fn output_is_pinned() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synth.jsonl");
+    write_synth_math(&path, &synth_math(300, 8, 7)).unwrap();
+    let sha = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+    assert_eq!(
+        sha,
+        "beed3286271330374be634699d6fffe38e60d1aa3e18c96844f028967fab684b"
     );
 }
 

@@ -1,5 +1,6 @@
 //! Packed token data: tokenisation and packing, memory-mapped shards, a resumable loader, and
-//! synthetic arithmetic problems.
+//! synthetic arithmetic problems. The trainer reads its batches through [`Loader`] and
+//! [`Phases`]; evaluation reads held-out rows through [`PackedSet`].
 //!
 //! # Packed directory layout (format version 1)
 //!

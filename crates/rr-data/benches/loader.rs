@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use rr_train::data::{
+use rr_data::{
     pack, synth_math, write_synth_math, InputFormat, Loader, PackOptions, PackedSet, Split,
 };
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::loader::Batch;
 use super::manifest::{
-    Manifest, Split, TokenDtype, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
+    Manifest, ShardInfo, Split, TokenDtype, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 
 struct SplitData {
@@ -19,7 +19,135 @@ struct SplitData {
     rows: usize,
 }
 
-/// A packed data set (see [`crate::data`]). Cheap to share behind an `Arc`.
+/// The error for a manifest that parses but contradicts itself.
+fn invalid(manifest_path: &Path, what: String) -> anyhow::Error {
+    anyhow!("{}: invalid manifest: {what}", manifest_path.display())
+}
+
+/// `manifest.json`'s bytes as a [`Manifest`] of this format and version whose row length and
+/// dtype agree with its sequence length and vocabulary.
+fn parse_manifest(manifest_path: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| anyhow!("{}: invalid JSON ({e})", manifest_path.display()))?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(MANIFEST_FORMAT) {
+        bail!(
+            "{}: not an {MANIFEST_FORMAT} manifest",
+            manifest_path.display()
+        );
+    }
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == MANIFEST_VERSION as u64 => {}
+        v => bail!(
+            "{}: unsupported manifest version {} (this build reads version {MANIFEST_VERSION})",
+            manifest_path.display(),
+            v.map_or("?".into(), |v| v.to_string())
+        ),
+    }
+    let manifest: Manifest = serde_json::from_value(value)
+        .map_err(|e| anyhow!("{}: invalid manifest ({e})", manifest_path.display()))?;
+    if manifest.seq_len == 0 || manifest.row_len != manifest.seq_len + 1 {
+        return Err(invalid(
+            manifest_path,
+            format!(
+                "row_len {} is not seq_len {} + 1",
+                manifest.row_len, manifest.seq_len
+            ),
+        ));
+    }
+    if manifest.dtype != TokenDtype::for_vocab(manifest.tokenizer.vocab_size)
+        && manifest.dtype != TokenDtype::U32
+    {
+        return Err(invalid(
+            manifest_path,
+            format!(
+                "dtype {} cannot hold a vocabulary of {}",
+                manifest.dtype, manifest.tokenizer.vocab_size
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+impl SplitData {
+    /// Maps every shard of `split`, checking the manifest's counts for it.
+    fn open(dir: &Path, manifest_path: &Path, manifest: &Manifest, split: Split) -> Result<Self> {
+        let info = manifest.splits.get(split);
+        let row_bytes = manifest.row_len as u64 * manifest.dtype.bytes() as u64;
+        let mut shards = Vec::with_capacity(info.shards.len());
+        let mut rows = 0u64;
+        for shard in &info.shards {
+            let (path, map) = map_shard(dir, manifest_path, shard, row_bytes)?;
+            shards.push((path, map, rows as usize));
+            rows += shard.rows;
+        }
+        if rows != info.rows || info.tokens != info.rows * manifest.row_len as u64 {
+            return Err(invalid(
+                manifest_path,
+                format!(
+                    "{split} lists {} rows and {} tokens but its shards hold {rows} rows",
+                    info.rows, info.tokens
+                ),
+            ));
+        }
+        let rows = usize::try_from(rows)
+            .map_err(|_| invalid(manifest_path, format!("{split} has too many rows")))?;
+        Ok(SplitData { shards, rows })
+    }
+}
+
+/// Memory-maps one shard after checking its entry (a plain file name, whole rows) and its size
+/// on disk against the manifest.
+fn map_shard(
+    dir: &Path,
+    manifest_path: &Path,
+    shard: &ShardInfo,
+    row_bytes: u64,
+) -> Result<(PathBuf, Mmap)> {
+    let name = Path::new(&shard.file);
+    if shard.file.is_empty()
+        || name.components().count() != 1
+        || name.file_name().map(|n| n.to_string_lossy()) != Some(shard.file.as_str().into())
+    {
+        return Err(invalid(
+            manifest_path,
+            format!("shard file name {:?} is not a plain file name", shard.file),
+        ));
+    }
+    if shard.rows == 0 || shard.bytes != shard.rows * row_bytes {
+        return Err(invalid(
+            manifest_path,
+            format!(
+                "shard {} lists {} rows and {} bytes ({} bytes per row)",
+                shard.file, shard.rows, shard.bytes, row_bytes
+            ),
+        ));
+    }
+    let path = dir.join(&shard.file);
+    let file = File::open(&path).map_err(|e| anyhow!("{}: missing shard ({e})", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("{}: cannot stat shard", path.display()))?
+        .len();
+    if len != shard.bytes {
+        let what = if len < shard.bytes {
+            "truncated shard"
+        } else {
+            "shard size mismatch"
+        };
+        bail!(
+            "{}: {what}: {len} bytes, the manifest expects {}",
+            path.display(),
+            shard.bytes
+        );
+    }
+    // SAFETY: the file is opened read-only; packed sets are immutable once written (modifying a
+    // shard while it is mapped is outside the contract).
+    let map = unsafe { Mmap::map(&file) }
+        .with_context(|| format!("{}: cannot memory-map shard", path.display()))?;
+    Ok((path, map))
+}
+
+/// A packed data set (see [the crate docs](crate)). Cheap to share behind an `Arc`.
 pub struct PackedSet {
     dir: PathBuf,
     manifest: Manifest,
@@ -54,103 +182,9 @@ impl PackedSet {
         }
         let bytes = fs::read(&manifest_path)
             .with_context(|| format!("{}: cannot read", manifest_path.display()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("{}: invalid JSON ({e})", manifest_path.display()))?;
-        if value.get("format").and_then(|f| f.as_str()) != Some(MANIFEST_FORMAT) {
-            bail!(
-                "{}: not an {MANIFEST_FORMAT} manifest",
-                manifest_path.display()
-            );
-        }
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v == MANIFEST_VERSION as u64 => {}
-            v => bail!(
-                "{}: unsupported manifest version {} (this build reads version {MANIFEST_VERSION})",
-                manifest_path.display(),
-                v.map_or("?".into(), |v| v.to_string())
-            ),
-        }
-        let manifest: Manifest = serde_json::from_value(value)
-            .map_err(|e| anyhow!("{}: invalid manifest ({e})", manifest_path.display()))?;
-        let bad = |what: String| anyhow!("{}: invalid manifest: {what}", manifest_path.display());
-        if manifest.seq_len == 0 || manifest.row_len != manifest.seq_len + 1 {
-            return Err(bad(format!(
-                "row_len {} is not seq_len {} + 1",
-                manifest.row_len, manifest.seq_len
-            )));
-        }
-        if manifest.dtype != TokenDtype::for_vocab(manifest.tokenizer.vocab_size)
-            && manifest.dtype != TokenDtype::U32
-        {
-            return Err(bad(format!(
-                "dtype {} cannot hold a vocabulary of {}",
-                manifest.dtype, manifest.tokenizer.vocab_size
-            )));
-        }
-        let width = manifest.dtype.bytes() as u64;
-        let row_bytes = manifest.row_len as u64 * width;
-        let open_split = |split: Split| -> Result<SplitData> {
-            let info = manifest.splits.get(split);
-            let mut shards = Vec::with_capacity(info.shards.len());
-            let mut rows = 0u64;
-            for shard in &info.shards {
-                let name = Path::new(&shard.file);
-                if shard.file.is_empty()
-                    || name.components().count() != 1
-                    || name.file_name().map(|n| n.to_string_lossy())
-                        != Some(shard.file.as_str().into())
-                {
-                    return Err(bad(format!(
-                        "shard file name {:?} is not a plain file name",
-                        shard.file
-                    )));
-                }
-                if shard.rows == 0 || shard.bytes != shard.rows * row_bytes {
-                    return Err(bad(format!(
-                        "shard {} lists {} rows and {} bytes ({} bytes per row)",
-                        shard.file, shard.rows, shard.bytes, row_bytes
-                    )));
-                }
-                let path = dir.join(&shard.file);
-                let file = File::open(&path)
-                    .map_err(|e| anyhow!("{}: missing shard ({e})", path.display()))?;
-                let len = file
-                    .metadata()
-                    .with_context(|| format!("{}: cannot stat shard", path.display()))?
-                    .len();
-                if len < shard.bytes {
-                    bail!(
-                        "{}: truncated shard: {len} bytes, the manifest expects {}",
-                        path.display(),
-                        shard.bytes
-                    );
-                }
-                if len > shard.bytes {
-                    bail!(
-                        "{}: shard size mismatch: {len} bytes, the manifest expects {}",
-                        path.display(),
-                        shard.bytes
-                    );
-                }
-                // SAFETY: the file is opened read-only; packed sets are immutable once written
-                // (modifying a shard while it is mapped is outside the contract).
-                let map = unsafe { Mmap::map(&file) }
-                    .with_context(|| format!("{}: cannot memory-map shard", path.display()))?;
-                shards.push((path, map, rows as usize));
-                rows += shard.rows;
-            }
-            if rows != info.rows || info.tokens != info.rows * manifest.row_len as u64 {
-                return Err(bad(format!(
-                    "{split} lists {} rows and {} tokens but its shards hold {rows} rows",
-                    info.rows, info.tokens
-                )));
-            }
-            let rows =
-                usize::try_from(rows).map_err(|_| bad(format!("{split} has too many rows")))?;
-            Ok(SplitData { shards, rows })
-        };
-        let train = open_split(Split::Train)?;
-        let heldout = open_split(Split::Heldout)?;
+        let manifest = parse_manifest(&manifest_path, &bytes)?;
+        let open = |split| SplitData::open(&dir, &manifest_path, &manifest, split);
+        let (train, heldout) = (open(Split::Train)?, open(Split::Heldout)?);
         let id = hex::encode(&Sha256::digest(&bytes)[..8]);
         Ok(Self {
             dir,

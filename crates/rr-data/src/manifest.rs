@@ -1,4 +1,4 @@
-//! `manifest.json` of a packed data set (see the module docs of [`crate::data`] for the layout).
+//! `manifest.json` of a packed data set (see [the crate docs](crate) for the layout).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -164,7 +164,8 @@ pub struct Manifest {
     pub format: String,
     /// Always [`MANIFEST_VERSION`] for sets this code writes.
     pub version: u32,
-    /// `rr-train <version>`.
+    /// `rr-train <version>`: the packer's name from before it moved into rr-data, kept so that
+    /// the same inputs still give a byte-identical manifest.
     pub created_by: String,
     pub tokenizer: TokenizerInfo,
     pub dtype: TokenDtype,

@@ -6,8 +6,8 @@ mod support;
 
 use std::path::PathBuf;
 
+use rr_data::{pack, InputFormat, PackOptions, PackedSet, Split};
 use rr_model::Tokenizer;
-use rr_train::data::{pack, InputFormat, PackOptions, PackedSet, Split};
 use support::*;
 
 struct Case {

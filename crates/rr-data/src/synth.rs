@@ -119,12 +119,185 @@ fn count(n: i64, obj: (&'static str, &'static str)) -> String {
     format!("{n} {}", noun(n, obj))
 }
 
+/// One step of a problem: the operation and its operand.
 #[derive(Clone, Copy)]
 enum Op {
     Add(i64),
     Sub(i64),
     Mul(i64),
     Div(i64),
+}
+
+impl Op {
+    /// A random step from the count `x`: its kind uniformly among those that fit (`+` always,
+    /// `-` from 2 on, `*` while `4·x` stays at most [`MAX_MUL_RESULT`], `/` when a divisor in
+    /// 2..=6 divides `x`), then its operand.
+    fn draw(rng: &mut SplitMix64, x: i64) -> Self {
+        let divisors: Vec<i64> = (2..=6).filter(|d| x % d == 0).collect();
+        let mut kinds = vec![0u8];
+        if x >= 2 {
+            kinds.push(1);
+        }
+        if x * 4 <= MAX_MUL_RESULT {
+            kinds.push(2);
+        }
+        if !divisors.is_empty() {
+            kinds.push(3);
+        }
+        match *rng.pick(&kinds) {
+            0 => Op::Add(rng.range(1, 20) as i64),
+            1 => Op::Sub(rng.range(1, (x - 1) as u64) as i64),
+            2 => Op::Mul(rng.range(2, 4) as i64),
+            _ => Op::Div(*rng.pick(&divisors)),
+        }
+    }
+
+    /// The operation's symbol and operand, as the answer writes them.
+    fn parts(self) -> (char, i64) {
+        match self {
+            Op::Add(k) => ('+', k),
+            Op::Sub(k) => ('-', k),
+            Op::Mul(m) => ('*', m),
+            Op::Div(d) => ('/', d),
+        }
+    }
+
+    fn apply(self, x: i64) -> i64 {
+        match self {
+            Op::Add(k) => x + k,
+            Op::Sub(k) => x - k,
+            Op::Mul(m) => x * m,
+            Op::Div(d) => x / d,
+        }
+    }
+}
+
+/// Who and what a problem is about.
+struct Story {
+    person: &'static Person,
+    /// Someone else, who gives or receives.
+    other: &'static Person,
+    object: (&'static str, &'static str),
+}
+
+impl Story {
+    fn draw(rng: &mut SplitMix64) -> Self {
+        let person = rng.pick(&PEOPLE);
+        let other = loop {
+            let o = rng.pick(&PEOPLE);
+            if o.name != person.name {
+                break o;
+            }
+        };
+        let object = *rng.pick(&OBJECTS);
+        Self {
+            person,
+            other,
+            object,
+        }
+    }
+
+    /// The question's sentence for `op` and the answer's phrase for it (`how`), in wording
+    /// `variant` (0, 1 or 2); `then` starts the sentence with "Then".
+    fn sentence(&self, op: Op, then: bool, variant: u64) -> (String, String) {
+        let p = self.person.subject;
+        let subject = if then {
+            format!("Then {p}")
+        } else {
+            capitalize(p)
+        };
+        match op {
+            Op::Add(k) => self.add_sentence(&subject, k, variant),
+            Op::Sub(k) => self.sub_sentence(&subject, k, variant),
+            Op::Mul(m) => self.mul_sentence(&subject, then, m, variant),
+            Op::Div(d) => self.div_sentence(&subject, d, variant),
+        }
+    }
+
+    fn add_sentence(&self, subject: &str, k: i64, variant: u64) -> (String, String) {
+        let (obj, other, him) = (self.object, self.other.name, self.person.object);
+        match variant {
+            0 => (
+                format!("{subject} buys {k} more {}.", noun(k, obj)),
+                format!("buys {k} more"),
+            ),
+            1 => (
+                format!("{subject} finds {k} more {}.", noun(k, obj)),
+                format!("finds {k} more"),
+            ),
+            _ => (
+                format!("{other} gives {him} {}.", count(k, obj)),
+                format!("gets {k} more from {other}"),
+            ),
+        }
+    }
+
+    fn sub_sentence(&self, subject: &str, k: i64, variant: u64) -> (String, String) {
+        let (obj, other) = (self.object, self.other.name);
+        match variant {
+            0 => (
+                format!("{subject} gives {} to {other}.", count(k, obj)),
+                format!("gives {k} to {other}"),
+            ),
+            1 => (
+                format!("{subject} loses {}.", count(k, obj)),
+                format!("loses {k}"),
+            ),
+            _ => (
+                format!("{subject} sells {}.", count(k, obj)),
+                format!("sells {k}"),
+            ),
+        }
+    }
+
+    fn mul_sentence(&self, subject: &str, then: bool, m: i64, variant: u64) -> (String, String) {
+        let (p, plural) = (self.person.subject, self.object.1);
+        let the = if then { "Then the" } else { "The" };
+        let verb = ["doubles", "triples", "quadruples"][(m - 2) as usize];
+        match variant {
+            0 => (
+                format!("{the} number of {plural} {p} has {verb}."),
+                format!("the number {verb}"),
+            ),
+            _ => (
+                format!("{subject} ends up with {m} times as many {plural} as before."),
+                format!("ends up with {m} times as many"),
+            ),
+        }
+    }
+
+    fn div_sentence(&self, subject: &str, d: i64, variant: u64) -> (String, String) {
+        let (p, his, plural) = (self.person.subject, self.person.possessive, self.object.1);
+        match variant {
+            0 => (
+                format!("{subject} splits {his} {plural} into {d} equal piles and keeps one pile."),
+                format!("splits them into {d} equal piles and keeps one"),
+            ),
+            _ => (
+                format!(
+                    "{subject} shares {his} {plural} equally with {}, so that everyone, {p} included, gets the same number.",
+                    if d == 2 { "1 friend".to_string() } else { format!("{} friends", d - 1) }
+                ),
+                format!("shares them equally among {d} people"),
+            ),
+        }
+    }
+
+    /// The answer's line for one step from `x` to `y`.
+    fn answer_line(&self, op: Op, x: i64, y: i64, how: &str) -> String {
+        let (name, p, obj) = (self.person.name, self.person.subject, self.object);
+        let (symbol, operand) = op.parts();
+        let left = if matches!(op, Op::Sub(_)) {
+            " left"
+        } else {
+            ""
+        };
+        format!(
+            "{name} has {} and {how}, so {p} has {x} {symbol} {operand} = {}{left}.",
+            count(x, obj),
+            count(y, obj)
+        )
+    }
 }
 
 /// `n` problems with `1..=max_steps` steps each (`max_steps` 0 is taken as 1).
@@ -140,146 +313,24 @@ pub fn synth_math(problems: usize, max_steps: usize, seed: u64) -> Vec<SynthProb
         .collect()
 }
 
+/// One problem: difficulty, story and starting count, then each step's operation, whether
+/// its sentence starts with "Then" (never the first) and its wording, drawn in that order.
 fn generate(rng: &mut SplitMix64, max_steps: usize) -> SynthProblem {
     let steps = rng.range(1, max_steps as u64) as usize;
-    let person = rng.pick(&PEOPLE);
-    let other = loop {
-        let o = rng.pick(&PEOPLE);
-        if o.name != person.name {
-            break o;
-        }
-    };
-    let obj = *rng.pick(&OBJECTS);
-    let (name, p, him, his) = (
-        person.name,
-        person.subject,
-        person.object,
-        person.possessive,
-    );
-    let plural = obj.1;
-
+    let story = Story::draw(rng);
+    let (name, plural) = (story.person.name, story.object.1);
     let mut x = rng.range(2, 20) as i64;
-    let mut question = format!("{name} has {}.", count(x, obj));
+    let mut question = format!("{name} has {}.", count(x, story.object));
     let mut answer = String::new();
     for step in 0..steps {
-        let divisors: Vec<i64> = (2..=6).filter(|d| x % d == 0).collect();
-        let mut kinds = vec![0u8];
-        if x >= 2 {
-            kinds.push(1);
-        }
-        if x * 4 <= MAX_MUL_RESULT {
-            kinds.push(2);
-        }
-        if !divisors.is_empty() {
-            kinds.push(3);
-        }
-        let op = match *rng.pick(&kinds) {
-            0 => Op::Add(rng.range(1, 20) as i64),
-            1 => Op::Sub(rng.range(1, (x - 1) as u64) as i64),
-            2 => Op::Mul(rng.range(2, 4) as i64),
-            _ => Op::Div(*rng.pick(&divisors)),
-        };
+        let op = Op::draw(rng, x);
         let then = step > 0 && rng.below(2) == 0;
-        let subject = if then {
-            format!("Then {p}")
-        } else {
-            capitalize(p)
-        };
-        let the = if then { "Then the" } else { "The" };
         let variant = rng.below(3);
-        let (sentence, y, line) = match op {
-            Op::Add(k) => {
-                let y = x + k;
-                let (q, how) = match variant {
-                    0 => (
-                        format!("{subject} buys {k} more {}.", noun(k, obj)),
-                        format!("buys {k} more"),
-                    ),
-                    1 => (
-                        format!("{subject} finds {k} more {}.", noun(k, obj)),
-                        format!("finds {k} more"),
-                    ),
-                    _ => (
-                        format!("{} gives {him} {}.", other.name, count(k, obj)),
-                        format!("gets {k} more from {}", other.name),
-                    ),
-                };
-                let line = format!(
-                    "{name} has {} and {how}, so {p} has {x} + {k} = {}.",
-                    count(x, obj),
-                    count(y, obj)
-                );
-                (q, y, line)
-            }
-            Op::Sub(k) => {
-                let y = x - k;
-                let (q, how) = match variant {
-                    0 => (
-                        format!("{subject} gives {} to {}.", count(k, obj), other.name),
-                        format!("gives {k} to {}", other.name),
-                    ),
-                    1 => (
-                        format!("{subject} loses {}.", count(k, obj)),
-                        format!("loses {k}"),
-                    ),
-                    _ => (
-                        format!("{subject} sells {}.", count(k, obj)),
-                        format!("sells {k}"),
-                    ),
-                };
-                let line = format!(
-                    "{name} has {} and {how}, so {p} has {x} - {k} = {} left.",
-                    count(x, obj),
-                    count(y, obj)
-                );
-                (q, y, line)
-            }
-            Op::Mul(m) => {
-                let y = x * m;
-                let verb = ["doubles", "triples", "quadruples"][(m - 2) as usize];
-                let (q, how) = match variant {
-                    0 => (
-                        format!("{the} number of {plural} {p} has {verb}."),
-                        format!("the number {verb}"),
-                    ),
-                    _ => (
-                        format!("{subject} ends up with {m} times as many {plural} as before."),
-                        format!("ends up with {m} times as many"),
-                    ),
-                };
-                let line = format!(
-                    "{name} has {} and {how}, so {p} has {x} * {m} = {}.",
-                    count(x, obj),
-                    count(y, obj)
-                );
-                (q, y, line)
-            }
-            Op::Div(d) => {
-                let y = x / d;
-                let (q, how) = match variant {
-                    0 => (
-                        format!("{subject} splits {his} {plural} into {d} equal piles and keeps one pile."),
-                        format!("splits them into {d} equal piles and keeps one"),
-                    ),
-                    _ => (
-                        format!(
-                            "{subject} shares {his} {plural} equally with {}, so that everyone, {p} included, gets the same number.",
-                            if d == 2 { "1 friend".to_string() } else { format!("{} friends", d - 1) }
-                        ),
-                        format!("shares them equally among {d} people"),
-                    ),
-                };
-                let line = format!(
-                    "{name} has {} and {how}, so {p} has {x} / {d} = {}.",
-                    count(x, obj),
-                    count(y, obj)
-                );
-                (q, y, line)
-            }
-        };
+        let (sentence, how) = story.sentence(op, then, variant);
+        let y = op.apply(x);
         question.push(' ');
         question.push_str(&sentence);
-        answer.push_str(&line);
+        answer.push_str(&story.answer_line(op, x, y, &how));
         answer.push('\n');
         x = y;
     }

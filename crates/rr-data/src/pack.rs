@@ -294,6 +294,63 @@ impl fmt::Display for PackSummary {
 /// Tokenises and packs `opts.inputs` into `opts.out` (see the module docs). Writes into a
 /// temporary sibling directory renamed into place at the end: on any error nothing is left.
 pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
+    check_options(opts)?;
+    let encoder = Encoder::open(opts)?;
+    let dtype = TokenDtype::for_vocab(encoder.vocab_size);
+    let row_len = opts.seq_len + 1;
+    let rows_per_shard = (opts.max_shard_tokens / row_len).max(1) as u64;
+    let staging = StagingDir::create(&opts.out)?;
+    let mut writers = Split::ALL
+        .map(|split| SplitWriter::new(split, staging.path(), row_len, dtype, rows_per_shard));
+    let (sources, documents) = pack_inputs(opts, &encoder, &mut writers)?;
+
+    let [train, heldout] = writers;
+    let (train, heldout) = (train.finish()?, heldout.finish()?);
+    if train.rows == 0 {
+        bail!(
+            "{}: not enough tokens for one training row ({} tokens in {} documents, {} per row)",
+            opts.inputs[0].display(),
+            train.document_tokens,
+            train.documents,
+            row_len
+        );
+    }
+
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: MANIFEST_VERSION,
+        // Still "rr-train": see `Manifest::created_by`.
+        created_by: concat!("rr-train ", env!("CARGO_PKG_VERSION")).into(),
+        tokenizer: TokenizerInfo {
+            file: opts.tokenizer.clone(),
+            sha256: encoder.sha256,
+            vocab_size: encoder.vocab_size,
+        },
+        dtype,
+        seq_len: opts.seq_len,
+        row_len,
+        bos_id: encoder.bos,
+        eos_id: encoder.eos,
+        input_format: opts.format,
+        template: opts.format.template().into(),
+        seed: opts.seed,
+        heldout_fraction: opts.heldout_fraction,
+        rows_per_shard,
+        documents,
+        splits: Splits { train, heldout },
+        sources,
+    };
+    let json = serde_json::to_string_pretty(&manifest)?;
+    write_synced(&staging.path().join(MANIFEST_FILE), json.as_bytes())?;
+    staging.commit()?;
+    Ok(PackSummary {
+        out: opts.out.clone(),
+        manifest,
+    })
+}
+
+/// Refuses options `pack` cannot honour before anything is read or written.
+fn check_options(opts: &PackOptions) -> Result<()> {
     if opts.seq_len == 0 {
         bail!("seq_len must be at least 1");
     }
@@ -317,71 +374,29 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
             bail!("{}: input file not found", input.display());
         }
     }
+    Ok(())
+}
 
-    let tok = Tokenizer::from_path(&opts.tokenizer)?;
-    let tok_bytes = fs::read(tok.path())
-        .with_context(|| format!("{}: cannot read tokenizer", tok.path().display()))?;
-    let vocab_size = tok.vocab_size();
-    let dtype = TokenDtype::for_vocab(vocab_size);
-    let config = model_config_beside(&opts.tokenizer, tok.path());
-    let bos_id = resolve_bos(opts.bos, &tok, config.as_ref());
-    let eos_id = resolve_eos(opts.eos, &tok, config.as_ref())?;
-    for (what, id) in [("BOS", bos_id), ("EOS", eos_id)] {
-        if let Some(id) = id {
-            if id < 0 || id as usize >= vocab_size {
-                bail!(
-                    "{}: {what} id {id} is outside the vocabulary of {vocab_size}",
-                    tok.path().display()
-                );
-            }
-        }
-    }
-
-    let row_len = opts.seq_len + 1;
-    let rows_per_shard = (opts.max_shard_tokens / row_len).max(1) as u64;
-    let staging = StagingDir::create(&opts.out)?;
-    let mut writers = [
-        SplitWriter::new(Split::Train, staging.path(), row_len, dtype, rows_per_shard),
-        SplitWriter::new(
-            Split::Heldout,
-            staging.path(),
-            row_len,
-            dtype,
-            rows_per_shard,
-        ),
-    ];
-
+/// Reads every input in order, encodes its documents in parallel chunks and hands each to the
+/// writer of its split. Returns the inputs' [`SourceInfo`] and the number of documents.
+fn pack_inputs(
+    opts: &PackOptions,
+    encoder: &Encoder,
+    writers: &mut [SplitWriter; 2],
+) -> Result<(Vec<SourceInfo>, u64)> {
     let mut sources = Vec::with_capacity(opts.inputs.len());
     let mut doc_index = 0u64;
     for input in &opts.inputs {
         let mut reader = DocReader::open(input, opts.format)?;
-        loop {
-            let mut chunk = Vec::new();
-            let mut chunk_bytes = 0;
-            while chunk.len() < CHUNK_DOCS && chunk_bytes < CHUNK_BYTES {
-                match reader.next_document()? {
-                    Some(doc) => {
-                        chunk_bytes += doc.len();
-                        chunk.push(doc);
-                    }
-                    None => break,
-                }
-            }
-            if chunk.is_empty() {
-                break;
-            }
+        while let Some(chunk) = reader.next_chunk()? {
             let encoded: Vec<Vec<i64>> = chunk
                 .par_iter()
-                .map(|doc| encode_document(&tok, doc, bos_id, eos_id, vocab_size))
+                .map(|doc| encoder.encode(doc))
                 .collect::<Result<_>>()
                 .with_context(|| format!("{}", input.display()))?;
             for tokens in encoded {
-                let split = if is_heldout_document(opts.seed, doc_index, opts.heldout_fraction) {
-                    1
-                } else {
-                    0
-                };
-                writers[split].push_document(&tokens)?;
+                let heldout = is_heldout_document(opts.seed, doc_index, opts.heldout_fraction);
+                writers[usize::from(heldout)].push_document(&tokens)?;
                 doc_index += 1;
             }
         }
@@ -391,67 +406,66 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
         }
         sources.push(source);
     }
-
-    let [train, heldout] = writers;
-    let (train, heldout) = (train.finish()?, heldout.finish()?);
-    if train.rows == 0 {
-        bail!(
-            "{}: not enough tokens for one training row ({} tokens in {} documents, {} per row)",
-            opts.inputs[0].display(),
-            train.document_tokens,
-            train.documents,
-            row_len
-        );
-    }
-
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.into(),
-        version: MANIFEST_VERSION,
-        created_by: concat!("rr-train ", env!("CARGO_PKG_VERSION")).into(),
-        tokenizer: TokenizerInfo {
-            file: opts.tokenizer.clone(),
-            sha256: hex::encode(Sha256::digest(&tok_bytes)),
-            vocab_size,
-        },
-        dtype,
-        seq_len: opts.seq_len,
-        row_len,
-        bos_id,
-        eos_id,
-        input_format: opts.format,
-        template: opts.format.template().into(),
-        seed: opts.seed,
-        heldout_fraction: opts.heldout_fraction,
-        rows_per_shard,
-        documents: doc_index,
-        splits: Splits { train, heldout },
-        sources,
-    };
-    let json = serde_json::to_string_pretty(&manifest)?;
-    write_synced(&staging.path().join(MANIFEST_FILE), json.as_bytes())?;
-    staging.commit()?;
-    Ok(PackSummary {
-        out: opts.out.clone(),
-        manifest,
-    })
+    Ok((sources, doc_index))
 }
 
-fn encode_document(
-    tok: &Tokenizer,
-    doc: &str,
+/// The tokenizer of a pack with its file's SHA-256 and the BOS and EOS it adds.
+struct Encoder {
+    tok: Tokenizer,
+    sha256: String,
+    vocab_size: usize,
     bos: Option<i64>,
     eos: Option<i64>,
-    vocab_size: usize,
-) -> Result<Vec<i64>> {
-    let body = tok.encode(doc, false)?;
-    let mut out = Vec::with_capacity(body.len() + 2);
-    out.extend(bos);
-    out.extend_from_slice(&body);
-    out.extend(eos);
-    if let Some(&bad) = out.iter().find(|&&id| id < 0 || id as usize >= vocab_size) {
-        bail!("tokenizer produced id {bad} outside its vocabulary of {vocab_size}");
+}
+
+impl Encoder {
+    /// Loads `opts.tokenizer` and resolves BOS and EOS (module docs), which must be in the
+    /// vocabulary.
+    fn open(opts: &PackOptions) -> Result<Self> {
+        let tok = Tokenizer::from_path(&opts.tokenizer)?;
+        let tok_bytes = fs::read(tok.path())
+            .with_context(|| format!("{}: cannot read tokenizer", tok.path().display()))?;
+        let vocab_size = tok.vocab_size();
+        let config = model_config_beside(&opts.tokenizer, tok.path());
+        let bos = resolve_bos(opts.bos, &tok, config.as_ref());
+        let eos = resolve_eos(opts.eos, &tok, config.as_ref())?;
+        for (what, id) in [("BOS", bos), ("EOS", eos)] {
+            if let Some(id) = id {
+                if id < 0 || id as usize >= vocab_size {
+                    bail!(
+                        "{}: {what} id {id} is outside the vocabulary of {vocab_size}",
+                        tok.path().display()
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            sha256: hex::encode(Sha256::digest(&tok_bytes)),
+            tok,
+            vocab_size,
+            bos,
+            eos,
+        })
     }
-    Ok(out)
+
+    /// BOS, the document's ids, EOS.
+    fn encode(&self, doc: &str) -> Result<Vec<i64>> {
+        let body = self.tok.encode(doc, false)?;
+        let mut out = Vec::with_capacity(body.len() + 2);
+        out.extend(self.bos);
+        out.extend_from_slice(&body);
+        out.extend(self.eos);
+        if let Some(&bad) = out
+            .iter()
+            .find(|&&id| id < 0 || id as usize >= self.vocab_size)
+        {
+            bail!(
+                "tokenizer produced id {bad} outside its vocabulary of {}",
+                self.vocab_size
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// `config.json` of the model directory the tokenizer comes from, if any (parsed leniently:
@@ -630,6 +644,23 @@ impl DocReader {
             self.documents += 1;
             return Ok(Some(doc));
         }
+    }
+
+    /// The next documents, up to [`CHUNK_DOCS`] of them or until they hold [`CHUNK_BYTES`] of
+    /// text; `None` at the end of the file.
+    fn next_chunk(&mut self) -> Result<Option<Vec<String>>> {
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        while chunk.len() < CHUNK_DOCS && chunk_bytes < CHUNK_BYTES {
+            match self.next_document()? {
+                Some(doc) => {
+                    chunk_bytes += doc.len();
+                    chunk.push(doc);
+                }
+                None => break,
+            }
+        }
+        Ok((!chunk.is_empty()).then_some(chunk))
     }
 
     fn finish(mut self) -> SourceInfo {

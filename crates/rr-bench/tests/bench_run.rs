@@ -1,7 +1,7 @@
 //! `rr bench recurrence` end to end on a tiny spec: every point is measured, the FLOP rate is
 //! the hand formula over the measured time, and the report merges reference rows into ratios.
 
-use rr_train::bench::{run, write_report, BenchSpec, PointKind, Row, Shape};
+use rr_bench::{run, write_report, BenchSpec, PointKind, Row, Shape};
 
 #[test]
 fn bench_runs_every_point_and_reports_ratios() {
@@ -29,7 +29,7 @@ fn bench_runs_every_point_and_reports_ratios() {
         assert!(ms > 0.0 && row.tokens_per_s.unwrap() > 0.0, "{row:?}");
         assert!(row.peak_bytes.unwrap() > 1 << 20, "{row:?}");
         if row.kind == PointKind::Forward {
-            let want = spec.shape.forward_flops(32, 16, row.r) / (ms / 1e3);
+            let want = spec.shape.flops().forward_flops(32, 16, row.r) / (ms / 1e3);
             assert!((row.flops_per_s.unwrap() / want - 1.0).abs() < 1e-9);
             assert!((row.tokens_per_s.unwrap() - 32.0 / (ms / 1e3)).abs() < 1e-6);
         }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use rr_train::data::{
+use rr_data::{
     pack, Batch, InputFormat, Loader, LoaderState, Mixture, MixtureState, PackOptions, PackedSet,
     Phases, PhasesState, Split,
 };

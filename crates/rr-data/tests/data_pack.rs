@@ -7,11 +7,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use rr_model::Tokenizer;
-use rr_train::data::{
+use rr_data::{
     is_heldout_document, pack, InputFormat, PackOptions, PackedSet, Split, TokenDtype,
     MANIFEST_FILE,
 };
+use rr_model::Tokenizer;
 use support::*;
 
 /// All rows of a split, flattened.
