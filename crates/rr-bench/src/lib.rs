@@ -268,6 +268,9 @@ pub struct BenchResult {
     /// The kernel `scaled_dot_product_attention` picks for the training shape (causal, GQA).
     #[serde(default)]
     pub sdpa_backend: String,
+    /// What the CPU offers the kernels (ISA, native bf16), `rr_model::device::cpu_capability`.
+    #[serde(default)]
+    pub cpu: String,
     pub rows: Vec<Row>,
 }
 
@@ -410,6 +413,7 @@ pub fn run(spec: &BenchSpec, mut progress: impl FnMut(&Row)) -> Result<BenchResu
         matmul_peak_flops,
         libtorch_threads: tch::get_num_threads() as i64,
         sdpa_backend: sdpa_backend(&spec.shape, spec.batch, spec.seq, device, compute_kind),
+        cpu: rr_model::device::cpu_capability(),
         rows,
     })
 }
@@ -616,7 +620,7 @@ fn describe_run(result: &BenchResult) -> String {
         "Shape `{}` (h {}, {} heads / {} kv, intermediate {}, vocab {}, layers ({}, {}, {})), \
          {} {}, batch {}, seq {}; generation: batch 1, prompt {}, {} new tokens. \
          Median of {} after {} warm-up. Matmul peak measured: {:.1} GFLOP/s; libtorch threads: {}; \
-         attention kernel: {}.\n\n",
+         attention kernel: {}. CPU: {}.\n\n",
         s.name,
         s.hidden,
         s.heads,
@@ -637,6 +641,7 @@ fn describe_run(result: &BenchResult) -> String {
         result.matmul_peak_flops / 1e9,
         result.libtorch_threads,
         result.sdpa_backend,
+        result.cpu,
     )
 }
 
@@ -703,6 +708,26 @@ fn reference_cells(row: &Row, other: Option<&Row>) -> String {
     }
 }
 
+/// `rr bench report`: reads an `rr bench recurrence` result and, optionally, the PyTorch
+/// reference's rows, and writes the report into `out` (see [`write_report`]); returns the
+/// markdown table.
+pub fn report_from_files(rr: &Path, reference: Option<&Path>, out: &Path) -> Result<String> {
+    let read = |p: &Path| -> Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))
+    };
+    let result: BenchResult = serde_json::from_value(read(rr)?)
+        .with_context(|| format!("{}: not an rr bench result", rr.display()))?;
+    let reference: Vec<Row> = match reference {
+        Some(p) => serde_json::from_value(read(p)?["rows"].clone())
+            .with_context(|| format!("{}: not a reference result", p.display()))?,
+        None => Vec::new(),
+    };
+    write_report(out, &result, &reference)?;
+    Ok(markdown(&result, &complete_reference(&result, &reference)))
+}
+
 /// Writes `results.json` (spec, rr rows, reference rows), `results.md`, and the plots
 /// `tokens_per_s.svg` and `memory.svg` (against recurrence) into `dir`.
 pub fn write_report(dir: &Path, result: &BenchResult, reference: &[Row]) -> Result<()> {
@@ -710,6 +735,7 @@ pub fn write_report(dir: &Path, result: &BenchResult, reference: &[Row]) -> Resu
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let json = serde_json::json!({
         "spec": result.spec,
+        "cpu": result.cpu,
         "matmul_peak_flops": result.matmul_peak_flops,
         "libtorch_threads": result.libtorch_threads,
         "sdpa_backend": result.sdpa_backend,

@@ -1,18 +1,22 @@
-//! `rr`: parse arguments, call the libraries, print results. Errors are one line on stderr
-//! with a non-zero exit status; a panic is reported the same way, never as a backtrace.
+//! `rr`: parse arguments, call the libraries, print results. Errors, usage errors included, are
+//! one line on stderr with exit status 1; a panic is reported the same way, never as a
+//! backtrace.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rr_data::InputFormat;
+use rr_eval::tasks::Task;
 use rr_import as import;
-use rr_model::device::{parse_device, parse_dtype};
+use rr_model::device::parse_device;
 use rr_model::{
     decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
     Tokenizer,
 };
+use tch::{Device, Kind};
 
 #[derive(Parser)]
 #[command(
@@ -46,206 +50,55 @@ enum Command {
     /// Evaluate a model on tasks at several test recurrences.
     Eval(EvalArgs),
     /// A markdown report with plots comparing a run with its static baseline.
-    Report {
-        run_dir: PathBuf,
-        #[arg(long)]
-        baseline: Option<PathBuf>,
-        /// Output directory (default: the run's parent directory).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// `rr eval` results of the run (task accuracy by test recurrence) to include.
-        #[arg(long)]
-        eval: Option<PathBuf>,
-    },
+    Report(ReportArgs),
     /// Benchmarks (`cargo xtask bench-recurrence` runs these and the PyTorch reference).
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Time training steps, no-grad forwards and cached generation at each recurrence on
-    /// random weights of a real model's shape; writes a JSON result.
-    Recurrence(BenchArgs),
-    /// Merge an rr result with PyTorch reference rows into results.json, results.md and plots.
-    Report {
-        /// `rr bench recurrence` output.
-        rr: PathBuf,
-        /// `bench/recurrent_ref.py` output.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-    },
+/// Compute dtype.
+#[derive(Clone, Copy, ValueEnum)]
+enum Dtype {
+    #[value(alias = "fp32", alias = "float32")]
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    /// cpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// tiny, smollm2, tinyllama or llama3.2-1b.
-    #[arg(long, default_value = "tiny")]
-    shape: String,
-    /// Layers (prelude, core, coda), e.g. 4,8,4 (default: the shape's).
-    #[arg(long)]
-    layers: Option<String>,
-    #[arg(long, default_value = "1,2,4,8,16,32")]
-    recurrences: String,
-    /// Iterations with gradient for training points (each paired with every r >= k).
-    #[arg(long, default_value = "4,8")]
-    backprop: String,
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    #[arg(long, default_value_t = 256)]
-    seq: usize,
-    /// Compute dtype (default: bfloat16 on CUDA, float32 on CPU).
-    #[arg(long)]
-    dtype: Option<String>,
-    #[arg(long, default_value_t = 16)]
-    gen_prompt: usize,
-    #[arg(long, default_value_t = 16)]
-    gen_tokens: usize,
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
-    /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    out: PathBuf,
+impl Dtype {
+    fn kind(self) -> Kind {
+        match self {
+            Dtype::F32 => Kind::Float,
+            Dtype::Bf16 => Kind::BFloat16,
+        }
+    }
 }
 
-#[derive(Subcommand)]
-enum DataCommand {
-    /// Tokenise documents and pack them into rows of T+1 tokens (train and held-out splits).
-    Pack {
-        /// Model directory or tokenizer.json.
-        #[arg(long)]
-        tokenizer: PathBuf,
-        #[arg(long, num_args = 1.., required = true)]
-        input: Vec<PathBuf>,
-        /// text, jsonl, gsm8k or math.
-        #[arg(long)]
-        format: String,
-        #[arg(long)]
-        seq_len: usize,
-        #[arg(long)]
-        out: PathBuf,
-        /// Fraction of documents held out.
-        #[arg(long, default_value_t = rr_data::DEFAULT_HELDOUT_FRACTION)]
-        heldout_fraction: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-    /// Multi-step arithmetic word problems with step-by-step solutions (GSM8K format).
-    SynthMath {
-        #[arg(long)]
-        problems: usize,
-        #[arg(long)]
-        max_steps: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-    },
+/// How the surgery's adapter starts.
+#[derive(Clone, Copy, ValueEnum)]
+enum Adapter {
+    /// PyTorch's default for a Linear layer, U(−1/√(2h), 1/√(2h)), seeded by --seed.
+    Default,
+    /// `[0 | I]`: the first iteration passes the prelude output straight into the core.
+    Identity,
 }
 
-#[derive(Args)]
-struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Comma-separated tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa,
-    /// winogrande, hellaswag, synth.
-    #[arg(long, default_value = "")]
-    tasks: String,
-    /// Test recurrences (recurrent models).
-    #[arg(long, default_value = "1,2,4,8,16,32")]
-    recurrences: String,
-    /// Evaluate the first N items of each task.
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Data directory (default: $RR_SHARED_DATA, else ../shared/data); for `synth`, the JSONL file.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// The static baseline, drawn as a flat line in the plots: a model directory (evaluated on
-    /// the same tasks, its results written beside --out as *.baseline.json) or the
-    /// results.json of an earlier `rr eval` of it.
-    #[arg(long)]
-    baseline: Option<PathBuf>,
-    /// Held-out loss and perplexity at each recurrence: a text file, or a packed directory
-    /// (its held-out split).
-    #[arg(long)]
-    heldout: Option<PathBuf>,
-    /// With a packed --heldout: rows to use.
-    #[arg(long, default_value_t = 64)]
-    heldout_rows: usize,
-    #[arg(long, default_value = "results.json")]
-    out: PathBuf,
+/// A benchmark model shape.
+#[derive(Clone, Copy, ValueEnum)]
+enum ShapeName {
+    Tiny,
+    Smollm2,
+    Tinyllama,
+    #[value(name = "llama3.2-1b")]
+    Llama32_1b,
 }
 
-#[derive(Args)]
-struct TrainArgs {
-    /// The recipe (TOML).
-    #[arg(long)]
-    config: PathBuf,
-    /// Run directory (default: runs/<name>).
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
-    /// Continue from the last complete checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// With --resume: accept a changed config. Without: start over in an existing run directory.
-    #[arg(long)]
-    force: bool,
-    /// Train the recipe's static baseline (the `[baseline]` source model, AdamW, no curriculum).
-    #[arg(long)]
-    baseline: bool,
-    /// Set the number of steps so the FLOPs equal those of this finished run.
-    #[arg(long)]
-    match_flops: Option<PathBuf>,
-}
+/// Layer indices and inclusive ranges, `0-3,6`: a selection in the order the layers run.
+#[derive(Clone)]
+struct LayerList(Vec<usize>);
 
-#[derive(Args)]
-struct SurgeryArgs {
-    /// Source model directory (Hugging Face Llama or OLMo-2 layout).
-    #[arg(long)]
-    model: PathBuf,
-    /// The paper's split P,B,C: first P layers, the B layers before the coda, last C layers.
-    #[arg(long, conflicts_with_all = ["prelude", "core", "coda"])]
-    layers: Option<String>,
-    /// Explicit prelude layers, e.g. `0-3` (with --core and --coda).
-    #[arg(long)]
-    prelude: Option<String>,
-    /// Explicit core layers in the order they run; repeats allowed, e.g. `10-17` or `0-21`.
-    #[arg(long)]
-    core: Option<String>,
-    /// Explicit coda layers, e.g. `18-21`.
-    #[arg(long)]
-    coda: Option<String>,
-    /// Adapter initialisation: `default` (U(−1/√(2h), 1/√(2h)), seeded) or `identity` ([0 | I]).
-    #[arg(long, default_value = "default")]
-    adapter: String,
-    /// Seed of the adapter draw.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Mean (training and default test) recurrence written to the config.
-    #[arg(long, default_value_t = 4)]
-    mean_recurrence: usize,
-    #[arg(long)]
-    out: PathBuf,
-    /// Print the plan only; write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Replace an existing output directory.
-    #[arg(long)]
-    force: bool,
+fn layer_list(text: &str) -> Result<LayerList> {
+    rr_surgery::parse_indices(text).map(LayerList)
 }
 
 #[derive(Subcommand)]
@@ -272,11 +125,11 @@ struct ModelArgs {
     #[arg(long)]
     model: PathBuf,
     /// cpu, cuda, cuda:N or auto (CUDA when available).
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Compute dtype: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
     /// Recurrent models: iterations of the core (default: the config's mean_recurrence).
     #[arg(long)]
     recurrence: Option<usize>,
@@ -287,10 +140,8 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<(AnyModel, Tokenizer)> {
-        let device = parse_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype)?;
         let tokenizer = Tokenizer::from_path(&self.model)?;
-        let model = AnyModel::load(&self.model, device, dtype)?;
+        let model = AnyModel::load(&self.model, self.device, self.dtype.kind())?;
         Ok((model, tokenizer))
     }
 
@@ -310,7 +161,7 @@ impl ModelArgs {
 struct ScoreArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// UTF-8 text to score (BOS prepended as the tokenizer does).
+    /// UTF-8 text to score (BOS prepended as the tokenizer does; at most 256 MiB).
     #[arg(long)]
     text_file: PathBuf,
     /// Window length in tokens (default: the model's context).
@@ -330,6 +181,7 @@ struct GenerateArgs {
     model: ModelArgs,
     #[arg(long)]
     prompt: String,
+    /// New tokens at most; prompt and new tokens must fit the model's context.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Greedy decoding (the default unless --temperature is given).
@@ -367,8 +219,203 @@ struct InspectArgs {
     json: bool,
 }
 
-/// The largest text file `rr score` and `rr eval --heldout` read (256 MiB).
-const TEXT_LIMIT: u64 = 256 << 20;
+#[derive(Args)]
+struct SurgeryArgs {
+    /// Source model directory (Hugging Face Llama or OLMo-2 layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// The paper's split P,B,C: first P layers, the B layers before the coda, last C layers.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["prelude", "core", "coda"])]
+    layers: Option<Vec<usize>>,
+    /// Explicit prelude layers, e.g. `0-3` (with --core and --coda).
+    #[arg(long, value_parser = layer_list)]
+    prelude: Option<LayerList>,
+    /// Explicit core layers in the order they run; repeats allowed, e.g. `10-17` or `0-21`.
+    #[arg(long, value_parser = layer_list)]
+    core: Option<LayerList>,
+    /// Explicit coda layers, e.g. `18-21`.
+    #[arg(long, value_parser = layer_list)]
+    coda: Option<LayerList>,
+    /// Adapter initialisation.
+    #[arg(long, value_enum, default_value = "default")]
+    adapter: Adapter,
+    /// Seed of the adapter draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Mean (training and default test) recurrence written to the config.
+    #[arg(long, default_value_t = 4)]
+    mean_recurrence: usize,
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the plan only; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Tokenise documents and pack them into rows of T+1 tokens (train and held-out splits).
+    Pack {
+        /// Model directory or tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, num_args = 1.., required = true)]
+        input: Vec<PathBuf>,
+        /// text, jsonl, gsm8k or math.
+        #[arg(long)]
+        format: InputFormat,
+        #[arg(long)]
+        seq_len: usize,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of documents held out.
+        #[arg(long, default_value_t = rr_data::DEFAULT_HELDOUT_FRACTION)]
+        heldout_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Multi-step arithmetic word problems with step-by-step solutions (GSM8K format).
+    SynthMath {
+        #[arg(long)]
+        problems: usize,
+        #[arg(long)]
+        max_steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The recipe (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (default: runs/<name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue from the newest intact checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: accept a changed config. Without: start over in an existing run directory.
+    #[arg(long)]
+    force: bool,
+    /// Train the recipe's static baseline (the `[baseline]` source model, AdamW, no curriculum).
+    #[arg(long)]
+    baseline: bool,
+    /// Set the number of steps so the FLOPs equal those of this finished run.
+    #[arg(long)]
+    match_flops: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa, winogrande,
+    /// hellaswag, synth.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<Task>,
+    /// Test recurrences (recurrent models).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    recurrences: Vec<usize>,
+    /// Evaluate the first N items of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Data directory (default: $RR_SHARED_DATA, else ../shared/data); for `synth`, the JSONL file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The static baseline, drawn as a flat line in the plots: a model directory (evaluated on
+    /// the same tasks, its results written beside --out as *.baseline.json) or the
+    /// results.json of an earlier `rr eval` of it.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Held-out loss and perplexity at each recurrence: a text file, or a packed directory
+    /// (its held-out split).
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// With a packed --heldout: rows to use.
+    #[arg(long, default_value_t = 64)]
+    heldout_rows: usize,
+    #[arg(long, default_value = "results.json")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    run_dir: PathBuf,
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Output directory (default: the run's parent directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// `rr eval` results of the run (task accuracy by test recurrence) to include.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time training steps, no-grad forwards and cached generation at each recurrence on
+    /// random weights of a real model's shape; writes a JSON result.
+    Recurrence(BenchArgs),
+    /// Merge an rr result with PyTorch reference rows into results.json, results.md and plots.
+    Report {
+        /// `rr bench recurrence` output.
+        rr: PathBuf,
+        /// `bench/recurrent_ref.py` output.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    #[arg(long, value_enum, default_value = "tiny")]
+    shape: ShapeName,
+    /// Layers (prelude, core, coda), e.g. 4,8,4 (default: the shape's).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    recurrences: Vec<usize>,
+    /// Iterations with gradient for training points (each paired with every r >= k).
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    backprop: Vec<usize>,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Compute dtype (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
+    #[arg(long, default_value_t = 16)]
+    gen_prompt: usize,
+    #[arg(long, default_value_t = 16)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
+}
 
 fn main() -> ExitCode {
     // A panic inside libtorch bindings is a bug, but the user still gets one line.
@@ -382,7 +429,14 @@ fn main() -> ExitCode {
         let first = msg.lines().next().unwrap_or(msg);
         eprintln!("error: internal error: {first}");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", usage_error_line(&e.to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) => {
@@ -393,235 +447,61 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's message on one line: what it says before the usage lines, joined.
+fn usage_error_line(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Import(ImportCommand::Gguf { file, out }) => {
-            let summary = import::gguf::import_gguf(&file, &out)?;
-            println!(
-                "imported {} into {}: {summary:?}",
-                file.display(),
-                out.display()
-            );
+        Command::Import(cmd) => run_import(cmd),
+        Command::Score(args) => run_score(args),
+        Command::Generate(args) => run_generate(args),
+        Command::Inspect(args) => run_inspect(args),
+        Command::Surgery(args) => run_surgery(args),
+        Command::Data(cmd) => run_data(cmd),
+        Command::Train(args) => run_train(args),
+        Command::Eval(args) => run_eval(args),
+        Command::Report(args) => run_report(args),
+        Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args),
+        Command::Bench(BenchCommand::Report { rr, reference, out }) => {
+            let table = rr_bench::report_from_files(&rr, reference.as_deref(), &out)?;
+            println!("{table}\nwrote {}", out.display());
+            Ok(())
         }
-        Command::Import(ImportCommand::Llama2c {
+    }
+}
+
+fn run_import(cmd: ImportCommand) -> Result<()> {
+    let (source, out, summary) = match cmd {
+        ImportCommand::Gguf { file, out } => {
+            let summary = import::gguf::import_gguf(&file, &out)?;
+            (file, out, summary)
+        }
+        ImportCommand::Llama2c {
             model,
             tokenizer,
             out,
-        }) => {
-            let summary = import::llama2c::import_llama2c(&model, &tokenizer, &out)?;
-            println!(
-                "imported {} into {}: {summary:?}",
-                model.display(),
-                out.display()
-            );
-        }
-        Command::Score(args) => run_score(args)?,
-        Command::Generate(args) => run_generate(args)?,
-        Command::Surgery(args) => run_surgery(args)?,
-        Command::Data(DataCommand::Pack {
-            tokenizer,
-            input,
-            format,
-            seq_len,
-            out,
-            heldout_fraction,
-            seed,
-        }) => {
-            let mut opts =
-                rr_data::PackOptions::new(tokenizer, input, format.parse()?, seq_len, out);
-            opts.heldout_fraction = heldout_fraction;
-            opts.seed = seed;
-            let summary = rr_data::pack(&opts)?;
-            for w in summary.warnings() {
-                eprintln!("warning: {w}");
-            }
-            let m = &summary.manifest;
-            println!(
-                "packed into {}: {} train rows, {} held-out rows of {} tokens",
-                summary.out.display(),
-                m.splits.train.rows,
-                m.splits.heldout.rows,
-                m.seq_len + 1
-            );
-        }
-        Command::Data(DataCommand::SynthMath {
-            problems,
-            max_steps,
-            seed,
-            out,
-        }) => {
-            let generated = rr_data::synth_math(problems, max_steps, seed);
-            rr_data::write_synth_math(&out, &generated)?;
-            println!(
-                "wrote {} problems (1-{max_steps} steps) to {}",
-                generated.len(),
-                out.display()
-            );
-        }
-        Command::Eval(args) => run_eval(args)?,
-        Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args)?,
-        Command::Bench(BenchCommand::Report { rr, reference, out }) => {
-            let read = |p: &PathBuf| -> Result<serde_json::Value> {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?;
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{}: invalid JSON", p.display()))
-            };
-            let result: rr_bench::BenchResult = serde_json::from_value(read(&rr)?)
-                .with_context(|| format!("{}: not an rr bench result", rr.display()))?;
-            let reference: Vec<rr_bench::Row> = match &reference {
-                Some(p) => serde_json::from_value(read(p)?["rows"].clone())
-                    .with_context(|| format!("{}: not a reference result", p.display()))?,
-                None => Vec::new(),
-            };
-            rr_bench::write_report(&out, &result, &reference)?;
-            println!("{}", std::fs::read_to_string(out.join("results.md"))?);
-            println!("wrote {}", out.display());
-        }
-        Command::Report {
-            run_dir,
-            baseline,
-            out,
-            eval,
         } => {
-            let out =
-                out.unwrap_or_else(|| run_dir.parent().map(PathBuf::from).unwrap_or_default());
-            let path = rr_train::report::write_comparison(&run_dir, baseline.as_deref(), &out)?;
-            if let Some(eval) = eval {
-                let text = std::fs::read_to_string(&eval)
-                    .with_context(|| format!("{}: cannot read", eval.display()))?;
-                let results = rr_eval::results::RecurrenceReport::from_json(&text)
-                    .with_context(|| eval.display().to_string())?;
-                // The same plots `rr eval` draws: headline metric against test recurrence.
-                let tasks: Vec<rr_eval::tasks::Task> = results
-                    .recurrences
-                    .values()
-                    .flat_map(|r| r.results.keys())
-                    .filter_map(|name| rr_eval::tasks::Task::parse(name).ok())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                rr_eval::evaluate::write_outputs(&results, None, &tasks, &out.join("eval.json"))?;
-                let mut md = std::fs::read_to_string(&path)?;
-                md.push_str(&format!(
-                    "\n## Task accuracy by test recurrence\n\nFrom `{}`:\n\n{}",
-                    eval.display(),
-                    results.to_markdown()
-                ));
-                if results.recurrences.len() > 1 {
-                    for t in &tasks {
-                        md.push_str(&format!("\n![{0}](eval_{0}.svg)\n", t.name()));
-                    }
-                }
-                std::fs::write(&path, md)
-                    .with_context(|| format!("{}: cannot write", path.display()))?;
-            }
-            println!("wrote {}", path.display());
+            let summary = import::llama2c::import_llama2c(&model, &tokenizer, &out)?;
+            (model, out, summary)
         }
-        Command::Train(args) => {
-            let mut cfg = rr_recipe::TrainConfig::from_path(&args.config)?;
-            if args.baseline {
-                cfg = cfg
-                    .baseline_variant()
-                    .with_context(|| args.config.display().to_string())?;
-            }
-            let match_flops = args
-                .match_flops
-                .as_deref()
-                .map(rr_train::trainer::run_flops)
-                .transpose()?;
-            let run_dir = args
-                .run_dir
-                .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-            let opts = rr_train::TrainOptions {
-                run_dir: run_dir.clone(),
-                resume: args.resume,
-                force: args.force,
-                match_flops,
-            };
-            let summary = rr_train::train(&cfg, &opts)?;
-            println!(
-                "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
-                summary.name,
-                summary.steps,
-                summary.wall_seconds,
-                summary.final_loss,
-                run_dir.join("summary.md").display()
-            );
-        }
-        Command::Inspect(args) => {
-            let report = inspect::inspect(&args.dir)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
-        }
-    }
-    Ok(())
-}
-
-fn run_bench(args: BenchArgs) -> Result<()> {
-    use rr_bench::{BenchSpec, Shape};
-    let layers = match &args.layers {
-        Some(text) => {
-            let v = rr_eval::evaluate::parse_recurrences(text)
-                .with_context(|| format!("--layers {text}"))?;
-            match v[..] {
-                [p, c, d] => Some((p, c, d)),
-                _ => bail!("--layers {text}: expected three numbers, prelude,core,coda"),
-            }
-        }
-        None => None,
     };
-    let device = parse_device(&args.device)?;
-    let dtype = match &args.dtype {
-        Some(d) => rr_model::recurrent::dtype_name(parse_dtype(d)?).to_string(),
-        None if device.is_cuda() => "bfloat16".into(),
-        None => "float32".into(),
-    };
-    let spec = BenchSpec {
-        device: if device.is_cuda() {
-            "cuda".into()
-        } else {
-            "cpu".into()
-        },
-        dtype,
-        shape: Shape::preset(&args.shape, layers)?,
-        batch: args.batch,
-        seq: args.seq,
-        gen_prompt: args.gen_prompt,
-        gen_tokens: args.gen_tokens,
-        warmup: args.warmup,
-        repeats: args.repeats,
-        threads: args.threads,
-        points: BenchSpec::points_for(
-            &rr_eval::evaluate::parse_recurrences(&args.recurrences)?,
-            &rr_eval::evaluate::parse_recurrences(&args.backprop).context("--backprop")?,
-        ),
-    };
-    let result = rr_bench::run(&spec, |row| {
-        eprintln!(
-            "rr {:?} r={} k={}: {:.1} ms, {:.1} tok/s",
-            row.kind,
-            row.r,
-            row.k,
-            row.ms.unwrap_or(f64::NAN),
-            row.tokens_per_s.unwrap_or(f64::NAN)
-        );
-    })?;
-    let text = serde_json::to_string_pretty(&result)?;
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("{}: cannot create", parent.display()))?;
-    }
-    rr_util::fs::write_atomic(&args.out, text.as_bytes())?;
-    println!("wrote {}", args.out.display());
+    println!(
+        "imported {} into {}: {summary:?}",
+        source.display(),
+        out.display()
+    );
     Ok(())
 }
 
 fn run_score(args: ScoreArgs) -> Result<()> {
-    let text = rr_util::fs::read_text_limited(&args.text_file, TEXT_LIMIT)?;
+    let text = rr_util::fs::read_text_limited(&args.text_file, rr_eval::job::TEXT_LIMIT)?;
     if text.trim().is_empty() {
         bail!("{}: the text is empty", args.text_file.display());
     }
@@ -649,21 +529,16 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_generate(args: GenerateArgs) -> Result<()> {
+/// The decoding settings `rr generate` asks for on `model`.
+fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Result<DecodeOptions> {
     let sampling = match (args.greedy, args.temperature) {
-        (true, _) | (false, None) => {
-            if args.top_p.is_some() {
-                bail!("--top-p needs --temperature");
-            }
-            Sampling::Greedy
-        }
+        (_, None) if args.top_p.is_some() => bail!("--top-p needs --temperature"),
+        (true, _) | (false, None) => Sampling::Greedy,
         (false, Some(temperature)) => Sampling::TopP {
             temperature,
             top_p: args.top_p.unwrap_or(1.0),
         },
     };
-    let (model, tokenizer) = args.model.load()?;
-    let test_time = args.model.test_time(&model)?;
     let recurrent_options = args.exit_kl.is_some() || args.latest_m.is_some() || args.warm_start;
     if recurrent_options && !model.is_recurrent() {
         bail!("--exit-kl, --latest-m and --warm-start apply only to recurrent models");
@@ -671,16 +546,15 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     if let Some(kl) = args.exit_kl.filter(|kl| !(kl.is_finite() && *kl >= 0.0)) {
         bail!("--exit-kl must be a finite number >= 0 (got {kl})");
     }
-    let options = DecodeOptions {
+    let test_time = args.model.test_time(model)?;
+    let mut eos_ids = model.eos_token_ids();
+    eos_ids.extend(tok.eos_id());
+    Ok(DecodeOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
         seed: args.model.seed,
-        eos_ids: {
-            let mut ids = model.eos_token_ids();
-            ids.extend(tokenizer.eos_id());
-            ids
-        },
-        stop_strings: args.stop,
+        eos_ids,
+        stop_strings: args.stop.clone(),
         use_cache: !args.no_cache,
         keep_logits: false,
         test_time,
@@ -695,7 +569,12 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             Some(m) => CacheMode::LatestM(m),
             None => CacheMode::Full,
         },
-    };
+    })
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let (model, tokenizer) = args.model.load()?;
+    let options = decode_options(&args, &model, &tokenizer)?;
     let prompt = tokenizer.encode(&args.prompt, true)?;
     let mut stdout = std::io::stdout();
     print!("{}", args.prompt);
@@ -717,38 +596,43 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         eprintln!(
             "mean core iterations per token {:.2} (max {})",
             generation.mean_steps(),
-            test_time.recurrence
+            options.test_time.recurrence
         );
     }
     Ok(())
 }
 
+fn run_inspect(args: InspectArgs) -> Result<()> {
+    let report = inspect::inspect(&args.dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
 fn run_surgery(args: SurgeryArgs) -> Result<()> {
-    use rr_surgery::{parse_indices, AdapterInit, LayerSelection, Surgery};
+    use rr_surgery::{AdapterInit, LayerSelection, Surgery};
     let source = rr_model::LlamaConfig::from_path(&args.model)?;
     let n = source.num_hidden_layers;
-    let selection = match (&args.layers, &args.prelude, &args.core, &args.coda) {
-        (Some(layers), ..) => {
-            let parts: Vec<usize> = layers
-                .split(',')
-                .map(|p| p.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .ok()
-                .filter(|v: &Vec<usize>| v.len() == 3)
-                .with_context(|| format!("--layers `{layers}`: expected three counts P,B,C"))?;
-            LayerSelection::paper(n, parts[0], parts[1], parts[2])?
+    let selection = match (&args.layers, &args.core) {
+        (Some(layers), _) => match layers[..] {
+            [p, b, c] => LayerSelection::paper(n, p, b, c)?,
+            _ => bail!("--layers: expected three counts P,B,C"),
+        },
+        (None, Some(core)) => {
+            let list = |l: &Option<LayerList>| l.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+            LayerSelection::explicit(n, list(&args.prelude), core.0.clone(), list(&args.coda))?
         }
-        (None, prelude, Some(core), coda) => LayerSelection::explicit(
-            n,
-            parse_indices(prelude.as_deref().unwrap_or("")).context("--prelude")?,
-            parse_indices(core).context("--core")?,
-            parse_indices(coda.as_deref().unwrap_or("")).context("--coda")?,
-        )?,
-        (None, _, None, _) => {
+        (None, None) => {
             bail!("give --layers P,B,C or an explicit --core (with --prelude and --coda)")
         }
     };
-    let adapter = AdapterInit::parse(&args.adapter, args.seed)?;
+    let adapter = match args.adapter {
+        Adapter::Default => AdapterInit::Default { seed: args.seed },
+        Adapter::Identity => AdapterInit::Identity,
+    };
     let surgery = Surgery::new(&args.model, selection, adapter, args.mean_recurrence)?;
     if args.out.exists() && !args.force && !args.dry_run {
         bail!(
@@ -766,102 +650,174 @@ fn run_surgery(args: SurgeryArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_eval(args: EvalArgs) -> Result<()> {
-    use rr_eval::evaluate::{evaluate, parse_recurrences, write_outputs, EvalOptions};
-    use rr_eval::tasks::Task;
-    let tasks: Vec<Task> = args
-        .tasks
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(Task::parse)
-        .collect::<Result<_>>()?;
-    if tasks.is_empty() && args.heldout.is_none() {
-        bail!("--tasks is empty (and no --heldout)");
-    }
-    let recurrences = parse_recurrences(&args.recurrences).context("--recurrences")?;
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let data_dir = args.data.clone().unwrap_or_else(|| {
-        std::env::var_os("RR_SHARED_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("../shared/data"))
-    });
-    // A model directory is evaluated after the main model; a results file is read now, so a
-    // bad one fails before any compute.
-    let baseline_dir = args
-        .baseline
-        .clone()
-        .filter(|p| p.join("config.json").exists());
-    if let Some(dir) = &baseline_dir {
-        if rr_model::recurrent::is_recurrent_dir(dir) {
-            bail!(
-                "{}: --baseline must be a static (non-recurrent) model or a results.json",
-                dir.display()
+fn run_data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Pack {
+            tokenizer,
+            input,
+            format,
+            seq_len,
+            out,
+            heldout_fraction,
+            seed,
+        } => {
+            let mut opts = rr_data::PackOptions::new(tokenizer, input, format, seq_len, out);
+            opts.heldout_fraction = heldout_fraction;
+            opts.seed = seed;
+            let summary = rr_data::pack(&opts)?;
+            for w in summary.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let m = &summary.manifest;
+            println!(
+                "packed into {}: {} train rows, {} held-out rows of {} tokens",
+                summary.out.display(),
+                m.splits.train.rows,
+                m.splits.heldout.rows,
+                m.seq_len + 1
+            );
+        }
+        DataCommand::SynthMath {
+            problems,
+            max_steps,
+            seed,
+            out,
+        } => {
+            let generated = rr_data::synth_math(problems, max_steps, seed);
+            rr_data::write_synth_math(&out, &generated)?;
+            println!(
+                "wrote {} problems (1-{max_steps} steps) to {}",
+                generated.len(),
+                out.display()
             );
         }
     }
-    let mut baseline = match (&args.baseline, &baseline_dir) {
-        (Some(p), None) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("{}: cannot read", p.display()))?;
-            Some(
-                rr_eval::results::RecurrenceReport::from_json(&text)
-                    .with_context(|| p.display().to_string())?,
-            )
-        }
-        _ => None,
+    Ok(())
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let mut cfg = rr_recipe::TrainConfig::from_path(&args.config)?;
+    if args.baseline {
+        cfg = cfg
+            .baseline_variant()
+            .with_context(|| args.config.display().to_string())?;
+    }
+    let match_flops = args
+        .match_flops
+        .as_deref()
+        .map(rr_train::trainer::run_flops)
+        .transpose()?;
+    let run_dir = args
+        .run_dir
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    let opts = rr_train::TrainOptions {
+        run_dir: run_dir.clone(),
+        resume: args.resume,
+        force: args.force,
+        match_flops,
     };
-    let (model, tokenizer) = args.model.load()?;
-    // Validates --recurrence against the model; evaluation runs at every --recurrences value.
-    args.model.test_time(&model)?;
-    let heldout = match &args.heldout {
-        None => None,
-        Some(p) if p.join("manifest.json").exists() => {
-            let rows = args.heldout_rows;
-            Some(rr_eval::evaluate::Heldout::packed(p, &tokenizer, rows)?)
-        }
-        Some(p) => {
-            let text = rr_util::fs::read_text_limited(p, TEXT_LIMIT)?;
-            if text.trim().is_empty() {
-                bail!("{}: the text is empty", p.display());
-            }
-            Some(rr_eval::evaluate::Heldout::Text(
-                tokenizer.encode(&text, true)?,
-            ))
-        }
-    };
-    let opts = EvalOptions {
-        heldout,
-        tasks: tasks.clone(),
-        recurrences,
+    let summary = rr_train::train(&cfg, &opts)?;
+    println!(
+        "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
+        summary.name,
+        summary.steps,
+        summary.wall_seconds,
+        summary.final_loss,
+        run_dir.join("summary.md").display()
+    );
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let job = rr_eval::job::EvalJob {
+        model: args.model.model.clone(),
+        recurrence: args.model.recurrence,
+        device: args.model.device,
+        dtype: args.model.dtype.kind(),
+        tasks: args.tasks,
+        recurrences: args.recurrences,
         limit: args.limit,
         seed: args.model.seed,
         batch_size: args.batch_size,
         max_new_tokens: args.max_new_tokens,
-        data_dir,
+        data_dir: args.data.unwrap_or_else(|| {
+            std::env::var_os("RR_SHARED_DATA")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("../shared/data"))
+        }),
+        heldout: args.heldout,
+        heldout_rows: args.heldout_rows,
+        baseline: args.baseline,
+        out: args.out.clone(),
     };
-    let report = evaluate(&model, &tokenizer, &opts, |line| eprintln!("{line}"))?;
-    if let Some(dir) = &baseline_dir {
-        drop(model);
-        let device = parse_device(&args.model.device)?;
-        let dtype = parse_dtype(&args.model.dtype)?;
-        let static_model = AnyModel::load(dir, device, dtype)?;
-        let static_tokenizer = Tokenizer::from_path(dir)?;
-        let static_report = evaluate(&static_model, &static_tokenizer, &opts, |line| {
-            eprintln!("baseline {line}")
-        })?;
-        let name = format!(
-            "{}.baseline.json",
-            args.out.file_stem().unwrap_or_default().to_string_lossy()
-        );
-        let path = args.out.with_file_name(name);
-        write_outputs(&static_report, None, &tasks, &path)?;
-        baseline = Some(static_report);
-    }
-    write_outputs(&report, baseline.as_ref(), &tasks, &args.out)?;
+    let report = job.run(|line| eprintln!("{line}"))?;
     print!("{}", report.to_markdown());
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn run_report(args: ReportArgs) -> Result<()> {
+    let out = args
+        .out
+        .unwrap_or_else(|| args.run_dir.parent().map(PathBuf::from).unwrap_or_default());
+    let path = rr_train::report::write_comparison(&args.run_dir, args.baseline.as_deref(), &out)?;
+    if let Some(eval) = &args.eval {
+        rr_train::report::append_eval(&path, eval, &out)?;
+    }
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    use rr_bench::{BenchSpec, Shape};
+    let layers = match args.layers.as_deref() {
+        None => None,
+        Some(&[p, c, d]) => Some((p, c, d)),
+        Some(_) => bail!("--layers: expected three numbers, prelude,core,coda"),
+    };
+    let shape = match args.shape {
+        ShapeName::Tiny => "tiny",
+        ShapeName::Smollm2 => "smollm2",
+        ShapeName::Tinyllama => "tinyllama",
+        ShapeName::Llama32_1b => "llama3.2-1b",
+    };
+    let cuda = args.device.is_cuda();
+    let dtype = match args.dtype {
+        Some(d) => d.kind(),
+        None if cuda => Kind::BFloat16,
+        None => Kind::Float,
+    };
+    rr_eval::evaluate::check_recurrences(&args.recurrences).context("--recurrences")?;
+    rr_eval::evaluate::check_recurrences(&args.backprop).context("--backprop")?;
+    let spec = BenchSpec {
+        device: if cuda { "cuda" } else { "cpu" }.into(),
+        dtype: rr_model::recurrent::dtype_name(dtype).to_string(),
+        shape: Shape::preset(shape, layers)?,
+        batch: args.batch,
+        seq: args.seq,
+        gen_prompt: args.gen_prompt,
+        gen_tokens: args.gen_tokens,
+        warmup: args.warmup,
+        repeats: args.repeats,
+        threads: args.threads,
+        points: BenchSpec::points_for(&args.recurrences, &args.backprop),
+    };
+    let result = rr_bench::run(&spec, |row| {
+        eprintln!(
+            "rr {:?} r={} k={}: {:.1} ms, {:.1} tok/s",
+            row.kind,
+            row.r,
+            row.k,
+            row.ms.unwrap_or(f64::NAN),
+            row.tokens_per_s.unwrap_or(f64::NAN)
+        );
+    })?;
+    eprintln!("cpu: {}", result.cpu);
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+    }
+    rr_util::fs::write_atomic(&args.out, serde_json::to_string_pretty(&result)?.as_bytes())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

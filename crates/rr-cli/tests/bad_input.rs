@@ -396,7 +396,7 @@ fn surgery_bad_selections_and_existing_output() {
         (&["--layers", "1,2"], "expected three counts"),
         (
             &["--layers", "1,3,1", "--adapter", "fancy"],
-            "unknown adapter mode `fancy`",
+            "invalid value 'fancy' for '--adapter <ADAPTER>'",
         ),
     ];
     for (extra, expected) in cases {

@@ -144,7 +144,7 @@ fn replace_tensor(dir: &Path, name: &str, dtype: &str, fill: impl Fn(usize) -> V
         entry["data_offsets"] = serde_json::json!([start, out_data.len()]);
     }
     let mut head = serde_json::to_vec(&header).unwrap();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut file = (head.len() as u64).to_le_bytes().to_vec();

@@ -56,29 +56,25 @@ pub struct EvalOptions {
     pub data_dir: PathBuf,
 }
 
-/// Parses `1,2,4` into recurrences, refusing zero and negative values.
-pub fn parse_recurrences(text: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let r: i64 = part
-            .parse()
-            .with_context(|| format!("recurrence `{part}` is not a number"))?;
-        if r < 1 {
-            bail!("recurrence {r} is invalid: test recurrences must be at least 1");
-        }
-        let max = rr_model::recurrent::MAX_RECURRENCE;
-        if r as usize > max {
-            bail!("recurrence {r} is beyond the supported {max}");
-        }
-        if out.len() >= 64 {
-            bail!("more than 64 test recurrences");
-        }
-        out.push(r as usize);
+/// Refuses test recurrences that are zero or beyond what one forward call runs, an empty
+/// list, and more than 64 of them.
+pub fn check_recurrences(recurrences: &[usize]) -> Result<()> {
+    let max = rr_model::recurrent::MAX_RECURRENCE;
+    if recurrences.is_empty() {
+        bail!("no test recurrences given");
     }
-    if out.is_empty() {
-        bail!("no recurrences given");
+    if recurrences.len() > 64 {
+        bail!("more than 64 test recurrences");
     }
-    Ok(out)
+    for &r in recurrences {
+        if r == 0 {
+            bail!("test recurrence 0 is invalid: test recurrences must be at least 1");
+        }
+        if r > max {
+            bail!("test recurrence {r} is beyond the supported {max}");
+        }
+    }
+    Ok(())
 }
 
 /// Runs every task at every recurrence. `progress` is called with a line per finished task.

@@ -7,6 +7,7 @@
 
 pub mod compute;
 pub mod evaluate;
+pub mod job;
 pub mod metrics;
 pub mod nll;
 pub mod plot;

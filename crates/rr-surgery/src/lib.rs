@@ -142,14 +142,6 @@ pub enum AdapterInit {
 }
 
 impl AdapterInit {
-    pub fn parse(name: &str, seed: u64) -> Result<Self> {
-        match name {
-            "default" => Ok(Self::Default { seed }),
-            "identity" => Ok(Self::Identity),
-            other => bail!("unknown adapter mode `{other}` (expected default or identity)"),
-        }
-    }
-
     /// The [h, 2h] adapter weight in fp32.
     pub fn weight(&self, h: usize) -> Tensor {
         match *self {

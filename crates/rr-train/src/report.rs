@@ -232,3 +232,24 @@ fn plot_loss_vs_flops(run_dir: &Path, baseline: Option<&Path>, path: &Path) -> R
         false,
     )
 }
+
+/// Adds an `rr eval` results file of the run to its `report.md`: the task table and the plots
+/// `rr eval` draws (headline metric against test recurrence), written as `eval*` in `out_dir`.
+pub fn append_eval(report: &Path, eval: &Path, out_dir: &Path) -> Result<()> {
+    let results = rr_eval::job::read_report(eval)?;
+    let tasks = rr_eval::job::tasks_of(&results);
+    rr_eval::evaluate::write_outputs(&results, None, &tasks, &out_dir.join("eval.json"))?;
+    let mut md = std::fs::read_to_string(report)
+        .with_context(|| format!("{}: cannot read", report.display()))?;
+    md.push_str(&format!(
+        "\n## Task accuracy by test recurrence\n\nFrom `{}`:\n\n{}",
+        eval.display(),
+        results.to_markdown()
+    ));
+    if results.recurrences.len() > 1 {
+        for t in &tasks {
+            md.push_str(&format!("\n![{0}](eval_{0}.svg)\n", t.name()));
+        }
+    }
+    rr_util::fs::write_atomic(report, md.as_bytes())
+}
