@@ -22,6 +22,7 @@
 //! See [`pack`](pack::pack) for documents, templates, special tokens and the held-out split,
 //! [`loader`] for the order of batches and resumption, [`synth`] for the problem generator.
 
+pub mod document;
 pub mod loader;
 pub mod manifest;
 pub mod pack;

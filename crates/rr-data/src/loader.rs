@@ -42,6 +42,16 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch of rows `start..start + count` of `split` of `set` (clipped at the end; for
+    /// sequential held-out evaluation). `None` when `start >= set.rows(split)`.
+    pub fn sequential(set: &PackedSet, split: Split, start: usize, count: usize) -> Option<Batch> {
+        let end = (start + count).min(set.rows(split));
+        if start >= end {
+            return None;
+        }
+        Some(Batch::from_rows(set, split, (start..end).collect(), 0))
+    }
+
     pub(crate) fn from_rows(
         set: &PackedSet,
         split: Split,

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::pack::InputFormat;
+use crate::document::InputFormat;
 
 /// The `format` string every manifest carries.
 pub const MANIFEST_FORMAT: &str = "rr-packed-tokens";

@@ -44,7 +44,6 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
@@ -52,6 +51,10 @@ use rr_model::Tokenizer;
 use rr_util::fs::StagingDir;
 use rr_util::seed as rng;
 use serde::{Deserialize, Serialize};
+
+pub use crate::document::{
+    gsm8k_document, math_document, strip_calculator_annotations, InputFormat,
+};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
@@ -68,110 +71,6 @@ pub const DEFAULT_MAX_SHARD_TOKENS: usize = 64 << 20;
 const CHUNK_DOCS: usize = 16_384;
 const CHUNK_BYTES: usize = 32 << 20;
 const HELDOUT_TAG: u64 = 0x6865_6c64_6f75_7421; // "heldout!"
-
-/// How the input files are read into documents (see the module docs for the templates).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InputFormat {
-    Text,
-    Jsonl,
-    Gsm8k,
-    Math,
-}
-
-impl InputFormat {
-    /// The document template, in words (also written to the manifest).
-    pub fn template(self) -> &'static str {
-        match self {
-            InputFormat::Text => "blank-line-separated paragraphs; lines joined with \\n",
-            InputFormat::Jsonl => "{text}",
-            InputFormat::Gsm8k => {
-                "Q: {question}\\n\\nA: {answer} (fields trimmed, <<calculator>> annotations removed)"
-            }
-            InputFormat::Math => "Problem:\\n{problem}\\n\\nSolution: {solution} (fields trimmed)",
-        }
-    }
-
-    /// The document of one JSONL record (`Text` has no records: always `Err`).
-    /// `Err` is a message without location.
-    pub fn render_record(self, record: &serde_json::Value) -> std::result::Result<String, String> {
-        let field = |name: &str| -> std::result::Result<&str, String> {
-            if !record.is_object() {
-                return Err("expected a JSON object".into());
-            }
-            match record.get(name) {
-                Some(serde_json::Value::String(s)) => Ok(s.as_str()),
-                Some(_) => Err(format!("field \"{name}\" is not a string")),
-                None => Err(format!("missing string field \"{name}\"")),
-            }
-        };
-        match self {
-            InputFormat::Text => Err("text input has no JSON records".into()),
-            InputFormat::Jsonl => Ok(field("text")?.to_string()),
-            InputFormat::Gsm8k => Ok(gsm8k_document(field("question")?, field("answer")?)),
-            InputFormat::Math => Ok(math_document(field("problem")?, field("solution")?)),
-        }
-    }
-}
-
-impl fmt::Display for InputFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            InputFormat::Text => "text",
-            InputFormat::Jsonl => "jsonl",
-            InputFormat::Gsm8k => "gsm8k",
-            InputFormat::Math => "math",
-        })
-    }
-}
-
-impl FromStr for InputFormat {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "text" | "txt" => Ok(InputFormat::Text),
-            "jsonl" => Ok(InputFormat::Jsonl),
-            "gsm8k" => Ok(InputFormat::Gsm8k),
-            "math" => Ok(InputFormat::Math),
-            _ => bail!("unknown input format {s:?} (expected text, jsonl, gsm8k or math)"),
-        }
-    }
-}
-
-/// The GSM8K document: `Q: {question}\n\nA: {answer}`, calculator annotations removed.
-pub fn gsm8k_document(question: &str, answer: &str) -> String {
-    format!(
-        "Q: {}\n\nA: {}",
-        question.trim(),
-        strip_calculator_annotations(answer.trim())
-    )
-}
-
-/// The MATH document: `Problem:\n{problem}\n\nSolution: {solution}`.
-pub fn math_document(problem: &str, solution: &str) -> String {
-    format!(
-        "Problem:\n{}\n\nSolution: {}",
-        problem.trim(),
-        solution.trim()
-    )
-}
-
-/// Removes GSM8K's `<<expr=value>>` annotations (an unclosed `<<` is kept as is).
-pub fn strip_calculator_annotations(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("<<") {
-        match rest[start + 2..].find(">>") {
-            Some(len) => {
-                out.push_str(&rest[..start]);
-                rest = &rest[start + 2 + len + 2..];
-            }
-            None => break,
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 /// Whether the `index`-th document (0-based, input order) goes to the held-out split.
 pub fn is_heldout_document(seed: u64, index: u64, fraction: f64) -> bool {

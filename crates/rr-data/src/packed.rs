@@ -8,7 +8,6 @@ use memmap2::Mmap;
 use rr_model::Tokenizer;
 use sha2::{Digest, Sha256};
 
-use super::loader::Batch;
 use super::manifest::{
     Manifest, ShardInfo, Split, TokenDtype, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
@@ -278,16 +277,6 @@ impl PackedSet {
                 }
             }
         }
-    }
-
-    /// The batch of rows `start..start + count` of `split` (clipped at the end; for sequential
-    /// held-out evaluation). `None` when `start >= rows(split)`.
-    pub fn sequential_batch(&self, split: Split, start: usize, count: usize) -> Option<Batch> {
-        let end = (start + count).min(self.rows(split));
-        if start >= end {
-            return None;
-        }
-        Some(Batch::from_rows(self, split, (start..end).collect(), 0))
     }
 
     /// Errors unless `tokenizer`'s `tokenizer.json` is byte-identical (SHA-256) to the one this

@@ -367,7 +367,7 @@ fn sequential_heldout_batches_cover_the_split_in_order() {
     assert!(n > 5);
     let mut seen = Vec::new();
     let mut start = 0;
-    while let Some(batch) = set.sequential_batch(Split::Heldout, start, 4) {
+    while let Some(batch) = Batch::sequential(&set, Split::Heldout, start, 4) {
         assert!(batch.rows <= 4 && batch.rows > 0);
         seen.extend(batch.row_ids.clone());
         start += batch.rows;

@@ -624,7 +624,7 @@ impl LlamaModel {
     /// directory `dir`.
     pub fn save_weights_and_config(&self, dir: &Path) -> Result<()> {
         let mut config = self.config.clone();
-        config.torch_dtype = Some(crate::recurrent::dtype_name(self.dtype()).to_string());
+        config.torch_dtype = Some(crate::weights::dtype_name(self.dtype()).to_string());
         let mut value = serde_json::to_value(&config)?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert(

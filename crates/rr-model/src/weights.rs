@@ -397,3 +397,12 @@ pub trait FromCheckpoint: Sized {
         Ok(model)
     }
 }
+
+/// The `torch_dtype` name of a kind, as config.json records it.
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}

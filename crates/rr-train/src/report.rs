@@ -8,7 +8,22 @@ use anyhow::{Context, Result};
 use rr_eval::plot::{line_plot, Series};
 
 use crate::trainer::metrics::read_steps;
-use crate::trainer::TrainSummary;
+use serde::{Deserialize, Serialize};
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub name: String,
+    pub kind: String,
+    pub steps: usize,
+    pub tokens: u64,
+    pub flops: f64,
+    pub final_loss: f64,
+    pub wall_seconds: f64,
+    /// Held-out loss per test recurrence (key "static" for the baseline), before and after.
+    pub heldout_before: BTreeMap<String, f64>,
+    pub heldout_after: BTreeMap<String, f64>,
+}
 
 /// Training losses `(step, loss)` from a run's `metrics.jsonl`.
 pub fn read_losses(run_dir: &Path) -> Result<Vec<(f64, f64)>> {

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::Kind;
 
 use crate::config::{LlamaConfig, ModelType, RopeScaling};
 
@@ -303,14 +302,6 @@ impl RecurrentConfig {
         per * (self.n_layers_in_prelude
             + self.n_layers_in_coda
             + r * self.n_layers_in_recurrent_block)
-    }
-}
-
-pub fn dtype_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::BFloat16 => "bfloat16",
-        Kind::Half => "float16",
-        _ => "float32",
     }
 }
 

@@ -32,10 +32,11 @@ use tch::{Device, Kind, Tensor};
 use crate::llama::{Block, LayerKv, Layout, Prologue, RmsNorm, Rope};
 use crate::weights::{write_safetensors, FromCheckpoint};
 
+pub use crate::weights::dtype_name;
 pub use cache::{CacheMode, CacheStats, RecurrentCache};
 pub use config::{
-    dtype_name, is_recurrent_dir, write_config, InitValues, RecurrentConfig, HUGINN_OUT_PROJ_STD,
-    HUGINN_STD, RAVEN_MODEL_TYPE,
+    is_recurrent_dir, write_config, InitValues, RecurrentConfig, HUGINN_OUT_PROJ_STD, HUGINN_STD,
+    RAVEN_MODEL_TYPE,
 };
 pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
 pub use state::{truncated_normal, truncated_normal_rows, InitialState};
@@ -139,7 +140,7 @@ impl RecurrentModel {
     /// Writes `config.json` and `model.safetensors` into an existing directory `dir`.
     pub fn save_weights_and_config(&self, dir: &Path) -> Result<()> {
         let mut config = self.config.clone();
-        config.torch_dtype = Some(dtype_name(self.wte.kind()).to_string());
+        config.torch_dtype = Some(crate::weights::dtype_name(self.wte.kind()).to_string());
         write_config(&config, dir)?;
         write_safetensors(&self.named_tensors(), &dir.join("model.safetensors"))
     }

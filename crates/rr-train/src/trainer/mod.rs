@@ -28,7 +28,6 @@ use rr_eval::compute::{static_training_flops, StackParams};
 use rr_model::device::parse_device;
 use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
 use rr_recipe::{OptimizerConfig, TrainConfig};
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
@@ -37,6 +36,7 @@ use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
 use precision::Precision;
 use run_dir::RunDir;
 
+pub use crate::report::TrainSummary;
 pub use checkpoint::latest_checkpoint;
 pub use precision::copy_weights;
 
@@ -97,20 +97,6 @@ pub struct TrainOptions {
     pub match_flops: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrainSummary {
-    pub name: String,
-    pub kind: String,
-    pub steps: usize,
-    pub tokens: u64,
-    pub flops: f64,
-    pub final_loss: f64,
-    pub wall_seconds: f64,
-    /// Held-out loss per test recurrence (key "static" for the baseline), before and after.
-    pub heldout_before: BTreeMap<String, f64>,
-    pub heldout_after: BTreeMap<String, f64>,
-}
-
 /// What one optimizer step did.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
@@ -163,6 +149,11 @@ impl Trainer {
         let device = parse_device(&cfg.training.device)?;
         let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
         let (held, latest) = open_for_resume(&cfg, opts)?;
+        eprintln!(
+            "{}: device {device:?}, compute {compute_kind:?}; cpu: {}",
+            cfg.name,
+            rr_model::device::cpu_capability()
+        );
         let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
         if !init_dir.join("config.json").exists() {
             bail!(
