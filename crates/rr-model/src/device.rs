@@ -79,16 +79,16 @@ pub fn cpu_capability() -> String {
             "SSE"
         };
         let bf16 = if cpu_has_native_bf16() {
-            "native bf16 (avx512_bf16): bf16 compute on"
+            "native bf16 (avx512_bf16)"
         } else {
-            "no native bf16: fp32 compute"
+            "no native bf16 (bf16 paths run in fp32)"
         };
         format!("x86_64 {isa}, {bf16}, {} threads", tch::get_num_threads())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         format!(
-            "{}, no native bf16 detected: fp32 compute, {} threads",
+            "{}, no native bf16 (bf16 paths run in fp32), {} threads",
             std::env::consts::ARCH,
             tch::get_num_threads()
         )
