@@ -729,11 +729,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let job = rr_eval::job::EvalJob {
-        model: args.model.model.clone(),
-        recurrence: args.model.recurrence,
-        device: args.model.device,
-        dtype: args.model.dtype.kind(),
+    let options = rr_eval::evaluate::EvalOptions {
+        heldout: None,
         tasks: args.tasks,
         recurrences: args.recurrences,
         limit: args.limit,
@@ -745,6 +742,13 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("../shared/data"))
         }),
+    };
+    let job = rr_eval::job::EvalJob {
+        model: args.model.model.clone(),
+        recurrence: args.model.recurrence,
+        device: args.model.device,
+        dtype: args.model.dtype.kind(),
+        options,
         heldout: args.heldout,
         heldout_rows: args.heldout_rows,
         baseline: args.baseline,

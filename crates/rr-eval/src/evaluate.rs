@@ -16,6 +16,7 @@ use crate::runner::{greedy_until_batch, loglikelihoods};
 use crate::tasks::{load, GenRequest, McItem, Requests, Task, TaskData};
 
 /// Held-out data whose loss is measured at each recurrence.
+#[derive(Clone)]
 pub enum Heldout {
     /// One tokenised text, scored with sliding windows over the model's context.
     Text(Vec<i64>),
@@ -43,6 +44,7 @@ pub fn heldout_rows(set: &PackedSet, max_rows: usize) -> Result<Vec<Vec<i64>>> {
     Ok((0..rows).map(|i| set.row(Split::Heldout, i)).collect())
 }
 
+#[derive(Clone)]
 pub struct EvalOptions {
     /// Also report held-out loss and perplexity (task `heldout`).
     pub heldout: Option<Heldout>,

@@ -19,18 +19,12 @@ pub const TEXT_LIMIT: u64 = 256 << 20;
 pub struct EvalJob {
     pub model: PathBuf,
     /// A single `--recurrence`: only checked against the model (a static model takes none);
-    /// evaluation runs at every one of `recurrences`.
+    /// evaluation runs at every one of `options.recurrences`.
     pub recurrence: Option<usize>,
     pub device: Device,
     pub dtype: Kind,
-    pub tasks: Vec<Task>,
-    pub recurrences: Vec<usize>,
-    pub limit: Option<usize>,
-    pub seed: u64,
-    pub batch_size: usize,
-    pub max_new_tokens: usize,
-    /// The shared data folder (for `synth`, the JSONL file).
-    pub data_dir: PathBuf,
+    /// Tasks, test recurrences and the rest; its `heldout` is filled from `heldout` below.
+    pub options: EvalOptions,
     /// A text file or a packed directory whose held-out loss is reported too.
     pub heldout: Option<PathBuf>,
     /// With a packed `heldout`: rows to use.
@@ -45,11 +39,11 @@ impl EvalJob {
     /// Runs the job; `progress` gets a line per finished task. Everything that can be wrong
     /// with the inputs is refused before any compute.
     pub fn run(&self, mut progress: impl FnMut(&str)) -> Result<RecurrenceReport> {
-        if self.tasks.is_empty() && self.heldout.is_none() {
+        if self.options.tasks.is_empty() && self.heldout.is_none() {
             bail!("--tasks is empty (and no --heldout)");
         }
-        check_recurrences(&self.recurrences).context("--recurrences")?;
-        if self.batch_size == 0 {
+        check_recurrences(&self.options.recurrences).context("--recurrences")?;
+        if self.options.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
         let (baseline_dir, mut baseline) = self.baseline()?;
@@ -74,12 +68,12 @@ impl EvalJob {
             write_outputs(
                 &static_report,
                 None,
-                &self.tasks,
+                &self.options.tasks,
                 &self.out.with_file_name(name),
             )?;
             baseline = Some(static_report);
         }
-        write_outputs(&report, baseline.as_ref(), &self.tasks, &self.out)?;
+        write_outputs(&report, baseline.as_ref(), &self.options.tasks, &self.out)?;
         Ok(report)
     }
 
@@ -117,13 +111,7 @@ impl EvalJob {
         };
         Ok(EvalOptions {
             heldout,
-            tasks: self.tasks.clone(),
-            recurrences: self.recurrences.clone(),
-            limit: self.limit,
-            seed: self.seed,
-            batch_size: self.batch_size,
-            max_new_tokens: self.max_new_tokens,
-            data_dir: self.data_dir.clone(),
+            ..self.options.clone()
         })
     }
 }
