@@ -683,6 +683,7 @@ fn run_data(cmd: DataCommand) -> Result<()> {
             seed,
             out,
         } => {
+            rr_data::check_synth_request(problems, max_steps)?;
             let generated = rr_data::synth_math(problems, max_steps, seed);
             rr_data::write_synth_math(&out, &generated)?;
             println!(

@@ -356,6 +356,55 @@ fn audit_cases_fail_cleanly_and_leave_nothing() {
             mentions: &["recurrence"],
         },
     ];
+    let mut cases = cases;
+    cases.extend([
+        Case {
+            what: "synth-math --problems 10^11",
+            args: args(&[
+                "data",
+                "synth-math",
+                "--problems",
+                "100000000000",
+                "--max-steps",
+                "4",
+                "--out",
+                "s.jsonl",
+            ]),
+            mentions: &["--problems"],
+        },
+        Case {
+            what: "synth-math --max-steps 10^9",
+            args: args(&[
+                "data",
+                "synth-math",
+                "--problems",
+                "10",
+                "--max-steps",
+                "1000000000",
+                "--out",
+                "s.jsonl",
+            ]),
+            mentions: &["--max-steps"],
+        },
+        Case {
+            what: "pack --seq-len 2^63",
+            args: args(&[
+                "data",
+                "pack",
+                "--tokenizer",
+                hf_s,
+                "--input",
+                "text.txt",
+                "--format",
+                "text",
+                "--seq-len",
+                "9223372036854775808",
+                "--out",
+                "p",
+            ]),
+            mentions: &["seq_len"],
+        },
+    ]);
     check_cases(d, &cases);
 
     // The NaN model is named by `rr inspect` (which succeeds).

@@ -40,4 +40,4 @@ pub use pack::{
     DEFAULT_HELDOUT_FRACTION, DEFAULT_MAX_SHARD_TOKENS,
 };
 pub use packed::PackedSet;
-pub use synth::{synth_math, write_synth_math, SynthProblem};
+pub use synth::{check_synth_request, synth_math, write_synth_math, SynthProblem};

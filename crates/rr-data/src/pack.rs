@@ -248,10 +248,19 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
     })
 }
 
+/// The longest row `pack` makes (no model has a longer context).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 /// Refuses options `pack` cannot honour before anything is read or written.
 fn check_options(opts: &PackOptions) -> Result<()> {
     if opts.seq_len == 0 {
         bail!("seq_len must be at least 1");
+    }
+    if opts.seq_len > MAX_SEQ_LEN {
+        bail!(
+            "seq_len {} is beyond the supported {MAX_SEQ_LEN}",
+            opts.seq_len
+        );
     }
     if !(0.0..1.0).contains(&opts.heldout_fraction) {
         bail!(

@@ -301,6 +301,21 @@ impl Story {
 }
 
 /// `n` problems with `1..=max_steps` steps each (`max_steps` 0 is taken as 1).
+/// The most problems one call makes (about 300 MB of JSONL) and the most steps per problem.
+pub const MAX_PROBLEMS: usize = 1_000_000;
+pub const MAX_STEPS: usize = 64;
+
+/// Refuses a request beyond [`MAX_PROBLEMS`] or [`MAX_STEPS`] before any work.
+pub fn check_synth_request(problems: usize, max_steps: usize) -> anyhow::Result<()> {
+    if problems > MAX_PROBLEMS {
+        anyhow::bail!("--problems {problems} is beyond the supported {MAX_PROBLEMS}");
+    }
+    if !(1..=MAX_STEPS).contains(&max_steps) {
+        anyhow::bail!("--max-steps {max_steps} must be between 1 and {MAX_STEPS}");
+    }
+    Ok(())
+}
+
 pub fn synth_math(problems: usize, max_steps: usize, seed: u64) -> Vec<SynthProblem> {
     let max_steps = max_steps.max(1);
     (0..problems as u64)
