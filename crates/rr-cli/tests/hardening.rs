@@ -163,6 +163,9 @@ fn audit_cases_fail_cleanly_and_leave_nothing() {
     // A source model we own (so replacing it would be visible) and a text to score.
     model_with_config(d, "src", &shared, |_| {});
     std::fs::write(d.join("text.txt"), "Once upon a time, there was a girl.").unwrap();
+    // A 9 MiB one-line paragraph and a 9 MiB paragraph of short lines (each beyond 8 MiB).
+    std::fs::write(d.join("long_line.txt"), "word ".repeat(9 << 18)).unwrap();
+    std::fs::write(d.join("long_par.txt"), "word word\n".repeat(9 << 17)).unwrap();
     // Broken copies.
     model_with_config(d, "vocab_huge", &shared, |c| {
         c["vocab_size"] = 1_000_000_000_000u64.into()

@@ -42,7 +42,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -247,6 +247,10 @@ pub fn pack(opts: &PackOptions) -> Result<PackSummary> {
         manifest,
     })
 }
+
+/// The longest document `pack` tokenises at once (8 MiB): the tokenizer's memory grows far
+/// faster than the text (a 50 MB paragraph took 4.4 GB), and no training row needs more.
+pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
 
 /// The longest row `pack` makes (no model has a longer context).
 pub const MAX_SEQ_LEN: usize = 1 << 20;
@@ -481,15 +485,24 @@ impl DocReader {
         })
     }
 
-    /// The next line without its line ending, or `None` at the end of the file.
+    /// The next line without its line ending, or `None` at the end of the file. A line is
+    /// read at most [`MAX_DOCUMENT_BYTES`] + 1 bytes far: a longer one is refused.
     fn read_line(&mut self) -> Result<Option<&str>> {
         self.buf.clear();
-        let n = self
-            .reader
+        let n = (&mut self.reader)
+            .take(MAX_DOCUMENT_BYTES as u64 + 1)
             .read_until(b'\n', &mut self.buf)
             .with_context(|| format!("{}: read error", self.path.display()))?;
         if n == 0 {
             return Ok(None);
+        }
+        if n > MAX_DOCUMENT_BYTES {
+            bail!(
+                "{}:{}: a line longer than {} MiB; split the text into smaller documents",
+                self.path.display(),
+                self.line_no + 1,
+                MAX_DOCUMENT_BYTES >> 20
+            );
         }
         self.hasher.update(&self.buf);
         self.bytes += n as u64;
@@ -520,6 +533,15 @@ impl DocReader {
                     doc.push('\n');
                 }
                 doc.push_str(line);
+                if doc.len() > MAX_DOCUMENT_BYTES {
+                    bail!(
+                        "{}:{}: a paragraph longer than {} MiB; separate it into smaller \
+                         documents with blank lines",
+                        self.path.display(),
+                        self.line_no,
+                        MAX_DOCUMENT_BYTES >> 20
+                    );
+                }
             }
             if doc.is_empty() {
                 return Ok(None);
