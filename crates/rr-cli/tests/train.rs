@@ -114,6 +114,7 @@ micro_batch_size = 2
 grad_accum = 2
 device = "cpu"
 checkpoint_every = 10
+eval_every = 10
 keep_last = 2
 eval_recurrences = [1, 2]
 eval_rows = 2
@@ -144,6 +145,19 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+        })
+        .collect()
+}
+
+/// Steps of the held-out evaluation lines of a run's metrics.
+fn eval_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("heldout_loss")?;
+            v["step"].as_u64()
         })
         .collect()
 }
@@ -202,6 +216,10 @@ fn kill_and_resume_gives_bit_identical_losses() {
     );
     let resumed = losses(&d.join("killed"));
     assert_eq!(resumed.len(), steps);
+    // Killed right after its step-10 checkpoint, before or after that step's held-out
+    // evaluation: the resumed run has each evaluation exactly once, as the straight one.
+    assert_eq!(eval_steps(&d.join("killed")), [0, 10, 20]);
+    assert_eq!(eval_steps(&d.join("straight")), [0, 10, 20]);
     for (a, b) in straight.iter().zip(&resumed) {
         assert_eq!(a.0, b.0);
         assert_eq!(
