@@ -488,3 +488,45 @@ fn recurrent_decoding_flags_are_checked() {
         ],
     );
 }
+
+/// A full disk, stood in for by a file-size limit (`ulimit -f`, with SIGXFSZ ignored so that
+/// writes fail with an error instead of killing the process): the error names the file being
+/// written and no temporary is left behind.
+#[test]
+fn a_write_that_runs_out_of_space_names_the_file_and_leaves_nothing() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let hf = shared.join("models/stories260K/hf");
+    let rr = env!("CARGO_BIN_EXE_rr");
+    for (what, cmd, mentions) in [
+        (
+            "synth-math",
+            format!("{rr} data synth-math --problems 20000 --max-steps 4 --out s.jsonl"),
+            "s.jsonl",
+        ),
+        (
+            "surgery",
+            format!(
+                "{rr} surgery --model {} --layers 1,3,1 --out rec",
+                hf.display()
+            ),
+            "model.safetensors",
+        ),
+    ] {
+        let before = listing(d);
+        let out = Command::new("sh")
+            .current_dir(d)
+            .arg("-c")
+            .arg(format!("trap '' XFSZ; ulimit -f 64; exec {cmd}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{what}: {stderr}");
+        assert!(errors[0].contains(mentions), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(listing(d), before, "{what}: left something behind");
+    }
+}
