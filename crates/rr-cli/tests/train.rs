@@ -377,6 +377,31 @@ fn bad_recipes_are_refused_before_any_compute() {
     );
     assert!(err.contains("empty.txt"), "{err}");
     assert!(!d.join("packed-empty").exists());
+    // A shard holding a token id beyond the model's vocabulary (512): refused when the
+    // trainer opens the set, naming the shard, not mid-training.
+    copy_dir(&d.join("packed"), &d.join("packed-bad-ids"));
+    let shard = d.join("packed-bad-ids/train-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[10..12].copy_from_slice(&40_000u16.to_le_bytes());
+    std::fs::write(&shard, bytes).unwrap();
+    std::fs::write(d.join("bad.toml"), recipe(4, "packed-bad-ids", "rec")).unwrap();
+    let err = rr_err(
+        d,
+        &["train", "--config", "bad.toml", "--run-dir", "run-ids"],
+    );
+    assert!(
+        err.contains("train-00000.bin") && err.contains("token id 40000"),
+        "{err}"
+    );
+    assert!(!d.join("run-ids").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }
 
 #[test]

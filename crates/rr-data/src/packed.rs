@@ -233,6 +233,33 @@ impl PackedSet {
         self.manifest.eos_id
     }
 
+    /// Refuses a set holding a token id at or beyond `vocab` (a set packed for another model,
+    /// or a damaged shard), naming the shard: checked when a trainer opens the set, since an
+    /// id beyond the embedding would otherwise fail mid-training. Reads every shard once.
+    pub fn check_token_ids(&self, vocab: usize) -> Result<()> {
+        for split in [Split::Train, Split::Heldout] {
+            for (path, map, _) in &self.split(split).shards {
+                let max = match self.manifest.dtype {
+                    TokenDtype::U16 => map
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+                        .max(),
+                    TokenDtype::U32 => map
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+                        .max(),
+                };
+                if let Some(id) = max.filter(|&id| id >= vocab as u64) {
+                    bail!(
+                        "{}: token id {id} is beyond the model's vocabulary of {vocab}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn split(&self, split: Split) -> &SplitData {
         match split {
             Split::Train => &self.train,

@@ -165,6 +165,9 @@ impl Trainer {
         let (sets, heldout) = open_data(&cfg, &tokenizer)?;
         let model = AnyModel::load(&init_dir, device, Kind::Float)?;
         check_data_fits(&model, &heldout)?;
+        for set in sets.values() {
+            set.check_token_ids(model.vocab_size())?;
+        }
         if let Some(flops) = opts.match_flops {
             cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops)?;
         }
