@@ -394,6 +394,29 @@ fn bad_recipes_are_refused_before_any_compute() {
         "{err}"
     );
     assert!(!d.join("run-ids").exists());
+    // --match-flops against a run whose FLOPs are negative or absurd.
+    for (flops, expected) in [("-5.0", "not a positive number"), ("1e300", "at most 10^7")] {
+        std::fs::create_dir_all(d.join("fake")).unwrap();
+        std::fs::write(
+            d.join("fake/summary.json"),
+            format!("{{\"flops\": {flops}}}"),
+        )
+        .unwrap();
+        let err = rr_err(
+            d,
+            &[
+                "train",
+                "--config",
+                "cfg.toml",
+                "--run-dir",
+                "run-mf",
+                "--match-flops",
+                "fake",
+            ],
+        );
+        assert!(err.contains(expected), "{flops}: {err}");
+        assert!(!d.join("run-mf").exists());
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

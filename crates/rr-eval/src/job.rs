@@ -43,6 +43,9 @@ impl EvalJob {
             bail!("--tasks is empty (and no --heldout)");
         }
         check_recurrences(&self.options.recurrences).context("--recurrences")?;
+        let mut inputs = vec![self.model.as_path()];
+        inputs.extend(self.heldout.as_deref());
+        rr_util::fs::ensure_output_apart(&self.out, &inputs)?;
         if self.options.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
