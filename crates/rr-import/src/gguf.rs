@@ -31,6 +31,12 @@ use crate::{
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// The most array elements a file's metadata may hold, all arrays together. Each element is
+/// parsed into a [`Value`] of 32 bytes however small its encoding (one byte for a `u8`), so this
+/// bounds what the metadata can cost in memory (512 MiB of values) whatever the file claims.
+/// Real files are far below: Llama-3's vocabulary (tokens, types and merges) is about 540,000
+/// elements, a 256,000-token vocabulary with scores about 770,000.
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -274,6 +280,8 @@ pub struct GgufFile {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far, bounded by [`MAX_METADATA_ELEMENTS`].
+    elements: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -413,6 +421,13 @@ impl<'a> Cursor<'a> {
                         self.remaining()
                     );
                 }
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_METADATA_ELEMENTS {
+                    anyhow::bail!(
+                        "{what} is an array of {count} elements, which takes the metadata past \
+                         the {MAX_METADATA_ELEMENTS} array elements a file may have"
+                    );
+                }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_ty, what, depth + 1)?);
@@ -448,7 +463,11 @@ impl GgufFile {
     }
 
     fn parse(map: MappedFile) -> Result<Self> {
-        let mut c = Cursor { buf: &map, pos: 0 };
+        let mut c = Cursor {
+            buf: &map,
+            pos: 0,
+            elements: 0,
+        };
         let (version, n_tensors, n_kv) = c.preamble()?;
         let metadata = c.metadata(n_kv)?;
         let alignment = alignment_of(&metadata)?;
@@ -469,10 +488,38 @@ impl GgufFile {
             data_offset,
             map,
         };
-        for t in &gguf.tensors {
-            gguf.tensor_range(t)?;
-        }
+        gguf.check_no_overlap()?;
         Ok(gguf)
+    }
+
+    /// Validates every tensor's byte range and refuses two tensors whose data overlap (as
+    /// llama.cpp does): otherwise a small file could make every tensor read the same bytes and
+    /// expand into an output many times its size. A tensor of a type we cannot size counts as
+    /// holding at least its first byte.
+    fn check_no_overlap(&self) -> Result<()> {
+        let mut spans = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let r = self.tensor_range(t)?;
+                let end = if t.ty.block_layout().is_some() {
+                    r.end
+                } else {
+                    r.start + 1
+                };
+                Ok((r.start, end, t.name.as_str()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        spans.sort_unstable();
+        for pair in spans.windows(2) {
+            let ((a_start, a_end, a), (b_start, _, b)) = (pair[0], pair[1]);
+            if b_start < a_end {
+                anyhow::bail!(
+                    "tensors {a} (bytes {a_start}..{a_end}) and {b} (from byte {b_start}) overlap"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Byte range of a tensor's data in the file, validated against the file length. For types we

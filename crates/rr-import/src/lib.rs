@@ -13,7 +13,9 @@
 //!
 //! Every input is untrusted: sizes taken from headers are checked against the file length before
 //! anything is allocated, and every failure is a one-line `anyhow` error naming the file and the
-//! problem. Output is staged in a temporary sibling directory ([`rr_util::fs::StagingDir`]) and
+//! problem. What a small file can cost is bounded too: GGUF tensors may not overlap, GGUF metadata
+//! holds at most [`gguf::MAX_METADATA_ELEMENTS`] array elements, and no token of a built
+//! tokenizer is longer than [`tokenizer_build::MAX_TOKEN_BYTES`]. Output is staged in a temporary sibling directory ([`rr_util::fs::StagingDir`]) and
 //! renamed into place only when complete, so a failed import leaves nothing behind.
 //!
 //! Layout conventions shared by both formats (see [`interleaved_to_halves`]): llama.cpp and

@@ -524,6 +524,7 @@ pub fn read_tokenizer_bin(bytes: &[u8], expected: usize) -> Result<Vec<(Vec<u8>,
                 "token {i} has length {len}, outside 0..={max_len} (not a llama2.c tokenizer.bin?)"
             );
         }
+        tokenizer_build::check_token_length("token", i, len as usize)?;
         let piece = bytes.get(pos..pos + len as usize).ok_or_else(|| {
             anyhow::anyhow!("tokenizer.bin is truncated in the text of token {i}")
         })?;

@@ -22,6 +22,30 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+/// The longest token (in bytes of its stored text) a built tokenizer may have. Building the
+/// SentencePiece merges looks at every split of every piece, which is quadratic in a piece's
+/// length, so one huge token could stall an import for minutes. Real vocabularies stay far below:
+/// the longest token of Llama-3 is 256 bytes (128 `Ġ`), of SmolLM2 162 bytes, of Llama-2 48 bytes.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// Refuses a token longer than [`MAX_TOKEN_BYTES`]; `what` names the list (e.g. `token`).
+pub fn check_token_length(what: &str, index: usize, len: usize) -> Result<()> {
+    if len > MAX_TOKEN_BYTES {
+        anyhow::bail!(
+            "{what} {index} is {len} bytes long, more than the {MAX_TOKEN_BYTES} bytes a token may have"
+        );
+    }
+    Ok(())
+}
+
+/// [`check_token_length`] for every token of a vocabulary.
+fn check_token_lengths(tokens: &[String]) -> Result<()> {
+    tokens
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, t)| check_token_length("token", i, t.len()))
+}
+
 /// Token types as llama.cpp and SentencePiece number them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenKind {
@@ -300,6 +324,7 @@ pub fn spm_tokenizer(v: &SpmVocab) -> Result<BuiltTokenizer> {
         n,
         &[("bos", v.bos_id), ("eos", v.eos_id), ("unk", v.unk_id)],
     )?;
+    check_token_lengths(&v.pieces)?;
     let mut notes = Vec::new();
     let (vocab, index) = vocab_map(&v.pieces, &mut notes);
     let merges = spm_merges(v, &index);
@@ -404,6 +429,7 @@ pub fn gpt2_tokenizer(v: &Gpt2Vocab) -> Result<BuiltTokenizer> {
         anyhow::bail!("tokenizer has {n} tokens but {} token types", v.kinds.len());
     }
     check_special_ids(n, &[("bos", v.bos_id), ("eos", v.eos_id)])?;
+    check_token_lengths(&v.tokens)?;
     let pre = pre_tokenizer_for(v.pre.as_deref())?;
     let mut notes = Vec::new();
     if v.pre.is_none() {

@@ -290,6 +290,8 @@ struct TinyOpts {
     /// Replace the type of blk.0.attn_q with this raw ggml type id.
     q_type_override: Option<u32>,
     extra_tensor: Option<String>,
+    /// Append this normal token to the vocabulary.
+    extra_token: Option<String>,
 }
 
 impl Default for TinyOpts {
@@ -299,12 +301,18 @@ impl Default for TinyOpts {
             tied: true,
             q_type_override: None,
             extra_tensor: None,
+            extra_token: None,
         }
     }
 }
 
 fn tiny_model(opts: &TinyOpts) -> TinyModel {
-    let (tokens, scores, types) = tiny_vocab();
+    let (mut tokens, mut scores, mut types) = tiny_vocab();
+    if let Some(t) = &opts.extra_token {
+        tokens.push(t.clone());
+        scores.push(-50.0);
+        types.push(1);
+    }
     let vocab = tokens.len();
     let arch = opts.architecture.clone();
     let key = |k: &str| format!("{arch}.{k}");
@@ -1313,4 +1321,209 @@ fn smollm2_logits_match_llamacpp() {
         "top-1 agreement {top1_agree}/{}",
         ids.len()
     );
+}
+
+// ----------------------------------------------------------------------------------------------
+// Amplification bounds
+
+/// The byte position of the offset field of tensor `name` (which has `n_dims` dimensions) in the
+/// tensor infos of `bytes`.
+fn offset_field(bytes: &[u8], name: &str, n_dims: usize) -> usize {
+    let mut needle = (name.len() as u64).to_le_bytes().to_vec();
+    needle.extend(name.as_bytes());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap_or_else(|| panic!("tensor {name} not found"));
+    at + needle.len() + 4 + 8 * n_dims + 4
+}
+
+#[test]
+fn overlapping_tensors_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny_model(&TinyOpts::default());
+    let q = offset_field(&m.bytes, "blk.0.attn_q.weight", 2);
+    let k = offset_field(&m.bytes, "blk.0.attn_k.weight", 2);
+    let q_offset = m.bytes[q..q + 8].to_vec();
+
+    // k starting where q starts.
+    let mut b = m.bytes.clone();
+    b[k..k + 8].copy_from_slice(&q_offset);
+    let path = tmp.path().join("overlap.gguf");
+    fs::write(&path, &b).unwrap();
+    let err = err_of(import_gguf(&path, &tmp.path().join("out")));
+    assert_mentions(
+        &err,
+        &[
+            "overlap.gguf",
+            "blk.0.attn_q.weight",
+            "blk.0.attn_k.weight",
+            "overlap",
+        ],
+    );
+
+    // k starting 32 bytes into q (still aligned).
+    let inside = u64::from_le_bytes(q_offset.clone().try_into().unwrap()) + 32;
+    b[k..k + 8].copy_from_slice(&inside.to_le_bytes());
+    fs::write(&path, &b).unwrap();
+    let err = err_of(import_gguf(&path, &tmp.path().join("out")));
+    assert_mentions(
+        &err,
+        &["overlap.gguf", "blk.0.attn_q.weight", "blk.0.attn_k.weight"],
+    );
+
+    // Every tensor at offset 0.
+    let mut b = m.bytes.clone();
+    let gguf = GgufFile::open(&{
+        let p = tmp.path().join("ok.gguf");
+        fs::write(&p, &m.bytes).unwrap();
+        p
+    })
+    .unwrap();
+    for t in &gguf.tensors {
+        let at = offset_field(&b, &t.name, t.ne.len());
+        b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    }
+    fs::write(&path, &b).unwrap();
+    let err = err_of(import_gguf(&path, &tmp.path().join("out")));
+    assert_mentions(&err, &["overlap.gguf", "overlap"]);
+    assert_only(tmp.path(), &["overlap.gguf", "ok.gguf"]);
+}
+
+/// A GGUF with no tensors and the given raw metadata entries (key, type id, encoded value).
+fn raw_metadata_gguf(entries: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((entries.len() as u64).to_le_bytes());
+    for (key, ty, value) in entries {
+        write_str(&mut b, key);
+        b.extend(ty.to_le_bytes());
+        b.extend(value);
+    }
+    b
+}
+
+/// An encoded array header: element type and count.
+fn array_header(elem_ty: u32, count: u64) -> Vec<u8> {
+    let mut v = elem_ty.to_le_bytes().to_vec();
+    v.extend(count.to_le_bytes());
+    v
+}
+
+#[test]
+fn metadata_arrays_and_strings_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("meta.gguf");
+    let import = |bytes: &[u8]| {
+        fs::write(&path, bytes).unwrap();
+        err_of(import_gguf(&path, &tmp.path().join("out")))
+    };
+    let limit = rr_import::gguf::MAX_METADATA_ELEMENTS;
+    assert_eq!(limit, 1 << 24);
+
+    // One u8 array just past the limit, with every byte present: refused for its length.
+    let mut value = array_header(0, limit + 1);
+    value.resize(value.len() + (limit + 1) as usize, 7);
+    let err = import(&raw_metadata_gguf(&[("big.bytes", 9, value)]));
+    assert_mentions(
+        &err,
+        &["meta.gguf", "big.bytes", "16777217 elements", "16777216"],
+    );
+    assert!(!err.contains("truncated"), "{err}");
+
+    // Two arrays that each fit but together pass the limit: the second is named.
+    let half = limit / 2 + 1;
+    let mut a = array_header(0, half);
+    a.resize(a.len() + half as usize, 0);
+    let err = import(&raw_metadata_gguf(&[
+        ("first.half", 9, a.clone()),
+        ("second.half", 9, a),
+    ]));
+    assert_mentions(&err, &["meta.gguf", "second.half", "16777216"]);
+
+    // Arrays whose elements cannot fit in the bytes left: strings (8 bytes at least), nested
+    // arrays (12 bytes at least), u32 values; refused before anything is allocated.
+    for (elem_ty, count) in [(8u32, 100u64), (9, 70), (4, 200), (8, 1 << 40)] {
+        let mut v = array_header(elem_ty, count);
+        v.resize(v.len() + 780, 0);
+        let err = import(&raw_metadata_gguf(&[("short.array", 9, v)]));
+        assert_mentions(&err, &["meta.gguf", "short.array", "truncated", "elements"]);
+    }
+    // A string in an array claiming more bytes than remain.
+    let mut v = array_header(8, 1);
+    v.extend((1u64 << 50).to_le_bytes());
+    v.extend(b"abc");
+    let err = import(&raw_metadata_gguf(&[("short.string", 9, v)]));
+    assert_mentions(&err, &["meta.gguf", "short.string", "truncated"]);
+    assert_only(tmp.path(), &["meta.gguf"]);
+}
+
+#[test]
+fn overlong_tokens_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let max = rr_import::tokenizer_build::MAX_TOKEN_BYTES;
+    assert_eq!(max, 1024);
+    // At the bound: imports.
+    let (path, m) = write_tiny(
+        tmp.path(),
+        "edge.gguf",
+        &TinyOpts {
+            extra_token: Some("a".repeat(max)),
+            ..Default::default()
+        },
+    );
+    import_gguf(&path, &tmp.path().join("edge")).unwrap();
+    // One byte more (a 2-byte character at the end): refused, naming the token.
+    let long = format!("{}é", "a".repeat(max - 1));
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "long.gguf",
+        &TinyOpts {
+            extra_token: Some(long),
+            ..Default::default()
+        },
+    );
+    let err = err_of(import_gguf(&path, &tmp.path().join("out")));
+    let id = m.vocab.len() - 1;
+    assert_mentions(
+        &err,
+        &[
+            "long.gguf",
+            &format!("token {id} is 1025 bytes long"),
+            "1024",
+        ],
+    );
+    // A 200 KB token is refused at once, not after a quadratic merge construction.
+    let (path, _) = write_tiny(
+        tmp.path(),
+        "huge.gguf",
+        &TinyOpts {
+            extra_token: Some("b".repeat(200_000)),
+            ..Default::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    let err = err_of(import_gguf(&path, &tmp.path().join("out")));
+    assert_mentions(&err, &["huge.gguf", "200000 bytes long"]);
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+
+    // The byte-level BPE builder has the same bound.
+    let tokens = vec!["a".to_string(), "c".repeat(max + 1)];
+    let err = gpt2_tokenizer(&Gpt2Vocab {
+        tokens,
+        kinds: vec![TokenKind::Normal; 2],
+        merges: vec![],
+        pre: None,
+        bos_id: None,
+        eos_id: None,
+        add_bos: None,
+        add_eos: None,
+    })
+    .expect_err("a 1025-byte token must be refused");
+    assert!(
+        format!("{err:#}").contains("token 1 is 1025 bytes long"),
+        "{err:#}"
+    );
+    assert_only(tmp.path(), &["edge.gguf", "edge", "long.gguf", "huge.gguf"]);
 }

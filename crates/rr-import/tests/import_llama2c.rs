@@ -525,3 +525,48 @@ fn output_parents_are_created_and_imported_dir_loads_as_a_model() {
     let tok = rr_model::Tokenizer::from_path(&out).unwrap();
     assert_eq!(tok.vocab_size(), 512);
 }
+
+/// llama2.c `tokenizer.bin` bytes from `(piece, score)` pairs.
+fn tokenizer_bin(pieces: &[(Vec<u8>, f32)]) -> Vec<u8> {
+    let max = pieces.iter().map(|(p, _)| p.len()).max().unwrap_or(0) as i32;
+    let mut b = max.to_le_bytes().to_vec();
+    for (p, score) in pieces {
+        b.extend(score.to_le_bytes());
+        b.extend((p.len() as i32).to_le_bytes());
+        b.extend(p);
+    }
+    b
+}
+
+#[test]
+fn overlong_tokenizer_pieces_are_refused() {
+    let Some(dir) = stories_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = dir.join("stories260K.bin");
+    let tok = fs::read(dir.join("tok512.bin")).unwrap();
+    let mut pieces = rr_import::llama2c::read_tokenizer_bin(&tok, 512).unwrap();
+    // The writer reproduces the real file.
+    assert_eq!(
+        tokenizer_bin(&pieces)[4..],
+        tok[4..],
+        "tokenizer.bin writer"
+    );
+    // A 1 MB piece (with a matching max_token_length) is refused at once, naming the piece.
+    pieces[300].0 = vec![b'x'; 1 << 20];
+    let long = tmp.path().join("long_piece.bin");
+    fs::write(&long, tokenizer_bin(&pieces)).unwrap();
+    let t = std::time::Instant::now();
+    assert_err_mentions(
+        import_llama2c(&model, &long, &tmp.path().join("out")),
+        &["long_piece.bin", "token 300 is 1048576 bytes long", "1024"],
+    );
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    // Just past the bound is refused too.
+    pieces[300].0 = vec![b'x'; rr_import::tokenizer_build::MAX_TOKEN_BYTES + 1];
+    fs::write(&long, tokenizer_bin(&pieces)).unwrap();
+    assert_err_mentions(
+        import_llama2c(&model, &long, &tmp.path().join("out")),
+        &["long_piece.bin", "token 300 is 1025 bytes long"],
+    );
+    assert!(!tmp.path().join("out").exists());
+}
