@@ -530,3 +530,64 @@ fn a_write_that_runs_out_of_space_names_the_file_and_leaves_nothing() {
         assert_eq!(listing(d), before, "{what}: left something behind");
     }
 }
+
+/// A GGUF v3 file: no metadata but `kvs` (key, raw typed value bytes) and F32 tensors
+/// (name, element count, data offset), with `data_len` bytes of tensor data.
+fn tiny_gguf(kvs: &[(&str, Vec<u8>)], tensors: &[(&str, u64, u64)], data_len: usize) -> Vec<u8> {
+    let string = |s: &str| {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend(s.as_bytes());
+        b
+    };
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend((tensors.len() as u64).to_le_bytes());
+    f.extend((kvs.len() as u64).to_le_bytes());
+    for (key, value) in kvs {
+        f.extend(string(key));
+        f.extend(value);
+    }
+    for (name, n, offset) in tensors {
+        f.extend(string(name));
+        f.extend(1u32.to_le_bytes());
+        f.extend(n.to_le_bytes());
+        f.extend(0u32.to_le_bytes()); // F32
+        f.extend(offset.to_le_bytes());
+    }
+    while !f.len().is_multiple_of(32) {
+        f.push(0);
+    }
+    f.extend(vec![0u8; data_len]);
+    f
+}
+
+/// The importer's amplification cases through `rr import gguf`: overlapping tensors, and a
+/// metadata array that declares far more elements than the file holds.
+#[test]
+fn gguf_amplification_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let overlap = tiny_gguf(&[], &[("a", 1024, 0), ("b", 1024, 0)], 4096);
+    std::fs::write(d.join("overlap.gguf"), overlap).unwrap();
+    // An array of u8 (type 9, element type 0) claiming 2^40 elements.
+    let mut array = 9u32.to_le_bytes().to_vec();
+    array.extend(0u32.to_le_bytes());
+    array.extend((1u64 << 40).to_le_bytes());
+    let huge = tiny_gguf(&[("general.huge", array)], &[("a", 4, 0)], 16);
+    std::fs::write(d.join("huge.gguf"), huge).unwrap();
+    check_cases(
+        d,
+        &[
+            Case {
+                what: "overlapping tensors",
+                args: args(&["import", "gguf", "overlap.gguf", "--out", "o"]),
+                mentions: &["overlap.gguf", "overlap"],
+            },
+            Case {
+                what: "metadata array beyond the file",
+                args: args(&["import", "gguf", "huge.gguf", "--out", "o"]),
+                mentions: &["huge.gguf", "claims"],
+            },
+        ],
+    );
+}
