@@ -222,7 +222,7 @@ pub fn hellaswag_query_from_line(line: &str) -> String {
 fn hellaswag_full_items(file: &Path) -> Result<Vec<McItem>> {
     let text = read_bz2_text(file, HELLASWAG_TEXT_LIMIT)?;
     let lines: Vec<&str> = text.lines().collect();
-    if lines.len() % 6 != 0 {
+    if !lines.len().is_multiple_of(6) {
         bail!(
             "{}: {} lines, not six per item (query, label, four endings)",
             file.display(),
