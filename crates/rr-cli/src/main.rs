@@ -316,8 +316,10 @@ struct TrainArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa, winogrande,
-    /// hellaswag, synth.
+    /// Tasks: gsm8k (the authors' gsm8k_cot_sean), gsm8k_rr (rr's earlier GSM8K prompt), math
+    /// (minerva_math, 5,000 problems), math500, arc_easy, arc_challenge, openbookqa, piqa,
+    /// winogrande, hellaswag (10,042 items), hellaswag_1000, synth. Scored with BOS first, as
+    /// lm-evaluation-harness with add_bos_token=True.
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<Task>,
     /// Test recurrences (recurrent models).

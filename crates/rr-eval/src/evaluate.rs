@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use rr_data::{PackedSet, Split};
 use rr_model::{AnyModel, TestTime, Tokenizer};
 
+use crate::metrics::Gsm8kStrict;
 use crate::plot::{line_plot, Series};
 use crate::results::{
-    add_synth, score_gsm8k, score_math, score_multiple_choice, EvalResults, NSamples,
+    add_math, add_synth, score_gsm8k, score_multiple_choice, EvalResults, NSamples,
     RecurrenceReport,
 };
 use crate::runner::{greedy_until_batch, loglikelihoods};
@@ -132,6 +133,12 @@ pub fn evaluate(
         "seed": opts.seed,
         "limit": opts.limit,
         "batch_size": opts.batch_size,
+        "num_fewshot": {"gsm8k": 1, "gsm8k_rr": 1, "synth": 1, "math": 1, "math500": 1,
+                        "multiple_choice": 0},
+        "add_bos_token": true,
+        "bos_token_id": tokenizer.bos_id(),
+        "dtype": rr_model::recurrent::dtype_name(model.dtype()),
+        "max_new_tokens": opts.max_new_tokens,
     });
     Ok(report)
 }
@@ -203,9 +210,20 @@ impl AtRecurrence<'_> {
             Requests::Generate(reqs) => {
                 let generations = self.generate(reqs)?;
                 match task.task {
-                    Task::Math500 => results.add(name, score_math(reqs, &generations)?, n),
+                    Task::Math | Task::Math500 => {
+                        add_math(results, name, reqs, &generations, task.n_original)?
+                    }
                     Task::Synth => add_synth(results, reqs, &generations, task.n_original)?,
-                    _ => results.add(name, score_gsm8k(reqs, &generations)?, n),
+                    Task::Gsm8k => results.add(
+                        name,
+                        score_gsm8k(reqs, &generations, Gsm8kStrict::AnswerIs)?,
+                        n,
+                    ),
+                    _ => results.add(
+                        name,
+                        score_gsm8k(reqs, &generations, Gsm8kStrict::Hashes)?,
+                        n,
+                    ),
                 }
             }
         }

@@ -8,6 +8,7 @@
 pub mod compute;
 pub mod evaluate;
 pub mod job;
+pub mod math_verify;
 pub mod metrics;
 pub mod nll;
 pub mod plot;

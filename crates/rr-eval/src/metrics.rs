@@ -2,21 +2,39 @@
 //! mean / standard error aggregation — each a faithful port of the reference implementation
 //! named in its section, so numbers are comparable with lm-evaluation-harness.
 //!
-//! # GSM8K (lm-evaluation-harness `gsm8k` / `gsm8k-cot` filters and metric)
+//! # GSM8K (lm-evaluation-harness `gsm8k-cot` / `gsm8k` filters and metric)
 //!
-//! * strict-match: the **first** match of `#### (\-?[0-9\.\,]+)`, group 1, stripped.
+//! * strict-match, task `gsm8k` (the harness's `gsm8k-cot`): the **first** match of
+//!   `The answer is (\-?[0-9\.\,]+).`, group 1, stripped. The final `.` is any character, so
+//!   `The answer is 6` at the very end does not match and `The answer is 62` yields `6` — as in
+//!   the harness. Tasks `gsm8k_rr` / `synth` (the harness's plain `gsm8k`): `#### (\-?[0-9\.\,]+)`.
 //! * flexible-extract: the **last** match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, taking the non-empty
 //!   group (harness `RegexFilter` with `group_select: -1`), stripped.
-//! * no match → `None` (the harness's `"[invalid]"` fallback, which never equals a reference).
+//! * no match → `"[invalid]"` (the harness's fallback, which never equals a number).
 //! * comparison (`exact_match` with `regexes_to_ignore: [",", "\$", "(?s).*#### ", "\.$"]`,
 //!   `ignore_case: true`): each regex is removed from prediction and reference in that order
 //!   (`re.sub`, all occurrences; `\.$` therefore removes a single trailing period), then both are
-//!   lower-cased; we also trim whitespace (the harness filter already strips the extracted match).
-//!   Because `(?s).*#### ` is one of the removed patterns, a full dataset answer ("…\n#### 18")
-//!   normalises to its final number, so either the full answer or the bare number can be passed
-//!   as the reference.
+//!   lower-cased and compared. Because `(?s).*#### ` is one of the removed patterns, a full
+//!   dataset answer ("…\n#### 18") normalises to its final number, so either the full answer or
+//!   the bare number can be passed as the reference.
 //!
-//! # MATH (Hendrycks et al. `math_equivalence.py`: `is_equiv` / `strip_string`)
+//! # MATH (lm-evaluation-harness `minerva_math`)
+//!
+//! `exact_match`: the answer is the harness's `get_unnormalized_answer` (the text of `Final
+//! Answer: The final answer is(.*?). I hope it is correct.` searched in the generation with
+//! `I hope it is correct.` appended, stripped; `"[invalidanswer]"` when absent — no `\boxed{}`
+//! fallback, as in the harness), the reference the content of the solution's last `\boxed{}`;
+//! both go through [`normalize_final_answer`] (Minerva's, appendix D of Lewkowycz et al.). The
+//! harness then calls them equal when sympy's `simplify(parse_latex(a) - parse_latex(b)) == 0`;
+//! rr calls them equal when the strings are equal or [`crate::math_verify::equivalent`] says so
+//! (no sympy here: the two differ where sympy cannot parse an answer, e.g. an interval, which
+//! the harness then scores 0 even when it is right).
+//!
+//! `math_verify`: [`crate::math_verify::math_verify`] — the symbolic-equivalence score the
+//! authors plot (the harness calls the `math_verify` package on the full generation and the
+//! full solution).
+//!
+//! # Hendrycks et al. `math_equivalence.py` (`is_equiv` / `strip_string`, kept as [`math_equal`])
 //!
 //! [`math_equal`] is Hendrycks' `is_equiv`: both strings go through `strip_string` and are
 //! compared as strings; if normalisation raises in the Python original (e.g. `\sqrt` at the end
@@ -52,14 +70,36 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     cell.get_or_init(|| Regex::new(pattern).expect("valid built-in regex"))
 }
 
-/// GSM8K strict-match regex (`gsm8k` task of lm-evaluation-harness).
-pub const GSM8K_STRICT_RE: &str = r"#### (\-?[0-9\.\,]+)";
+/// The harness's fallback when a GSM8K filter finds nothing.
+pub const GSM8K_INVALID: &str = "[invalid]";
 /// GSM8K flexible-extract regex (the last match is used).
 pub const GSM8K_FLEXIBLE_RE: &str = r"(-?[$0-9.,]{2,})|(-?[0-9]+)";
 
-fn strict_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    re(&R, GSM8K_STRICT_RE)
+/// Which strict-match filter a GSM8K-format task uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gsm8kStrict {
+    /// `gsm8k-cot`: `The answer is (\-?[0-9\.\,]+).` (task `gsm8k`).
+    AnswerIs,
+    /// plain `gsm8k`: `#### (\-?[0-9\.\,]+)` (tasks `gsm8k_rr`, `synth`).
+    Hashes,
+}
+
+impl Gsm8kStrict {
+    pub fn pattern(self) -> &'static str {
+        match self {
+            Gsm8kStrict::AnswerIs => r"The answer is (\-?[0-9\.\,]+).",
+            Gsm8kStrict::Hashes => r"#### (\-?[0-9\.\,]+)",
+        }
+    }
+
+    fn regex(self) -> &'static Regex {
+        static ANSWER_IS: OnceLock<Regex> = OnceLock::new();
+        static HASHES: OnceLock<Regex> = OnceLock::new();
+        match self {
+            Gsm8kStrict::AnswerIs => re(&ANSWER_IS, self.pattern()),
+            Gsm8kStrict::Hashes => re(&HASHES, self.pattern()),
+        }
+    }
 }
 
 fn flexible_re() -> &'static Regex {
@@ -67,23 +107,32 @@ fn flexible_re() -> &'static Regex {
     re(&R, GSM8K_FLEXIBLE_RE)
 }
 
-/// First match of `#### (\-?[0-9\.\,]+)`, group 1, stripped; `None` if there is none.
-pub fn extract_strict(generation: &str) -> Option<String> {
-    strict_re()
+/// First match of the strict regex, group 1, stripped; `"[invalid]"` if there is none.
+pub fn extract_strict(generation: &str, strict: Gsm8kStrict) -> String {
+    strict
+        .regex()
         .captures(generation)
         .and_then(|c| c.get(1))
-        .map(|m| m.as_str().trim().to_string())
+        .map_or_else(
+            || GSM8K_INVALID.to_string(),
+            |m| m.as_str().trim().to_string(),
+        )
 }
 
-/// Last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, the non-empty group, stripped.
-pub fn extract_flexible(generation: &str) -> Option<String> {
-    let caps = flexible_re().captures_iter(generation).last()?;
-    caps.get(1)
-        .or_else(|| caps.get(2))
-        .map(|m| m.as_str().trim().to_string())
+/// Last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`, the non-empty group, stripped; `"[invalid]"`
+/// if there is none.
+pub fn extract_flexible(generation: &str) -> String {
+    flexible_re()
+        .captures_iter(generation)
+        .last()
+        .and_then(|caps| caps.get(1).or_else(|| caps.get(2)))
+        .map_or_else(
+            || GSM8K_INVALID.to_string(),
+            |m| m.as_str().trim().to_string(),
+        )
 }
 
-/// The harness's GSM8K comparison normalisation (see the module docs).
+/// The harness's GSM8K `exact_match` normalisation (see the module docs).
 pub fn normalize_number(s: &str) -> String {
     static HASHES: OnceLock<Regex> = OnceLock::new();
     static TRAILING_DOT: OnceLock<Regex> = OnceLock::new();
@@ -93,22 +142,151 @@ pub fn normalize_number(s: &str) -> String {
     let s = re(&TRAILING_DOT, r"\.(\n?)\z")
         .replace(&s, "$1")
         .into_owned();
-    s.to_lowercase().trim().to_string()
+    s.to_lowercase()
 }
 
-/// `(strict, flexible)` correctness of a generation against a GSM8K reference (the number after
+/// `(strict, flexible)` correctness of a generation against a GSM8K reference (the text after
 /// `####`, or the whole dataset answer).
-pub fn gsm8k_correct(generation: &str, reference_answer: &str) -> (bool, bool) {
+pub fn gsm8k_correct(
+    generation: &str,
+    reference_answer: &str,
+    strict: Gsm8kStrict,
+) -> (bool, bool) {
     let reference = normalize_number(reference_answer);
-    let check = |x: Option<String>| x.is_some_and(|x| normalize_number(&x) == reference);
+    let check = |x: String| normalize_number(&x) == reference;
     (
-        check(extract_strict(generation)),
+        check(extract_strict(generation, strict)),
         check(extract_flexible(generation)),
     )
 }
 
 // ---------------------------------------------------------------------------------------------
-// MATH
+// MATH: Minerva (minerva_math)
+
+/// The harness's fallback when a MATH generation has no final-answer line.
+pub const MATH_INVALID: &str = "[invalidanswer]";
+
+/// The harness's `get_unnormalized_answer`: the final-answer line's answer, or
+/// `"[invalidanswer]"`.
+pub fn minerva_unnormalized_answer(generation: &str) -> String {
+    static R: OnceLock<Regex> = OnceLock::new();
+    let text = format!("{generation}I hope it is correct.");
+    re(
+        &R,
+        r"Final Answer: The final answer is(.*?). I hope it is correct.",
+    )
+    .captures(&text)
+    .map_or_else(|| MATH_INVALID.to_string(), |c| c[1].trim().to_string())
+}
+
+/// Minerva's substitutions, in order.
+const MINERVA_SUBSTITUTIONS: [(&str, &str); 10] = [
+    ("an ", ""),
+    ("a ", ""),
+    (".$", "$"),
+    ("\\$", ""),
+    ("\\ ", ""),
+    (" ", ""),
+    ("mbox", "text"),
+    (",\\text{and}", ","),
+    ("\\text{and}", ","),
+    ("\\text{m}", "\\text{}"),
+];
+
+/// Minerva's removed expressions, in order.
+const MINERVA_REMOVED: [&str; 42] = [
+    "square",
+    "ways",
+    "integers",
+    "dollars",
+    "mph",
+    "inches",
+    "ft",
+    "hours",
+    "km",
+    "units",
+    "\\ldots",
+    "sue",
+    "points",
+    "feet",
+    "minutes",
+    "digits",
+    "cents",
+    "degrees",
+    "cm",
+    "gm",
+    "pounds",
+    "meters",
+    "meals",
+    "edges",
+    "students",
+    "childrentickets",
+    "multiples",
+    "\\text{s}",
+    "\\text{.}",
+    "\\text{\ns}",
+    "\\text{}^2",
+    "\\text{}^3",
+    "\\text{\n}",
+    "\\text{}",
+    "\\mathrm{th}",
+    "^\\circ",
+    "^{\\circ}",
+    "\\;",
+    ",\\!",
+    "{,}",
+    "\"",
+    "\\dots",
+];
+
+/// Minerva's `normalize_final_answer` (the harness's `minerva_math` utils).
+pub fn normalize_final_answer(final_answer: &str) -> String {
+    static MATH: OnceLock<Regex> = OnceLock::new();
+    static TEXT: OnceLock<Regex> = OnceLock::new();
+    static TEXTBF: OnceLock<Regex> = OnceLock::new();
+    static OVERLINE: OnceLock<Regex> = OnceLock::new();
+    static BOXED: OnceLock<Regex> = OnceLock::new();
+    static FRAC: OnceLock<Regex> = OnceLock::new();
+    static SQRT: OnceLock<Regex> = OnceLock::new();
+    let mut s = final_answer.rsplit('=').next().unwrap_or("").to_string();
+    for (before, after) in MINERVA_SUBSTITUTIONS {
+        s = s.replace(before, after);
+    }
+    for expr in MINERVA_REMOVED {
+        s = s.replace(expr, "");
+    }
+    let subs: [(&OnceLock<Regex>, &str, &str); 7] = [
+        (&MATH, r"(.*?)(\$)(.*?)(\$)(.*)", "$$${3}$$"),
+        (&TEXT, r"(\\text\{)(.*?)(\})", "${2}"),
+        (&TEXTBF, r"(\\textbf\{)(.*?)(\})", "${2}"),
+        (&OVERLINE, r"(\\overline\{)(.*?)(\})", "${2}"),
+        (&BOXED, r"(\\boxed\{)(.*)(\})", "${2}"),
+        (&FRAC, r"(frac)([^{])(.)", "frac{${2}}{${3}}"),
+        (&SQRT, r"(sqrt)([^{])", "sqrt{${2}}"),
+    ];
+    for (cell, pattern, replacement) in subs {
+        s = re(cell, pattern).replace_all(&s, replacement).into_owned();
+    }
+    s = s.replace('$', "");
+    let digits = s.replace(',', "");
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        s = digits;
+    }
+    s
+}
+
+/// The harness's `minerva_math` `exact_match` of a generation against the reference box
+/// content (module docs: sympy's equivalence replaced by string equality or
+/// [`crate::math_verify::equivalent`]).
+pub fn minerva_exact_match(generation: &str, reference: &str) -> bool {
+    let answer = normalize_final_answer(&minerva_unnormalized_answer(generation));
+    let reference = normalize_final_answer(reference);
+    answer == reference
+        || (answer != MATH_INVALID && crate::math_verify::equivalent(&answer, &reference))
+}
+
+// ---------------------------------------------------------------------------------------------
+// MATH: boxes, final-answer lines, Hendrycks' normaliser
 
 /// Contents of the last `\boxed{…}` / `\fbox{…}` (balanced braces), or of `\boxed x` (up to the
 /// next `$`, as in the harness's `last_boxed_only_string`). `None` when absent or unbalanced.

@@ -24,7 +24,11 @@
 //! fields we have no use for), so existing tooling can read `recurrences["4"]`.
 //!
 //! synth is reported as `synth` (all problems) plus one task per difficulty,
-//! `synth_steps_{k}`.
+//! `synth_steps_{k}`; `math` / `math500` as the task (all problems, the harness's
+//! `weight_by_size` group mean) plus one task per subject with the harness's subtask suffixes,
+//! `math_algebra`, `math_counting_and_prob`, `math_geometry`, `math_intermediate_algebra`,
+//! `math_num_theory`, `math_prealgebra`, `math_precalc`, each with `exact_match,none` and
+//! `math_verify,none`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,7 +38,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::metrics::{extract_math_answer, gsm8k_correct, math_equal, mean, mean_stderr};
+use crate::math_verify::math_verify;
+use crate::metrics::{gsm8k_correct, mean, mean_stderr, minerva_exact_match, Gsm8kStrict};
 use crate::tasks::{GenRequest, McItem};
 
 /// Metric key → value (a number, or `"N/A"`).
@@ -208,13 +213,17 @@ fn check_lengths(reqs: &[GenRequest], generations: &[String]) -> Result<()> {
 }
 
 /// GSM8K `exact_match` under `strict-match` and `flexible-extract` (harness key names).
-pub fn score_gsm8k(reqs: &[GenRequest], generations: &[String]) -> Result<Metrics> {
+pub fn score_gsm8k(
+    reqs: &[GenRequest],
+    generations: &[String],
+    strict: Gsm8kStrict,
+) -> Result<Metrics> {
     check_lengths(reqs, generations)?;
     let (strict, flexible): (Vec<f64>, Vec<f64>) = reqs
         .iter()
         .zip(generations)
         .map(|(r, g)| {
-            let (s, f) = gsm8k_correct(g, &r.reference);
+            let (s, f) = gsm8k_correct(g, &r.reference, strict);
             (f64::from(u8::from(s)), f64::from(u8::from(f)))
         })
         .unzip();
@@ -224,31 +233,106 @@ pub fn score_gsm8k(reqs: &[GenRequest], generations: &[String]) -> Result<Metric
     Ok(m)
 }
 
-/// MATH `exact_match,none`: [`extract_math_answer`] then [`math_equal`] with the reference.
+/// MATH `exact_match,none` (Minerva's normalisation, [`minerva_exact_match`]) and
+/// `math_verify,none` ([`math_verify`]) against each request's reference box.
 pub fn score_math(reqs: &[GenRequest], generations: &[String]) -> Result<Metrics> {
     check_lengths(reqs, generations)?;
-    let correct: Vec<f64> = reqs
+    let (exact, verified): (Vec<f64>, Vec<f64>) = reqs
         .iter()
         .zip(generations)
         .map(|(r, g)| {
-            let ok = extract_math_answer(g).is_some_and(|a| math_equal(&a, &r.reference));
-            f64::from(u8::from(ok))
+            let exact = minerva_exact_match(g, &r.reference);
+            let verified = math_verify(g, &r.reference);
+            (f64::from(u8::from(exact)), f64::from(u8::from(verified)))
         })
-        .collect();
+        .unzip();
     let mut m = Metrics::new();
-    insert_mean(&mut m, "exact_match", "none", &correct);
+    insert_mean(&mut m, "exact_match", "none", &exact);
+    insert_mean(&mut m, "math_verify", "none", &verified);
     Ok(m)
 }
 
-/// synth: GSM8K scoring overall (`synth`) and per difficulty (`synth_steps_{k}`); adds them to
-/// `out` with `n_original` as the overall original count.
+/// The harness's `minerva_math` subtask suffix of a MATH subject (`Number Theory` →
+/// `num_theory`); other subjects in snake case.
+pub fn math_subject_suffix(subject: &str) -> String {
+    match subject {
+        "Counting & Probability" => "counting_and_prob".into(),
+        "Number Theory" => "num_theory".into(),
+        "Precalculus" => "precalc".into(),
+        other => other
+            .to_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("_"),
+    }
+}
+
+/// MATH: [`score_math`] overall (`task`, `n_original` problems in the file) and per subject
+/// (`{task}_{suffix}`, see [`math_subject_suffix`]); adds them to `out`.
+pub fn add_math(
+    out: &mut EvalResults,
+    task: &str,
+    reqs: &[GenRequest],
+    generations: &[String],
+    n_original: usize,
+) -> Result<()> {
+    let n = NSamples {
+        original: n_original,
+        effective: reqs.len(),
+    };
+    out.add(task, score_math(reqs, generations)?, n);
+    add_groups(
+        out,
+        reqs,
+        generations,
+        |r| {
+            let subject = r.subject.as_deref().unwrap_or("unknown");
+            format!("{task}_{}", math_subject_suffix(subject))
+        },
+        score_math,
+    )
+}
+
+/// Adds one task per group of requests (named by `group`), scored by `score`.
+fn add_groups(
+    out: &mut EvalResults,
+    reqs: &[GenRequest],
+    generations: &[String],
+    group: impl Fn(&GenRequest) -> String,
+    score: impl Fn(&[GenRequest], &[String]) -> Result<Metrics>,
+) -> Result<()> {
+    check_lengths(reqs, generations)?;
+    let mut groups: BTreeMap<String, (Vec<GenRequest>, Vec<String>)> = BTreeMap::new();
+    for (r, g) in reqs.iter().zip(generations) {
+        let e = groups.entry(group(r)).or_default();
+        e.0.push(r.clone());
+        e.1.push(g.clone());
+    }
+    for (name, (rs, gs)) in groups {
+        let n = rs.len();
+        out.add(
+            &name,
+            score(&rs, &gs)?,
+            NSamples {
+                original: n,
+                effective: n,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// synth: GSM8K scoring (`#### N` strict match) overall (`synth`) and per difficulty
+/// (`synth_steps_{k}`); adds them to `out` with `n_original` as the overall original count.
 pub fn add_synth(
     out: &mut EvalResults,
     reqs: &[GenRequest],
     generations: &[String],
     n_original: usize,
 ) -> Result<()> {
-    let all = score_gsm8k(reqs, generations)?;
+    let score = |rs: &[GenRequest], gs: &[String]| score_gsm8k(rs, gs, Gsm8kStrict::Hashes);
+    let all = score(reqs, generations)?;
     out.add(
         "synth",
         all,
@@ -257,22 +341,11 @@ pub fn add_synth(
             effective: reqs.len(),
         },
     );
-    let mut by_steps: BTreeMap<usize, (Vec<GenRequest>, Vec<String>)> = BTreeMap::new();
-    for (r, g) in reqs.iter().zip(generations) {
-        let e = by_steps.entry(r.difficulty.unwrap_or(0)).or_default();
-        e.0.push(r.clone());
-        e.1.push(g.clone());
-    }
-    for (k, (rs, gs)) in by_steps {
-        let n = rs.len();
-        out.add(
-            &format!("synth_steps_{k}"),
-            score_gsm8k(&rs, &gs)?,
-            NSamples {
-                original: n,
-                effective: n,
-            },
-        );
-    }
-    Ok(())
+    add_groups(
+        out,
+        reqs,
+        generations,
+        |r| format!("synth_steps_{}", r.difficulty.unwrap_or(0)),
+        score,
+    )
 }

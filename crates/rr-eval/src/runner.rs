@@ -1,9 +1,14 @@
 //! Running requests through a model: summed log-likelihoods of continuations (multiple
 //! choice, perplexity) in padded batches, and greedy generation with stop strings.
 //!
-//! Batches are right-padded with an attention mask, and recurrent models draw their initial
-//! state per token position from the evaluation seed, so an item scores the same whatever
-//! batch it sits in and whatever the order of the items.
+//! Every sequence starts with the tokenizer's BOS, as lm-evaluation-harness with
+//! `add_bos_token=True` (the authors' setting) encodes it: [`encode_with_bos`].
+//!
+//! Log-likelihood requests are scored longest first (as the harness orders them) so that a
+//! batch holds sequences of similar length; batches are right-padded with an attention mask,
+//! and recurrent models draw their initial state per token position from the evaluation seed,
+//! so an item scores the same whatever batch it sits in and whatever the order of the items.
+//! Only the per-sequence sums leave the device.
 
 use anyhow::{bail, Context, Result};
 use rr_model::{decode, AnyModel, DecodeOptions, Sampling, TestTime, Tokenizer};
@@ -18,28 +23,52 @@ pub struct LogLikelihood {
     pub tokens: usize,
 }
 
-/// Token ids of `context` and of `continuation` as lm-evaluation-harness splits them: encode
-/// the whole string, and take the part after the context's own encoding as the continuation.
+/// Token ids of `text` with the tokenizer's BOS in front: what Hugging Face's tokenizer loaded
+/// with `add_bos_token=True` returns. A tokenizer whose post-processor already adds the BOS is
+/// used as it is; one without a known BOS adds nothing.
+pub fn encode_with_bos(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    let mut ids = tokenizer.encode(text, true)?;
+    if let Some(bos) = tokenizer.bos_id() {
+        if ids.first() != Some(&bos) {
+            ids.insert(0, bos);
+        }
+    }
+    Ok(ids)
+}
+
+/// Token ids of `context` and of `continuation` as lm-evaluation-harness's `_encode_pair`
+/// splits them: trailing whitespace of the context moves to the continuation, the whole
+/// string is encoded (BOS first) and the continuation is what follows the context's own
+/// encoding.
 pub fn split_tokens(
     tokenizer: &Tokenizer,
     context: &str,
     continuation: &str,
 ) -> Result<(Vec<i64>, Vec<i64>)> {
-    let whole = tokenizer.encode(&format!("{context}{continuation}"), true)?;
-    let ctx = tokenizer.encode(context, true)?;
+    let trimmed = context.trim_end();
+    let continuation = format!("{}{continuation}", &context[trimmed.len()..]);
+    let whole = encode_with_bos(tokenizer, &format!("{trimmed}{continuation}"))?;
+    let ctx = encode_with_bos(tokenizer, trimmed)?;
     let n = ctx.len().min(whole.len());
     let (ctx, cont) = (whole[..n].to_vec(), whole[n..].to_vec());
     if cont.is_empty() {
         bail!("the continuation {continuation:?} has no tokens of its own");
     }
     if ctx.is_empty() {
-        bail!("empty context: the model has nothing to condition on (its tokenizer adds no BOS)");
+        bail!("empty context: the model has nothing to condition on (its tokenizer has no BOS)");
     }
     Ok((ctx, cont))
 }
 
-/// Summed log-likelihood of each `(context, continuation)`, `batch_size` sequences at a time,
-/// keeping at most `max_len` tokens (the context is cut from the left).
+/// One sequence to score: all its ids (inputs are all but the last) and how many of the last
+/// ones are the continuation.
+struct Scored {
+    ids: Vec<i64>,
+    n_cont: usize,
+}
+
+/// Summed log-likelihood of each `(context, continuation)`, `batch_size` sequences at a time
+/// (longest first), keeping at most `max_len` tokens (the context is cut from the left).
 pub fn loglikelihoods(
     model: &AnyModel,
     tokenizer: &Tokenizer,
@@ -56,11 +85,12 @@ pub fn loglikelihoods(
         model.check_tokens(&all)?;
         // Inputs are all but the last token; cut from the left to fit the context.
         let keep = (max_len + 1).min(all.len());
-        let all = all[all.len() - keep..].to_vec();
-        let n_cont = k.len().min(all.len() - 1);
-        seqs.push((all, n_cont));
+        let ids = all[all.len() - keep..].to_vec();
+        let n_cont = k.len().min(ids.len() - 1);
+        seqs.push(Scored { ids, n_cont });
     }
-    let device = model.device();
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].ids.len()));
     let _guard = tch::no_grad_guard();
     let mut out = vec![
         LogLikelihood {
@@ -70,52 +100,70 @@ pub fn loglikelihoods(
         };
         seqs.len()
     ];
-    for start in (0..seqs.len()).step_by(batch_size.max(1)) {
-        let batch = &seqs[start..(start + batch_size.max(1)).min(seqs.len())];
-        let t = batch.iter().map(|(s, _)| s.len() - 1).max().unwrap_or(1);
-        let mut ids = vec![0i64; batch.len() * t];
-        let mut mask = vec![0i64; batch.len() * t];
-        for (row, (s, _)) in batch.iter().enumerate() {
-            for (j, &id) in s[..s.len() - 1].iter().enumerate() {
-                ids[row * t + j] = id;
-                mask[row * t + j] = 1;
-            }
-        }
-        let ids = Tensor::from_slice(&ids)
-            .view([batch.len() as i64, t as i64])
-            .to_device(device);
-        let mask = Tensor::from_slice(&mask)
-            .view([batch.len() as i64, t as i64])
-            .to_device(device);
-        let logp = model
-            .logits(&ids, Some(&mask), tt)?
-            .to_kind(Kind::Float)
-            .log_softmax(-1, Kind::Float)
-            .to_device(Device::Cpu);
-        for (row, (s, n_cont)) in batch.iter().enumerate() {
-            let inputs = s.len() - 1;
-            let first = inputs - n_cont;
-            let targets = Tensor::from_slice(&s[first + 1..]).view([-1, 1]);
-            let rows = logp.get(row as i64).narrow(0, first as i64, *n_cont as i64);
-            let sum = rows
-                .gather(1, &targets, false)
-                .sum(Kind::Double)
-                .double_value(&[]);
-            let greedy = rows
-                .argmax(-1, false)
-                .view([-1, 1])
-                .eq_tensor(&targets)
-                .all()
-                .int64_value(&[])
-                == 1;
-            out[start + row] = LogLikelihood {
-                sum,
-                is_greedy: greedy,
-                tokens: *n_cont,
-            };
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&Scored> = chunk.iter().map(|&i| &seqs[i]).collect();
+        for (&i, ll) in chunk.iter().zip(score_batch(model, &batch, tt)?) {
+            out[i] = ll;
         }
     }
     Ok(out)
+}
+
+/// Scores one right-padded batch; only the sums and greedy flags come back from the device.
+fn score_batch(model: &AnyModel, batch: &[&Scored], tt: TestTime) -> Result<Vec<LogLikelihood>> {
+    let t = batch.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1);
+    let (b, device) = (batch.len(), model.device());
+    let mut ids = vec![0i64; b * t];
+    let mut mask = vec![0i64; b * t];
+    let mut targets = vec![0i64; b * t];
+    let mut scored = vec![0f32; b * t];
+    for (row, s) in batch.iter().enumerate() {
+        let inputs = s.ids.len() - 1;
+        for j in 0..inputs {
+            ids[row * t + j] = s.ids[j];
+            mask[row * t + j] = 1;
+            targets[row * t + j] = s.ids[j + 1];
+        }
+        for j in inputs - s.n_cont..inputs {
+            scored[row * t + j] = 1.0;
+        }
+    }
+    let grid = |v: &[i64]| {
+        Tensor::from_slice(v)
+            .view([b as i64, t as i64])
+            .to_device(device)
+    };
+    let (targets, ids, mask) = (grid(&targets), grid(&ids), grid(&mask));
+    let scored = Tensor::from_slice(&scored)
+        .view([b as i64, t as i64])
+        .to_device(device);
+    let logp = model
+        .logits(&ids, Some(&mask), tt)?
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float);
+    let token_logp = logp
+        .gather(2, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let sums = (&token_logp * &scored)
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+        .to_device(Device::Cpu);
+    let missed = logp
+        .argmax(-1, false)
+        .ne_tensor(&targets)
+        .logical_and(&scored.gt(0.5))
+        .any_dim(1, false)
+        .to_device(Device::Cpu);
+    let sums = Vec::<f64>::try_from(&sums).context("log-likelihood sums")?;
+    let missed = Vec::<bool>::try_from(&missed).context("greedy flags")?;
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(row, s)| LogLikelihood {
+            sum: sums[row],
+            is_greedy: !missed[row],
+            tokens: s.n_cont,
+        })
+        .collect())
 }
 
 /// Greedy continuations of many prompts, `batch_size` at a time (padded batches with masks:
@@ -154,7 +202,7 @@ pub fn greedy_until_batch(
         let ids = prompts[start..start + len]
             .iter()
             .map(|(p, _)| {
-                let ids = tokenizer.encode(p, true)?;
+                let ids = encode_with_bos(tokenizer, p)?;
                 Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
             })
             .collect::<Result<Vec<_>>>()?;

@@ -36,6 +36,7 @@ fn gen(reference: &str, difficulty: Option<usize>) -> GenRequest {
         reference: reference.into(),
         stop: vec!["Q:".into()],
         difficulty,
+        subject: None,
     }
 }
 
@@ -43,7 +44,7 @@ fn gen(reference: &str, difficulty: Option<usize>) -> GenRequest {
 fn gsm8k_math_and_synth_scores() {
     let reqs = [gen("18", None), gen("1,000", None)];
     let gens = ["So $18.\n#### 18".to_string(), "It is $1,000.".to_string()];
-    let m = score_gsm8k(&reqs, &gens).unwrap();
+    let m = score_gsm8k(&reqs, &gens, rr_eval::metrics::Gsm8kStrict::Hashes).unwrap();
     assert_eq!(m["exact_match,strict-match"], json!(0.5));
     assert_eq!(m["exact_match,flexible-extract"], json!(1.0));
 
@@ -53,7 +54,50 @@ fn gsm8k_math_and_synth_scores() {
         "Final Answer: The final answer is $6$. I hope it is correct.".to_string(),
     ];
     let m = score_math(&reqs, &gens).unwrap();
-    assert_eq!(m["exact_match,none"], json!(0.5));
+    // Minerva's exact match reads only the final-answer line (no \boxed fallback, as the
+    // harness); math_verify finds the box and equates \dfrac34 with \frac{3}{4}.
+    assert_eq!(m["exact_match,none"], json!(0.0));
+    assert_eq!(m["math_verify,none"], json!(0.5));
+
+    // Per-subject tasks with the harness's suffixes; the overall score is the item mean.
+    let subject = |s: &str, reference: &str| GenRequest {
+        subject: Some(s.into()),
+        ..gen(reference, None)
+    };
+    let reqs = [
+        subject("Number Theory", "4"),
+        subject("Number Theory", "5"),
+        subject("Counting & Probability", r"\frac{1}{2}"),
+    ];
+    let gens = [
+        "Final Answer: The final answer is $4$. I hope it is correct.".to_string(),
+        "Final Answer: The final answer is $4$. I hope it is correct.".to_string(),
+        "Final Answer: The final answer is $0.5$. I hope it is correct.".to_string(),
+    ];
+    let mut out = EvalResults::default();
+    add_math(&mut out, "math", &reqs, &gens, 5000).unwrap();
+    assert_eq!(
+        out.n_samples["math"],
+        NSamples {
+            original: 5000,
+            effective: 3
+        }
+    );
+    assert_eq!(
+        out.results["math_num_theory"]["exact_match,none"],
+        json!(0.5)
+    );
+    assert_eq!(
+        out.results["math_counting_and_prob"]["math_verify,none"],
+        json!(1.0)
+    );
+    let overall = out.results["math"]["math_verify,none"].as_f64().unwrap();
+    assert!((overall - 2.0 / 3.0).abs() < 1e-12, "{overall}");
+    assert_eq!(
+        math_subject_suffix("Intermediate Algebra"),
+        "intermediate_algebra"
+    );
+    assert_eq!(math_subject_suffix("Precalculus"), "precalc");
 
     let reqs = [gen("3", Some(1)), gen("4", Some(2)), gen("5", Some(2))];
     let gens = [

@@ -210,3 +210,50 @@ fn batched_generation_equals_generation_alone() {
     );
     assert_eq!(alone_rec.len(), prompts.len());
 }
+
+/// BOS as Hugging Face's tokenizer with `add_bos_token=True`: a tokenizer without a BOS
+/// post-processor (SmolLM2's kind) gets `bos_token` from `tokenizer_config.json` in front,
+/// giving the same ids as the Llama 3 tokenizer whose post-processor adds it; one that adds it
+/// itself is not given a second. The harness's `_encode_pair`: trailing context spaces move to
+/// the continuation.
+#[test]
+fn bos_first_and_harness_pair_split() {
+    use rr_eval::runner::{encode_with_bos, split_tokens};
+    let Some(dir) = shared() else { return };
+    let with_processor = Tokenizer::from_path(&dir.join("tokenizers/llama3")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(dir.join("tokenizers/llama3/tokenizer.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["post_processor"] = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true,
+        "trim_offsets": false, "use_regex": true});
+    std::fs::write(tmp.path().join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("tokenizer_config.json"),
+        r#"{"bos_token": "<|begin_of_text|>", "add_bos_token": false}"#,
+    )
+    .unwrap();
+    let without_processor = Tokenizer::from_path(tmp.path()).unwrap();
+    let text = "Question: Why?\nAnswer: because";
+    let plain = without_processor.encode(text, true).unwrap();
+    assert_ne!(
+        plain.first(),
+        Some(&128000),
+        "the post-processor was not removed"
+    );
+    let ids = encode_with_bos(&without_processor, text).unwrap();
+    assert_eq!(ids[0], 128000);
+    assert_eq!(ids[1..], plain[..]);
+    assert_eq!(ids, encode_with_bos(&with_processor, text).unwrap());
+    assert_eq!(ids, with_processor.encode(text, true).unwrap());
+
+    let (ctx, cont) =
+        split_tokens(&without_processor, "Question: Why?\nAnswer: ", "because").unwrap();
+    assert_eq!(ctx[0], 128000);
+    let whole = encode_with_bos(&without_processor, "Question: Why?\nAnswer: because").unwrap();
+    assert_eq!([ctx.clone(), cont.clone()].concat(), whole);
+    assert_eq!(
+        ctx,
+        encode_with_bos(&without_processor, "Question: Why?\nAnswer:").unwrap()
+    );
+    assert_eq!(without_processor.decode(&cont, false).unwrap(), " because");
+}

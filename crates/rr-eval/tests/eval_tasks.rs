@@ -25,7 +25,8 @@ fn data_dir() -> Option<PathBuf> {
     None
 }
 
-const MATH_EXEMPLAR: &str = "Problem:\nFind the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n\nSolution:\nThe expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.\n\n";
+// The harness's target delimiter " " follows "Solution:" (method.md §6); before, rr wrote "\n".
+const MATH_EXEMPLAR: &str = "Problem:\nFind the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n\nSolution: The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.\n\n";
 
 const GSM8K_EXEMPLAR: &str = "Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?\n\nA: Let's think step by step. Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72\n\n";
 
@@ -38,8 +39,11 @@ fn counts() {
         (Task::OpenBookQa, 500),
         (Task::Piqa, 1838),
         (Task::Winogrande, 1267),
-        (Task::Hellaswag, 1000),
+        (Task::Hellaswag, 10042),
+        (Task::Hellaswag1000, 1000),
         (Task::Gsm8k, 1319),
+        (Task::Gsm8kRr, 1319),
+        (Task::Math, 5000),
         (Task::Math500, 500),
     ] {
         let d = load(task, &dir, None).unwrap();
@@ -129,7 +133,7 @@ fn first_items_multiple_choice() {
         ]
     );
 
-    let hs = first_mc(Task::Hellaswag).unwrap();
+    let hs = first_mc(Task::Hellaswag1000).unwrap();
     // ctx_b "a few women" capitalised; activity label prefixed.
     assert_eq!(hs.contexts, ["Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. A few women"]);
     assert_eq!(
@@ -147,7 +151,7 @@ fn first_items_multiple_choice() {
 #[test]
 fn hellaswag_wikihow_preprocessing() {
     let Some(dir) = data_dir() else { return };
-    let d = load(Task::Hellaswag, &dir, Some(4)).unwrap();
+    let d = load(Task::Hellaswag1000, &dir, Some(4)).unwrap();
     let item = &d.multiple_choice().unwrap()[3];
     // Row 4 (ind 670): "[header] …[title] …[step] …", empty ctx_b; harness `preprocess`
     // output worked out with Python's `re`.
@@ -162,7 +166,7 @@ fn hellaswag_wikihow_preprocessing() {
 #[test]
 fn first_items_generative() {
     let Some(dir) = data_dir() else { return };
-    let d = load(Task::Gsm8k, &dir, Some(1)).unwrap();
+    let d = load(Task::Gsm8kRr, &dir, Some(1)).unwrap();
     let r = &d.generate().unwrap()[0];
     assert_eq!(r.prompt, format!("{GSM8K_EXEMPLAR}Q: Janet\u{2019}s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?\n\nA: Let's think step by step."));
     assert_eq!(r.reference, "18");
@@ -226,14 +230,14 @@ fn all_items_match_python_reference() {
             "c1639a4065403e1d5f904faca8740183180fa1e229fdfd33efbae3af03c67f28",
         ),
         (
-            Task::Hellaswag,
+            Task::Hellaswag1000,
             "fb2bb474661727baf3bade750aee35094ae7320b74af2b95a17b0264e338f8ba",
         ),
     ] {
         let d = load(task, &dir, None).unwrap();
         assert_eq!(digest_mc(d.multiple_choice().unwrap()), want, "{task}");
     }
-    let d = load(Task::Gsm8k, &dir, None).unwrap();
+    let d = load(Task::Gsm8kRr, &dir, None).unwrap();
     let as_items: Vec<McItem> = d
         .generate()
         .unwrap()
@@ -340,5 +344,152 @@ fn task_names() {
         assert_eq!(t.name().parse::<Task>().unwrap(), t);
     }
     let e = Task::parse("mmlu").unwrap_err().to_string();
-    assert_eq!(e, "unknown task `mmlu`; known tasks: gsm8k, math500, arc_easy, arc_challenge, openbookqa, piqa, winogrande, hellaswag, synth");
+    assert_eq!(e, "unknown task `mmlu`; known tasks: gsm8k, gsm8k_rr, math, math500, arc_easy, arc_challenge, openbookqa, piqa, winogrande, hellaswag, hellaswag_1000, synth");
+}
+
+/// The authors' `gsm8k_cot_sean` prompt, written out by hand from method.md §6 (the harness's
+/// first `gsm8k-cot` exemplar, one newline before `A:`, `" "` before the exemplar's answer).
+#[test]
+fn gsm8k_prompt_is_gsm8k_cot_sean() {
+    let want = "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?\nA: Let's think step by step. There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have been 21 - 15 = 6. The answer is 6.\n\nQ: Janet\u{2019}s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?\nA: Let's think step by step.";
+    let Some(dir) = data_dir() else { return };
+    let d = load(Task::Gsm8k, &dir, Some(2)).unwrap();
+    let r = &d.generate().unwrap()[0];
+    assert_eq!(r.prompt, want);
+    assert_eq!(r.reference, "18");
+    assert_eq!(r.stop, ["Q:", "</s>", "<|im_end|>"]);
+    assert_eq!(
+        gsm8k_cot_prompt("What is 1+1?"),
+        format!(
+            "{}What is 1+1?\nA: Let's think step by step.",
+            &want[..want.find("Janet").unwrap()]
+        )
+    );
+}
+
+/// `math`: all 5,000 problems, seven subjects, references from each solution's last box.
+#[test]
+fn math_full_subjects_and_references() {
+    let Some(dir) = data_dir() else { return };
+    let d = load(Task::Math, &dir, None).unwrap();
+    let reqs = d.generate().unwrap();
+    let mut subjects = std::collections::BTreeMap::new();
+    for r in reqs {
+        *subjects.entry(r.subject.clone().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        subjects.into_iter().collect::<Vec<_>>(),
+        [
+            ("Algebra".to_string(), 1187),
+            ("Counting & Probability".to_string(), 474),
+            ("Geometry".to_string(), 479),
+            ("Intermediate Algebra".to_string(), 903),
+            ("Number Theory".to_string(), 540),
+            ("Prealgebra".to_string(), 871),
+            ("Precalculus".to_string(), 546),
+        ]
+    );
+    // First row: "… the graph has $\boxed{2}$ vertical asymptotes."
+    assert_eq!(reqs[0].reference, "2");
+    assert_eq!(reqs[0].id, "test/algebra/1.json");
+    assert!(reqs[0].prompt.ends_with("Problem:\nHow many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?\n\nSolution:"));
+    // Every reference is equivalent to itself under both scorers' normalisers.
+    for r in reqs {
+        let line = format!(
+            "Final Answer: The final answer is ${}$. I hope it is correct.",
+            r.reference
+        );
+        assert!(
+            rr_eval::math_verify::math_verify(&line, &r.reference),
+            "{}",
+            r.reference
+        );
+    }
+}
+
+/// The full HellaSwag file against the 1,000 items that have their original fields: every
+/// query equal to the harness's; endings equal except where the original started with a tag
+/// (the harness keeps a leading space there, which the file lost; see `tasks/mc.rs`).
+#[test]
+fn hellaswag_full_agrees_with_the_subset() {
+    let Some(dir) = data_dir() else { return };
+    let full = load(Task::Hellaswag, &dir, None).unwrap();
+    let full = full.multiple_choice().unwrap();
+    let subset = load(Task::Hellaswag1000, &dir, None).unwrap();
+    let endings = |item: &McItem| -> Vec<String> {
+        item.continuations
+            .iter()
+            .map(|c| c.trim_start().to_string())
+            .collect()
+    };
+    let mut by_endings = std::collections::HashMap::new();
+    for item in full {
+        by_endings.insert(endings(item), item);
+    }
+    let (mut found, mut leading_space) = (0, 0);
+    for item in subset.multiple_choice().unwrap() {
+        let Some(f) = by_endings.get(&endings(item)) else {
+            continue;
+        };
+        found += 1;
+        assert_eq!(f.contexts, item.contexts);
+        assert_eq!(f.gold, item.gold);
+        for (a, b) in f.continuations.iter().zip(&item.continuations) {
+            if a != b {
+                assert_eq!(format!(" {a}"), *b);
+                leading_space += 1;
+            }
+        }
+    }
+    assert_eq!((found, leading_space), (1000, 134));
+    assert_eq!(
+        full[0].contexts,
+        ["Roof shingle removal: A man is sitting on a roof. He"]
+    );
+    assert_eq!(
+        full[0].continuations[3],
+        " starts pulling up roofing on a roof."
+    );
+    assert_eq!(full[0].gold, 3);
+}
+
+#[test]
+fn hellaswag_query_reconstruction() {
+    // ActivityNet: ctx_b after the last ". " is capitalised (the rest lower-cased).
+    assert_eq!(
+        hellaswag_query_from_line("Clean and jerk: A lady walks. She bends. the lady"),
+        "Clean and jerk: A lady walks. She bends. The lady"
+    );
+    // WikiHow (ends in a period): used as it is, then preprocess.
+    assert_eq!(
+        hellaswag_query_from_line("Health: How to x. Do y.  Then z."),
+        "Health: How to x. Do y. Then z."
+    );
+}
+
+#[test]
+fn hellaswag_full_malformed_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("mc");
+    std::fs::create_dir(&bad).unwrap();
+    let file = bad.join("hellaswag_val_full.txt.bz2");
+    std::fs::write(&file, b"not bzip2").unwrap();
+    let e = load(Task::Hellaswag, dir.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hellaswag_val_full.txt.bz2") && e.contains("bzip2"),
+        "{e}"
+    );
+    let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    enc.write_all(b"Label: ctx. he\nseven\na\nb\nc\nd\n")
+        .unwrap();
+    std::fs::write(&file, enc.finish().unwrap()).unwrap();
+    let e = load(Task::Hellaswag, dir.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hellaswag_val_full.txt.bz2:2: malformed row: label \"seven\""),
+        "{e}"
+    );
 }

@@ -103,6 +103,14 @@ impl AnyModel {
         self.vs().device()
     }
 
+    /// The compute dtype of the weights.
+    pub fn dtype(&self) -> Kind {
+        match self {
+            AnyModel::Static(m) => m.dtype(),
+            AnyModel::Recurrent(m) => m.dtype(),
+        }
+    }
+
     pub fn max_context(&self) -> usize {
         match self {
             AnyModel::Static(m) => m.config.max_position_embeddings,

@@ -63,12 +63,24 @@ impl Tokenizer {
     /// The end-of-sequence id named by `tokenizer_config.json` beside `tokenizer.json`, or by
     /// `generation_config.json` (recurrent checkpoints must not trust their model config).
     pub fn eos_id(&self) -> Option<i64> {
+        self.special_id("eos_token", "eos_token_id")
+    }
+
+    /// The beginning-of-sequence id (Hugging Face's `tokenizer.bos_token_id`): the token named
+    /// `bos_token` by `tokenizer_config.json`, else `generation_config.json`'s `bos_token_id`.
+    pub fn bos_id(&self) -> Option<i64> {
+        self.special_id("bos_token", "bos_token_id")
+    }
+
+    /// The id of the special token `key` of `tokenizer_config.json`, else `id_key` of
+    /// `generation_config.json`.
+    fn special_id(&self, key: &str, id_key: &str) -> Option<i64> {
         let dir = self.path.parent()?;
         let read = |name: &str| -> Option<serde_json::Value> {
             serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
         };
         if let Some(cfg) = read("tokenizer_config.json") {
-            let token = match &cfg["eos_token"] {
+            let token = match &cfg[key] {
                 serde_json::Value::String(s) => Some(s.clone()),
                 serde_json::Value::Object(o) => {
                     o.get("content").and_then(|c| c.as_str()).map(String::from)
@@ -80,7 +92,7 @@ impl Tokenizer {
             }
         }
         let generation = read("generation_config.json")?;
-        let id = generation["eos_token_id"].as_i64()?;
+        let id = generation[id_key].as_i64()?;
         (id >= 0 && (id as usize) < self.vocab_size()).then_some(id)
     }
 

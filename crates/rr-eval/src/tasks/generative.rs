@@ -1,23 +1,33 @@
-//! Generative tasks: GSM8K (and synth, same format) and MATH500.
+//! Generative tasks: GSM8K (the authors' `gsm8k_cot_sean`), `gsm8k_rr` and synth (rr's own
+//! GSM8K format), and MATH (`minerva_math`: all of it, or the MATH500 subset).
 //!
-//! GSM8K prompt (method spec §6, 1-shot chain of thought):
+//! All prompts are lm-evaluation-harness few-shot contexts: the exemplar's query, the target
+//! delimiter `" "`, the exemplar's target, the few-shot delimiter `"\n\n"`, then the query.
+//!
+//! `gsm8k` (method.md §6): 1-shot chain of thought, the shot being the harness's first CoT
+//! exemplar (`gsm8k-cot.yaml`), query `Q: {question}\nA: Let's think step by step.`:
 //!
 //! ```text
-//! Q: {exemplar question}\n\nA: Let's think step by step. {exemplar answer}\n\n
-//! Q: {question}\n\nA: Let's think step by step.
+//! Q: There are 15 trees in the grove. … How many trees did the grove workers plant today?\n
+//! A: Let's think step by step. There are 15 trees originally. … The answer is 6.\n\n
+//! Q: {question}\nA: Let's think step by step.
 //! ```
 //!
-//! The exemplar is GSM8K **train row 1** (Natalia's clips, `gsm8k/train.jsonl` line 1) with its
-//! calculator annotations `<<48/2=24>>` removed (they are training-data artefacts, not text a
-//! model should imitate); its answer keeps the final `#### 72` line. Stop at `Q:`.
+//! Stop at `Q:`, `</s>`, `<|im_end|>` (and EOS). Scored by `The answer is …` (strict) and the
+//! last number (flexible): [`crate::metrics::Gsm8kStrict::AnswerIs`].
 //!
-//! MATH500 prompt: the harness's `minerva_math` prompt cut to its first exemplar (1-shot):
-//! `Problem:\n{p}\n\nSolution:\n{solution … Final Answer: The final answer is $[2,5)$. I hope it
+//! `gsm8k_rr` and `synth` (rr's earlier prompt, kept for models trained on `#### N` answers):
+//! `Q: {q}\n\nA: Let's think step by step. {answer}\n\nQ: {question}\n\nA: Let's think step
+//! by step.` with GSM8K **train row 1** (Natalia's clips, calculator annotations `<<…>>`
+//! removed, ending in `#### 72`) as the shot; stop at `Q:`; strict match on `#### N`
+//! ([`crate::metrics::Gsm8kStrict::Hashes`], the harness's plain `gsm8k` filter).
+//!
+//! `math` / `math500`: the harness's `minerva_math` prompt cut to its first exemplar (1-shot):
+//! `Problem:\n{p}\n\nSolution: {solution … Final Answer: The final answer is $[2,5)$. I hope it
 //! is correct.}\n\nProblem:\n{problem}\n\nSolution:` (exemplar text verbatim, including the
-//! original's stray `}`). Stop at `Problem:`. Extraction: `metrics::extract_math_answer`.
-//!
-//! synth: the project's synthetic problems (`{"question", "answer", "steps"}`), prompted and
-//! scored exactly as GSM8K; `difficulty` = `steps`.
+//! original's stray `}`). Stop at `Problem:`. The reference is the content of the solution's
+//! last `\boxed{}` (the harness's `process_docs`), for MATH500 too (its `answer` field is the
+//! same box). `subject` is the dataset's `type` (MATH) or `subject` (MATH500).
 
 use std::path::Path;
 
@@ -25,7 +35,15 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use super::{read_jsonl, GenRequest, Task};
+use crate::metrics::last_boxed;
 
+/// The harness's first GSM8K chain-of-thought exemplar (`gsm8k-cot.yaml`).
+pub const GSM8K_COT_EXEMPLAR_QUESTION: &str = "There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, there will be 21 trees. How many trees did the grove workers plant today?";
+pub const GSM8K_COT_EXEMPLAR_TARGET: &str = "There are 15 trees originally. Then there were 21 trees after some more were planted. So there must have been 21 - 15 = 6. The answer is 6.";
+/// `gsm8k_cot_sean`'s stop strings (EOS stops generation too).
+pub const GSM8K_COT_STOP: [&str; 3] = ["Q:", "</s>", "<|im_end|>"];
+
+/// `gsm8k_rr`'s exemplar: GSM8K train row 1 without calculator annotations.
 pub const GSM8K_EXEMPLAR_QUESTION: &str = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?";
 pub const GSM8K_EXEMPLAR_ANSWER: &str = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72";
 pub const GSM8K_STOP: &str = "Q:";
@@ -53,8 +71,22 @@ pub fn strip_calculator_annotations(answer: &str) -> String {
     out
 }
 
-/// The 1-shot GSM8K chain-of-thought prompt for `question`.
-pub fn gsm8k_prompt(question: &str) -> String {
+/// `gsm8k_cot_sean`'s query for one question.
+fn gsm8k_cot_query(question: &str) -> String {
+    format!("Q: {question}\nA: Let's think step by step.")
+}
+
+/// The 1-shot `gsm8k_cot_sean` prompt for `question` (task `gsm8k`).
+pub fn gsm8k_cot_prompt(question: &str) -> String {
+    format!(
+        "{} {GSM8K_COT_EXEMPLAR_TARGET}\n\n{}",
+        gsm8k_cot_query(GSM8K_COT_EXEMPLAR_QUESTION),
+        gsm8k_cot_query(question)
+    )
+}
+
+/// rr's earlier 1-shot prompt for `question` (tasks `gsm8k_rr` and `synth`).
+pub fn gsm8k_rr_prompt(question: &str) -> String {
     format!(
         "Q: {GSM8K_EXEMPLAR_QUESTION}\n\nA: Let's think step by step. {GSM8K_EXEMPLAR_ANSWER}\n\n\
          Q: {question}\n\nA: Let's think step by step."
@@ -64,7 +96,7 @@ pub fn gsm8k_prompt(question: &str) -> String {
 /// The 1-shot Minerva MATH prompt for `problem`.
 pub fn math_prompt(problem: &str) -> String {
     format!(
-        "Problem:\n{MATH_EXEMPLAR_PROBLEM}\n\nSolution:\n{MATH_EXEMPLAR_SOLUTION}\n\n\
+        "Problem:\n{MATH_EXEMPLAR_PROBLEM}\n\nSolution: {MATH_EXEMPLAR_SOLUTION}\n\n\
          Problem:\n{problem}\n\nSolution:"
     )
 }
@@ -88,13 +120,17 @@ pub(super) fn gsm8k_requests(task: Task, file: &Path) -> Result<Vec<GenRequest>>
         }
         Ok(())
     })?;
+    let (prompt, stop): (fn(&str) -> String, Vec<String>) = match task {
+        Task::Gsm8k => (gsm8k_cot_prompt, GSM8K_COT_STOP.map(String::from).to_vec()),
+        _ => (gsm8k_rr_prompt, vec![GSM8K_STOP.to_string()]),
+    };
     Ok(rows
         .into_iter()
         .enumerate()
         .map(|(i, (_, r))| GenRequest {
             id: format!("{}/{i}", task.name()),
-            prompt: gsm8k_prompt(&r.question),
-            // Harness: answer.split('### ')[-1].rstrip(); we take the text after the last "####".
+            prompt: prompt(&r.question),
+            // The harness's doc_to_target: answer.split('####')[-1].strip().
             reference: r
                 .answer
                 .rsplit("####")
@@ -102,8 +138,9 @@ pub(super) fn gsm8k_requests(task: Task, file: &Path) -> Result<Vec<GenRequest>>
                 .unwrap_or("")
                 .trim()
                 .to_string(),
-            stop: vec![GSM8K_STOP.to_string()],
+            stop: stop.clone(),
             difficulty: if synth { r.steps } else { None },
+            subject: None,
         })
         .collect())
 }
@@ -111,22 +148,39 @@ pub(super) fn gsm8k_requests(task: Task, file: &Path) -> Result<Vec<GenRequest>>
 #[derive(Deserialize)]
 struct MathRow {
     problem: String,
-    answer: String,
+    solution: String,
+    /// MATH's subject.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// MATH500's subject.
+    #[serde(default)]
+    subject: Option<String>,
     #[serde(default)]
     unique_id: Option<String>,
 }
 
-pub(super) fn math_requests(file: &Path) -> Result<Vec<GenRequest>> {
-    let rows = read_jsonl::<MathRow>(file, |_| Ok(()))?;
+pub(super) fn math_requests(task: Task, file: &Path) -> Result<Vec<GenRequest>> {
+    let rows = read_jsonl::<MathRow>(file, |r| {
+        if r.kind.is_none() && r.subject.is_none() {
+            return Err("row has neither `type` nor `subject`".into());
+        }
+        match last_boxed(&r.solution) {
+            Some(_) => Ok(()),
+            None => Err("solution has no \\boxed{} answer".into()),
+        }
+    })?;
     Ok(rows
         .into_iter()
         .enumerate()
         .map(|(i, (_, r))| GenRequest {
-            id: r.unique_id.unwrap_or_else(|| format!("math500/{i}")),
+            id: r
+                .unique_id
+                .unwrap_or_else(|| format!("{}/{i}", task.name())),
             prompt: math_prompt(&r.problem),
-            reference: r.answer,
+            reference: last_boxed(&r.solution).expect("checked"),
             stop: vec![MATH_STOP.to_string()],
             difficulty: None,
+            subject: r.kind.or(r.subject),
         })
         .collect())
 }

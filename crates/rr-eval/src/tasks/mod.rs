@@ -2,22 +2,26 @@
 //!
 //! Two kinds of request come out of [`load`]:
 //! * [`GenRequest`] (greedy generation until a stop string or EOS; the runner handles EOS):
-//!   `gsm8k`, `math500`, `synth`;
+//!   `gsm8k`, `gsm8k_rr`, `math`, `math500`, `synth`;
 //! * [`McItem`] (sum of log-likelihoods of each choice's continuation given its context):
-//!   `arc_easy`, `arc_challenge`, `openbookqa`, `piqa`, `winogrande`, `hellaswag`.
+//!   `arc_easy`, `arc_challenge`, `openbookqa`, `piqa`, `winogrande`, `hellaswag`,
+//!   `hellaswag_1000`. All 0-shot.
 //!
 //! Files, relative to the data directory (`../shared/data` in a checkout, see its README):
 //!
 //! | task | file | reference implementation of the format |
 //! |---|---|---|
-//! | `gsm8k` | `gsm8k/test.jsonl` | spec §6 (`Q: …\n\nA: Let's think step by step.`), 1-shot |
-//! | `math500` | `math/MATH500_test.jsonl` | harness `minerva_math`, first exemplar only (1-shot) |
+//! | `gsm8k` | `gsm8k/test.jsonl` | the authors' `gsm8k_cot_sean` (method.md §6): harness `gsm8k-cot` first exemplar, `Q: …\nA: Let's think step by step.`, 1-shot |
+//! | `gsm8k_rr` | `gsm8k/test.jsonl` | rr's earlier prompt (`Q: …\n\nA: …`, GSM8K train row 1 as the shot, `#### N` strict match) |
+//! | `math` | `math/MATH_test.jsonl` (5,000, 7 subjects) | harness `minerva_math`, first exemplar only (1-shot); per-subject scores `math_{subject}` |
+//! | `math500` | `math/MATH500_test.jsonl` | the same prompt and scorers on the 500-problem subset |
 //! | `arc_easy`, `arc_challenge` | `mc/arc_*.jsonl` | harness `arc_easy`: `Question: {q}\nAnswer:` + ` {choice}` |
 //! | `openbookqa` | `mc/openbook_qa.jsonl` | harness `openbookqa`: `{question_stem}` + ` {choice}` |
 //! | `piqa` | `mc/piqa.jsonl` | harness `piqa`: `Question: {goal}\nAnswer:` + ` {sol}` |
 //! | `winogrande` | `mc/winogrande.jsonl` | harness `winogrande` (partial scoring) |
-//! | `hellaswag` | `mc/hellaswag_val_subset1000.jsonl` | harness `hellaswag` `preprocess` |
-//! | `synth` | `synth.jsonl` (or pass the file itself as `data_dir`) | GSM8K format, scored per `steps` |
+//! | `hellaswag` | `mc/hellaswag_val_full.txt.bz2` (10,042) | harness `hellaswag` `process_docs` (see `mc.rs` for what the file's layout loses) |
+//! | `hellaswag_1000` | `mc/hellaswag_val_subset1000.jsonl` | harness `hellaswag` `process_docs`, exactly |
+//! | `synth` | `synth.jsonl` (or pass the file itself as `data_dir`) | `gsm8k_rr` format, scored per `steps` |
 //!
 //! llm-foundry files vs the harness (checked on every row of the shipped files):
 //! * ARC `query` is `"Question: {q}"` (every row starts with `Question: `, none contains
@@ -31,6 +35,9 @@
 //!   then prepends its target delimiter, so the scored continuation is `" " + continuation`
 //!   (also when it starts with punctuation, e.g. `" ."` — that is what the harness scores).
 //! * Every other continuation is `" " + choice` (the harness's default `target_delimiter`).
+//!
+//! `acc_norm` divides by the choice's length in characters without the delimiter (the
+//! harness's `len(choice)` over `doc_to_choice`; for winogrande the choices are the contexts).
 //!
 //! Malformed rows fail with a one-line error `file:line: reason`; blank lines are skipped.
 //! `limit` keeps the first `limit` rows (after validating the whole file).
@@ -46,28 +53,39 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 
 pub use generative::{
-    gsm8k_prompt, math_prompt, strip_calculator_annotations, GSM8K_EXEMPLAR_ANSWER,
+    gsm8k_cot_prompt, gsm8k_rr_prompt, math_prompt, strip_calculator_annotations,
+    GSM8K_COT_EXEMPLAR_QUESTION, GSM8K_COT_EXEMPLAR_TARGET, GSM8K_COT_STOP, GSM8K_EXEMPLAR_ANSWER,
     GSM8K_EXEMPLAR_QUESTION, GSM8K_STOP, MATH_EXEMPLAR_PROBLEM, MATH_EXEMPLAR_SOLUTION, MATH_STOP,
 };
-pub use mc::{hellaswag_preprocess, python_capitalize};
+pub use mc::{hellaswag_preprocess, hellaswag_query_from_line, python_capitalize};
 
 /// A known evaluation task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Task {
+    /// The authors' `gsm8k_cot_sean`.
     Gsm8k,
+    /// rr's earlier GSM8K prompt (`#### N` answers).
+    Gsm8kRr,
+    /// `minerva_math`: all 5,000 MATH test problems.
+    Math,
     Math500,
     ArcEasy,
     ArcChallenge,
     OpenBookQa,
     Piqa,
     Winogrande,
+    /// All 10,042 validation items.
     Hellaswag,
+    /// The 1,000-item validation subset.
+    Hellaswag1000,
     Synth,
 }
 
 impl Task {
-    pub const ALL: [Task; 9] = [
+    pub const ALL: [Task; 12] = [
         Task::Gsm8k,
+        Task::Gsm8kRr,
+        Task::Math,
         Task::Math500,
         Task::ArcEasy,
         Task::ArcChallenge,
@@ -75,6 +93,7 @@ impl Task {
         Task::Piqa,
         Task::Winogrande,
         Task::Hellaswag,
+        Task::Hellaswag1000,
         Task::Synth,
     ];
 
@@ -82,6 +101,8 @@ impl Task {
     pub fn name(self) -> &'static str {
         match self {
             Task::Gsm8k => "gsm8k",
+            Task::Gsm8kRr => "gsm8k_rr",
+            Task::Math => "math",
             Task::Math500 => "math500",
             Task::ArcEasy => "arc_easy",
             Task::ArcChallenge => "arc_challenge",
@@ -89,6 +110,7 @@ impl Task {
             Task::Piqa => "piqa",
             Task::Winogrande => "winogrande",
             Task::Hellaswag => "hellaswag",
+            Task::Hellaswag1000 => "hellaswag_1000",
             Task::Synth => "synth",
         }
     }
@@ -113,21 +135,25 @@ impl Task {
 
     /// Generative (true) or log-likelihood multiple choice (false).
     pub fn is_generative(self) -> bool {
-        matches!(self, Task::Gsm8k | Task::Math500 | Task::Synth)
+        matches!(
+            self,
+            Task::Gsm8k | Task::Gsm8kRr | Task::Math | Task::Math500 | Task::Synth
+        )
     }
 
     /// The metric the paper reports: `acc_norm` for ARC, HellaSwag, PIQA, OpenBookQA; `acc` for
-    /// Winogrande; `exact_match` (flexible-extract for GSM8K / synth) for generative tasks.
+    /// Winogrande; `exact_match,flexible-extract` for GSM8K and synth; `math_verify` for MATH.
     pub fn headline_metric(self) -> &'static str {
         match self {
             Task::ArcEasy
             | Task::ArcChallenge
             | Task::OpenBookQa
             | Task::Piqa
-            | Task::Hellaswag => "acc_norm,none",
+            | Task::Hellaswag
+            | Task::Hellaswag1000 => "acc_norm,none",
             Task::Winogrande => "acc,none",
-            Task::Gsm8k | Task::Synth => "exact_match,flexible-extract",
-            Task::Math500 => "exact_match,none",
+            Task::Gsm8k | Task::Gsm8kRr | Task::Synth => "exact_match,flexible-extract",
+            Task::Math | Task::Math500 => "math_verify,none",
         }
     }
 
@@ -135,14 +161,16 @@ impl Task {
     /// the file itself.
     pub fn path(self, data_dir: &Path) -> PathBuf {
         let rel = match self {
-            Task::Gsm8k => "gsm8k/test.jsonl",
+            Task::Gsm8k | Task::Gsm8kRr => "gsm8k/test.jsonl",
+            Task::Math => "math/MATH_test.jsonl",
             Task::Math500 => "math/MATH500_test.jsonl",
             Task::ArcEasy => "mc/arc_easy.jsonl",
             Task::ArcChallenge => "mc/arc_challenge.jsonl",
             Task::OpenBookQa => "mc/openbook_qa.jsonl",
             Task::Piqa => "mc/piqa.jsonl",
             Task::Winogrande => "mc/winogrande.jsonl",
-            Task::Hellaswag => "mc/hellaswag_val_subset1000.jsonl",
+            Task::Hellaswag => "mc/hellaswag_val_full.txt.bz2",
+            Task::Hellaswag1000 => "mc/hellaswag_val_subset1000.jsonl",
             Task::Synth => {
                 if data_dir.is_file() {
                     return data_dir.to_path_buf();
@@ -173,12 +201,14 @@ pub struct GenRequest {
     pub id: String,
     /// The full prompt, few-shot exemplar included.
     pub prompt: String,
-    /// GSM8K / synth: the number after `####`; MATH500: the dataset `answer`.
+    /// GSM8K / synth: the text after `####`; MATH: the content of the solution's last box.
     pub reference: String,
     /// Generation stops at the first of these (the stop string itself is cut off); EOS too.
     pub stop: Vec<String>,
     /// synth: the problem's `steps`.
     pub difficulty: Option<usize>,
+    /// MATH: the problem's subject (`Algebra`, `Number Theory`, …).
+    pub subject: Option<String>,
 }
 
 /// One multiple-choice item scored by log-likelihood.
@@ -208,16 +238,17 @@ impl McItem {
             .collect()
     }
 
-    /// `acc_norm` lengths: the choice text (without the target delimiter) in UTF-8 bytes, as
-    /// method.md §6 defines it (the harness's Python `len` counts characters; the two differ
-    /// only for non-ASCII choices); for winogrande the choices are the contexts.
+    /// `acc_norm` lengths: the choice text without the target delimiter, in characters (the
+    /// harness's `len(choice)` over `doc_to_choice`, method.md §6), so a HellaSwag choice that
+    /// `preprocess` left with a leading space counts it; for winogrande the choices are the
+    /// contexts.
     pub fn norm_lengths(&self) -> Vec<usize> {
         if self.contexts.len() > 1 {
-            self.contexts.iter().map(|c| c.len()).collect()
+            self.contexts.iter().map(|c| c.chars().count()).collect()
         } else {
             self.continuations
                 .iter()
-                .map(|c| c.strip_prefix(' ').unwrap_or(c).len())
+                .map(|c| c.strip_prefix(' ').unwrap_or(c).chars().count())
                 .collect()
         }
     }
@@ -283,12 +314,12 @@ pub fn load(task: Task, data_dir: &Path, limit: Option<usize>) -> Result<TaskDat
 /// Loads `task` from an explicit file.
 pub fn load_file(task: Task, file: &Path, limit: Option<usize>) -> Result<TaskData> {
     let (n_original, mut requests) = match task {
-        Task::Gsm8k | Task::Synth => {
+        Task::Gsm8k | Task::Gsm8kRr | Task::Synth => {
             let reqs = generative::gsm8k_requests(task, file)?;
             (reqs.len(), Requests::Generate(reqs))
         }
-        Task::Math500 => {
-            let reqs = generative::math_requests(file)?;
+        Task::Math | Task::Math500 => {
+            let reqs = generative::math_requests(task, file)?;
             (reqs.len(), Requests::Generate(reqs))
         }
         _ => {
