@@ -166,7 +166,7 @@ fn a_backprop_ramp_trains_for_its_final_depth() {
     let cfg: TrainConfig = toml::from_str(&text.replace(
         "[lr]\n",
         "[curriculum.sampler]\nbackprop_depth = 3\n\n\
-         [curriculum.backprop_ramp]\nstart = 1\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
+         [curriculum.backprop_ramp]\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
     ))
     .unwrap();
     cfg.validate().unwrap();
