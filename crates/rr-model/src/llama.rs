@@ -632,6 +632,17 @@ impl LlamaModel {
         self.embed_tokens.kind()
     }
 
+    /// Gives a tied model its own head, initialised as a copy of the embedding (the authors
+    /// untie Llama-3.2 this way before training its static baseline). A no-op when untied.
+    pub fn untie_head(&mut self) {
+        if !self.config.tie_word_embeddings {
+            return;
+        }
+        let root = self.vs.root();
+        self.lm_head = tch::no_grad(|| (&root / "lm_head").var_copy("weight", &self.embed_tokens));
+        self.config.tie_word_embeddings = false;
+    }
+
     /// Dtype the forward computes in: the parameters' unless set otherwise.
     pub fn compute_kind(&self) -> Kind {
         self.compute.unwrap_or_else(|| self.dtype())

@@ -162,7 +162,15 @@ impl Trainer {
         }
         let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
         let (sets, heldout) = open_data(&cfg, &tokenizer)?;
-        let model = AnyModel::load(&init_dir, device, Kind::Float)?;
+        let mut model = AnyModel::load(&init_dir, device, Kind::Float)?;
+        if cfg.model.untie_head {
+            match &mut model {
+                AnyModel::Static(m) => m.untie_head(),
+                AnyModel::Recurrent(_) => {
+                    bail!("model.untie_head applies to a static model; this one is recurrent")
+                }
+            }
+        }
         check_data_fits(&model, &heldout)?;
         for set in sets.values() {
             set.check_token_ids(model.vocab_size())?;
