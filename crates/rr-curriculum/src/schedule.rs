@@ -34,9 +34,9 @@
 //!
 //! **Backprop-depth ramp.** Optional and separate. The authors' training code ramps the depth
 //! with cap 8 as `k(t) = min(8, ⌈1 + 7·(t + 1)/W⌉)` for the 0-based step `t < W`, and 8 after: it
-//! starts at 2 (for W ≥ 7), reaches 8 at the last ramp step `t = W − 1`, and never takes the value
-//! 1. For a cap `c` other than 8 we keep the same form, `k(t) = ⌈1 + (c − 1)(t + 1)/W⌉`
-//! (= `1 + ⌈(c − 1)(t + 1)/W⌉`, an integer ceiling division, exact at the ties). With c = 8 and
+//! starts at 2 (for W ≥ 7), reaches 8 at the last ramp step `t = W − 1`, and never takes the
+//! value one. For a cap `c` other than 8 we keep the same form, `k(t) = ⌈1 + (c − 1)(t + 1)/W⌉`, that
+//! is `1 + ⌈(c − 1)(t + 1)/W⌉`, an integer ceiling division, exact at the ties. With c = 8 and
 //! W = 700 each depth 2…8 holds for exactly 100 steps (tested).
 
 use serde::{Deserialize, Serialize};

@@ -51,7 +51,7 @@ fn model(kind: Kind, source: Option<&RecurrentModel>) -> RecurrentModel {
         for (name, mut t) in model.named_tensors() {
             match &from {
                 Some(vars) => {
-                    let _ = t.copy_(&vars[&name]);
+                    t.copy_(&vars[&name]);
                 }
                 None if name.contains("norm") || name.contains("ln_f") => {
                     let _ = t.fill_(1.0);
