@@ -481,6 +481,35 @@ mod tests {
         assert_eq!(download(&cfg(tmp.path()), &r).unwrap(), snap);
     }
 
+    /// A named revision (OLMo-2's `stage1-step1907359-tokens4001B` branch) resolves through
+    /// `refs/<revision>` to its own snapshot, not `main`'s.
+    #[test]
+    fn named_revision_resolves_to_its_snapshot() {
+        let (tmp, main_snap) = fake_cache(&[(CONFIG, "{}")]);
+        let stage1 = "b".repeat(40);
+        let repo = tmp.path().join("models--org--name");
+        fs::write(
+            repo.join("refs/stage1-step1907359-tokens4001B"),
+            format!("{stage1}\n"),
+        )
+        .unwrap();
+        let snap = repo.join("snapshots").join(&stage1);
+        fs::create_dir_all(&snap).unwrap();
+        fs::write(snap.join(CONFIG), "{\"stage\": 1}").unwrap();
+        let mut r = req(Some(vec![CONFIG]));
+        r.revision = "stage1-step1907359-tokens4001B".into();
+        let got = download(&cfg(tmp.path()), &r).unwrap();
+        assert_eq!(got, snap);
+        assert_ne!(got, main_snap);
+        // A revision the cache has no ref for is not answered with another one's snapshot.
+        r.revision = "stage1-step1-tokens1B".into();
+        let offline = HubConfig {
+            offline: true,
+            ..cfg(tmp.path())
+        };
+        assert!(download(&offline, &r).is_err());
+    }
+
     #[test]
     fn missing_file_names_the_cache_path() {
         let (tmp, snap) = fake_cache(&[(CONFIG, "{}"), (TOKENIZER, "{}")]);

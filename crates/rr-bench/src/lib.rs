@@ -23,7 +23,7 @@ use rr_model::recurrent::{RecurrentConfig, RecurrentModel};
 use rr_model::{decode, AnyModel, DecodeOptions, TestTime};
 use rr_recipe::AdamWConfig;
 use rr_train::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
-use rr_train::trainer::{copy_weights, micro_batch, optimizer_params};
+use rr_train::trainer::{micro_batch, optimizer_params};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -441,8 +441,9 @@ fn rr_row(
     }
 }
 
-/// What the timed runs work on: the fp32 master model and its optimizer, the compute-dtype
-/// copy (when it is not fp32) and one random batch.
+/// What the timed runs work on: the fp32 model that trains (computing in the compute dtype,
+/// weights cast at use) and its optimizer, a compute-dtype copy for inference (when it is not
+/// fp32) and one random batch.
 struct Bench<'a> {
     spec: &'a BenchSpec,
     device: Device,
@@ -459,7 +460,8 @@ impl<'a> Bench<'a> {
         let max_positions = spec.seq.max(spec.gen_prompt + spec.gen_tokens);
         let model =
             |kind| AnyModel::Recurrent(random_model(&spec.shape, max_positions, device, kind));
-        let master = model(Kind::Float);
+        let mut master = model(Kind::Float);
+        master.set_compute_kind(compute_kind);
         let compute = (compute_kind != Kind::Float).then(|| model(compute_kind));
         let config = AdamWConfig {
             lr: 1e-4,
@@ -497,27 +499,15 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// The trainer's step: weights to the compute copy, forward with `r - k` iterations
-    /// without and `k` with gradient, backward, clipping, AdamW.
+    /// The trainer's step: forward with `r - k` iterations without and `k` with gradient in
+    /// the compute dtype, backward, clipping, AdamW.
     fn time_train(&mut self, r: usize, k: usize) -> Result<(f64, Option<i64>)> {
         let (spec, device) = (self.spec, self.device);
         let mut seed = 0u64;
         timed(device, spec.warmup, spec.repeats, || {
-            if let Some(c) = &self.compute {
-                copy_weights(&self.master, c);
-            }
             seed += 1;
             let pass = (r - k, k);
-            let compute = self.compute.as_ref();
-            let _loss = micro_batch(
-                &self.master,
-                compute,
-                &self.ids,
-                &self.labels,
-                pass,
-                seed,
-                1,
-            )?;
+            let _loss = micro_batch(&self.master, &self.ids, &self.labels, pass, seed, 1)?;
             let _norm = clip_grad_norm_lazy(&self.params, 1.0);
             self.optimizer.step(1.0);
             self.optimizer.zero_grad();

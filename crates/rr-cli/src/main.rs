@@ -304,7 +304,8 @@ struct TrainArgs {
     /// With --resume: accept a changed config. Without: start over in an existing run directory.
     #[arg(long)]
     force: bool,
-    /// Train the recipe's static baseline (the `[baseline]` source model, AdamW, no curriculum).
+    /// Train the recipe's static baseline (the `[baseline]` source model, the recipe's optimizer
+    /// and steps unless `[baseline]` says otherwise, no curriculum).
     #[arg(long)]
     baseline: bool,
     /// Set the number of steps so the FLOPs equal those of this finished run.

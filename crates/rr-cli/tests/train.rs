@@ -691,3 +691,85 @@ fn run_directories_are_locked_checked_and_never_wiped_by_mistake() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A two-phase run (healing, then the task) is two recipes chained: phase 2's `model.init` is
+/// phase 1's final checkpoint. Phase 2 starts at step 0 with a fresh optimizer, schedule and
+/// curriculum: its losses are bit-identical to a run from the checkpoint's model files alone
+/// (without `optimizer.safetensors` and `trainer_state.json`), its first step runs at the
+/// schedule's step-0 multiplier, and its checkpoints record its own mean recurrence.
+#[test]
+fn phase_two_starts_fresh_from_a_phase_one_checkpoint() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 2);
+    let d = tmp.path();
+    let phase_1 =
+        recipe(2, "packed", "rec").replace("checkpoint_every = 10", "checkpoint_every = 1");
+    std::fs::write(d.join("phase1.toml"), phase_1).unwrap();
+    rr_ok(
+        d,
+        &["train", "--config", "phase1.toml", "--run-dir", "run1"],
+    );
+    let ckpt = d.join("run1/checkpoints/step-000002");
+    assert!(ckpt.join("optimizer.safetensors").exists());
+    // The same model without the optimizer and trainer state.
+    std::fs::create_dir(d.join("weights-only")).unwrap();
+    for entry in std::fs::read_dir(&ckpt).unwrap() {
+        let name = entry.unwrap().file_name();
+        let name = name.to_str().unwrap();
+        if ![
+            "optimizer.safetensors",
+            "trainer_state.json",
+            "checksums.json",
+        ]
+        .contains(&name)
+        {
+            std::fs::copy(ckpt.join(name), d.join("weights-only").join(name)).unwrap();
+        }
+    }
+    let phase_2 = |init: &str| {
+        recipe(3, "packed", init)
+            .replace("name = \"resume\"", "name = \"phase2\"")
+            .replace("target = 3", "target = 2")
+            .replace("checkpoint_every = 10", "checkpoint_every = 3")
+    };
+    std::fs::write(
+        d.join("phase2.toml"),
+        phase_2("run1/checkpoints/step-000002"),
+    )
+    .unwrap();
+    std::fs::write(d.join("fresh.toml"), phase_2("weights-only")).unwrap();
+    rr_ok(
+        d,
+        &["train", "--config", "phase2.toml", "--run-dir", "run2"],
+    );
+    rr_ok(
+        d,
+        &["train", "--config", "fresh.toml", "--run-dir", "run-fresh"],
+    );
+
+    let chained = losses(&d.join("run2"));
+    assert_eq!(chained.iter().map(|l| l.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let bits = |v: &[(u64, f64)]| v.iter().map(|l| l.1.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&chained), bits(&losses(&d.join("run-fresh"))));
+    let first: serde_json::Value = std::fs::read_to_string(d.join("run2/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("loss").is_some())
+        .unwrap();
+    // Step 0 of the fresh schedule: warmup from floor_ratio, 0.1 + 0.9 · 0/3; the tokens of
+    // one step (2 rows × 2 micro-batches × 32 tokens), not phase 1's running total.
+    assert_eq!(first["lr_multiplier"].as_f64(), Some(0.1));
+    assert_eq!(first["tokens"].as_u64(), Some(2 * 2 * 32));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("run2/checkpoints/step-000003/trainer_state.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["step"].as_u64(), Some(3));
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("run2/checkpoints/step-000003/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["mean_recurrence"].as_u64(), Some(2));
+}

@@ -46,8 +46,7 @@ use serde::{Deserialize, Serialize};
 /// cap = 256
 ///
 /// [curriculum.backprop_ramp]  # optional; absent = fixed sampler.backprop_depth
-/// start = 1
-/// end = 8
+/// end = 8                     # the cap; depth ⌈1 + 7(t + 1)/W⌉: 2, …, 8
 /// ramp_fraction = 0.25
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

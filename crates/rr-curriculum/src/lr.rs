@@ -6,20 +6,24 @@
 //! decay phase can be started from any stable-phase checkpoint. Plain cosine (warmup, then
 //! cosine over all remaining steps) is offered for ablations.
 //!
-//! Conventions (all steps 0-based, `T = total_steps`, `N` = warmup steps):
+//! The multiplier is transformers' `get_wsd_schedule` lambda (`_get_wsd_scheduler_lambda` in
+//! `transformers/optimization.py`, `warmup_type = "linear"`, `num_cycles = 0.5`), which the
+//! authors' `train.py` uses through `LambdaLR`: the 0-based optimizer step `k` is the lambda's
+//! `current_step`. With `ρ = floor_ratio`, `N` warmup steps, decay length `D` starting at
+//! `d₀ = T − D` (`T = total_steps`):
 //!
-//! - **Warmup**: `lr(s) = peak · (s + 1) / N` for `s < N`, so the first update already moves
-//!   (`peak/N`) and step `N − 1` is exactly `peak`. Strictly increasing.
-//! - **Stable** (WSD only): exactly `peak`.
-//! - **Decay** over the last `D` steps, starting at `d₀ = T − D`: with `x = (s − d₀ + 1) / D`
-//!   in `(0, 1]`, `lr = floor + (peak − floor) · g(x)`, `g_cos(x) = (1 + cos πx) / 2`,
-//!   `g_lin(x) = 1 − x`. The last step `T − 1` has `x = 1` and is exactly `floor`; the step
-//!   before `d₀` is exactly `peak`. Non-increasing.
-//! - `floor = floor_ratio · peak`. Values in the stable and decay phases are clamped to
-//!   `[floor, peak]`, so rounding can never step outside the band.
-//! - WSD: `D = round(decay_fraction · T)` (as for the curriculum ramp), and the decay never eats
-//!   into the warmup: `D ≤ T − min(N, T)`. Cosine: `D = T − min(N, T)`.
-//! - Steps at or past `T` keep the last value (the floor when there is a decay phase).
+//! - **Warmup** (`k < N`): `m = ρ + (1 − ρ)·k/N`. The first step runs at `ρ` (0.001× with the
+//!   paper's recipe), step `N − 1` at `ρ + (1 − ρ)(N − 1)/N`, just below 1.
+//! - **Stable** (`N ≤ k < d₀`): `m = 1`.
+//! - **Decay** (`d₀ ≤ k < T`): progress `p = (k − d₀)/D` in `[0, 1)`, `m = ρ + (1 − ρ)·g(p)`
+//!   with `g_cos(p) = (1 + cos πp)/2`, `g_lin(p) = 1 − p`, `g_1-sqrt(p) = 1 − √p`. The first
+//!   decay step is exactly 1; the last step `T − 1` is `ρ + (1 − ρ)·g((D − 1)/D)`, just above ρ.
+//! - **After** (`k ≥ T`): `m = ρ`.
+//!
+//! `lr = peak · m`. WSD: `D = round(decay_fraction · T)` (as for the curriculum ramp), and the
+//! decay never eats into the warmup: `D ≤ T − min(N, T)` (transformers' stable length
+//! `T − N − D` is then never negative). Cosine: the same lambda with no stable phase,
+//! `D = T − min(N, T)`.
 //!
 //! Optimizers with several parameter groups at different base rates (Muon 1e-3, Adam 5e-5) share
 //! one shape: use [`LrSchedule::multiplier_at`] (the same schedule with peak 1) and scale by the
@@ -30,15 +34,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{check_unit, ConfigError};
 use crate::schedule::ramp_steps;
 
-/// Shape of the decay phase.
+/// Shape `g` of the decay phase (transformers' `decay_type`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecayShape {
-    /// `(1 + cos πx) / 2` (the paper).
+    /// `(1 + cos πp) / 2` (the paper).
     #[default]
     Cosine,
-    /// `1 − x`.
+    /// `1 − p`.
     Linear,
+    /// `1 − √p`. TOML: `"one_minus_sqrt"` or `"1-sqrt"`.
+    #[serde(alias = "1-sqrt")]
+    OneMinusSqrt,
 }
 
 /// A learning-rate schedule. A config value; TOML: `kind = "warmup_stable_decay"` or
@@ -70,15 +77,6 @@ pub enum LrSchedule {
         /// Final learning rate as a fraction of the peak, in `[0, 1]`.
         floor_ratio: f64,
     },
-}
-
-/// Where a step falls, independent of the peak.
-enum Phase {
-    /// Fraction of the peak reached, in `(0, 1]`.
-    Warmup(f64),
-    Stable,
-    /// Remaining fraction `g(x)` of the distance from the floor to the peak, in `[0, 1]`.
-    Decay(f64),
 }
 
 impl LrSchedule {
@@ -149,48 +147,43 @@ impl LrSchedule {
         (total_steps - d, d)
     }
 
-    fn phase(&self, step: usize, total_steps: usize) -> Phase {
-        let n = self.warmup_steps();
-        if step < n && step < total_steps {
-            return Phase::Warmup((step + 1) as f64 / n as f64);
-        }
-        let (d0, d) = self.decay_window(total_steps);
-        if d == 0 || step < d0 {
-            return Phase::Stable;
-        }
-        let x = ((step - d0 + 1) as f64 / d as f64).min(1.0);
-        let shape = match *self {
+    /// The decay shape in force (always cosine for [`LrSchedule::Cosine`]).
+    fn decay_shape(&self) -> DecayShape {
+        match *self {
             LrSchedule::WarmupStableDecay { decay, .. } => decay,
             LrSchedule::Cosine { .. } => DecayShape::Cosine,
-        };
-        let g = if x >= 1.0 {
-            0.0
-        } else {
-            match shape {
-                DecayShape::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * x).cos()),
-                DecayShape::Linear => 1.0 - x,
-            }
-        };
-        Phase::Decay(g)
-    }
-
-    fn interpolate(&self, step: usize, total_steps: usize, lo: f64, hi: f64) -> f64 {
-        match self.phase(step, total_steps) {
-            Phase::Warmup(frac) => hi * frac,
-            Phase::Stable => hi,
-            Phase::Decay(g) => (lo + (hi - lo) * g).clamp(lo, hi),
         }
     }
 
-    /// Learning rate at 0-based optimizer step `step` of a run of `total_steps` steps.
+    /// Learning rate at 0-based optimizer step `step` of a run of `total_steps` steps:
+    /// `peak · multiplier_at(step)`.
     pub fn lr_at(&self, step: usize, total_steps: usize) -> f64 {
-        self.interpolate(step, total_steps, self.floor(), self.peak())
+        self.peak() * self.multiplier_at(step, total_steps)
     }
 
-    /// The schedule's shape alone: `lr_at / peak`, in `[floor_ratio, 1]` after warmup. For
-    /// scaling several parameter groups with different base rates by one schedule.
+    /// The schedule's shape alone (transformers' WSD lambda, see the module docs): `lr_at / peak`,
+    /// in `[floor_ratio, 1]`. For scaling several parameter groups with different base rates by
+    /// one schedule.
     pub fn multiplier_at(&self, step: usize, total_steps: usize) -> f64 {
-        self.interpolate(step, total_steps, self.floor_ratio(), 1.0)
+        let rho = self.floor_ratio();
+        let n = self.warmup_steps();
+        if step < n && step < total_steps {
+            return rho + (1.0 - rho) * (step as f64 / n as f64);
+        }
+        let (d0, d) = self.decay_window(total_steps);
+        if step < d0 {
+            return 1.0;
+        }
+        if step >= total_steps {
+            return rho;
+        }
+        let p = (step - d0) as f64 / d as f64;
+        let g = match self.decay_shape() {
+            DecayShape::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            DecayShape::Linear => 1.0 - p,
+            DecayShape::OneMinusSqrt => 1.0 - p.sqrt(),
+        };
+        rho + (1.0 - rho) * g
     }
 }
 
@@ -198,26 +191,41 @@ impl LrSchedule {
 mod tests {
     use super::*;
 
+    /// The paper's schedule over T = 50,000 steps: N = 125, D = 30,000, d₀ = 20,000, ρ = 0.001.
+    /// Expected values from transformers' lambda, by hand.
     #[test]
-    fn paper_schedule_landmarks() {
-        let s = LrSchedule::paper(1e-3);
+    fn paper_schedule_matches_transformers_lambda() {
+        let s = LrSchedule::paper(1.0);
         let t = 50_000;
         assert_eq!(s.decay_window(t), (20_000, 30_000));
-        assert_eq!(s.lr_at(0, t), 1e-3 / 125.0);
-        assert_eq!(s.lr_at(124, t), 1e-3);
-        assert_eq!(s.lr_at(125, t), 1e-3);
-        assert_eq!(s.lr_at(19_999, t), 1e-3);
-        assert!(s.lr_at(20_000, t) < 1e-3);
-        // Halfway through the decay the cosine is at the midpoint of [floor, peak].
-        let mid = s.lr_at(20_000 + 15_000 - 1, t);
-        assert!((mid - (1e-6 + 1e-3) / 2.0).abs() < 1e-15, "{mid}");
-        assert_eq!(s.lr_at(49_999, t), 1e-6);
-        assert_eq!(s.lr_at(60_000, t), 1e-6);
-        assert!(s.validate().is_ok());
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-12 * want;
+        // First warmup step: 0.001 + 0.999 · 0/125.
+        assert_eq!(s.multiplier_at(0, t), 0.001);
+        // Second: 0.001 + 0.999 · 1/125 = 0.001 + 0.007992.
+        assert!(close(s.multiplier_at(1, t), 0.008992));
+        // Last warmup step: 0.001 + 0.999 · 124/125 = 0.001 + 0.991008.
+        assert!(close(s.multiplier_at(124, t), 0.992008));
+        // Stable from step 125 up to the step before the decay.
+        assert_eq!(s.multiplier_at(125, t), 1.0);
+        assert_eq!(s.multiplier_at(19_999, t), 1.0);
+        // First decay step: p = 0, (1 + cos 0)/2 = 1.
+        assert_eq!(s.multiplier_at(20_000, t), 1.0);
+        // Mid-decay: p = 15,000/30,000 = 1/2, g = (1 + cos π/2)/2 = 1/2, 0.001 + 0.999/2.
+        assert!(close(s.multiplier_at(35_000, t), 0.5005));
+        // Last step: p = 29,999/30,000, g = (1 − cos(π/30,000))/2 = sin²(π/60,000)
+        // ≈ x²(1 − x²/3) with x = π/60,000 = 5.2359877559830e-5, so g = 2.7415567755750e-9 and
+        // 0.001 + 0.999 · g = 0.001 + 2.7388152187994e-9.
+        assert!(close(s.multiplier_at(49_999, t), 0.001_000_002_738_815_219));
+        // Past the end: ρ.
+        assert_eq!(s.multiplier_at(50_000, t), 0.001);
+        // The learning rate is the peak times the multiplier.
+        let p = LrSchedule::paper(1e-3);
+        assert_eq!(p.lr_at(0, t), 1e-3 * 0.001);
+        assert!(p.validate().is_ok());
     }
 
     #[test]
-    fn linear_decay_and_cosine_landmarks() {
+    fn linear_and_one_minus_sqrt_decay_and_cosine() {
         let s = LrSchedule::WarmupStableDecay {
             peak: 2.0,
             warmup_steps: 0,
@@ -225,22 +233,33 @@ mod tests {
             floor_ratio: 0.0,
             decay: DecayShape::Linear,
         };
-        // T = 8: stable 0..4, decay steps 4..8 at x = 1/4, 2/4, 3/4, 1.
-        let got: Vec<f64> = (0..8).map(|i| s.lr_at(i, 8)).collect();
-        assert_eq!(got, vec![2.0, 2.0, 2.0, 2.0, 1.5, 1.0, 0.5, 0.0]);
+        // T = 8: stable 0..4, decay steps 4..8 at p = 0, 1/4, 2/4, 3/4; ρ after.
+        let got: Vec<f64> = (0..9).map(|i| s.lr_at(i, 8)).collect();
+        assert_eq!(got, vec![2.0, 2.0, 2.0, 2.0, 2.0, 1.5, 1.0, 0.5, 0.0]);
+
+        let q = LrSchedule::WarmupStableDecay {
+            peak: 1.0,
+            warmup_steps: 0,
+            decay_fraction: 0.5,
+            floor_ratio: 0.2,
+            decay: DecayShape::OneMinusSqrt,
+        };
+        // T = 8, decay 4..8: p = 1/4 gives 1 − 1/2 = 0.5, 0.2 + 0.8 · 0.5 = 0.6; p = 0 gives 1.
+        assert_eq!(q.lr_at(4, 8), 1.0);
+        assert!((q.lr_at(5, 8) - 0.6).abs() < 1e-15);
 
         let c = LrSchedule::Cosine {
             peak: 1.0,
             warmup_steps: 2,
             floor_ratio: 0.1,
         };
-        // T = 6: warmup 0.5, 1.0; cosine over 4 steps.
-        assert_eq!(c.lr_at(0, 6), 0.5);
-        assert_eq!(c.lr_at(1, 6), 1.0);
-        let want = 0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos());
-        assert!((c.lr_at(2, 6) - want).abs() < 1e-15);
-        assert!((c.lr_at(3, 6) - 0.55).abs() < 1e-15);
-        assert_eq!(c.lr_at(5, 6), 0.1);
+        // T = 6: warmup 0.1 + 0.9 · 0/2 = 0.1 and 0.1 + 0.9 · 1/2 = 0.55; cosine over steps 2..6.
+        assert_eq!(c.lr_at(0, 6), 0.1);
+        assert!((c.lr_at(1, 6) - 0.55).abs() < 1e-15);
+        assert_eq!(c.lr_at(2, 6), 1.0);
+        // p = 2/4: 0.1 + 0.9 · (1 + cos π/2)/2 = 0.55.
+        assert!((c.lr_at(4, 6) - 0.55).abs() < 1e-15);
+        assert_eq!(c.lr_at(6, 6), 0.1);
     }
 
     #[test]
@@ -253,7 +272,7 @@ mod tests {
             decay: DecayShape::Cosine,
         };
         assert_eq!(s.decay_window(30), (10, 20));
-        assert_eq!(s.lr_at(9, 30), 1.0);
+        assert_eq!(s.lr_at(10, 30), 1.0);
         assert_eq!(s.decay_window(5), (5, 0));
     }
 

@@ -32,10 +32,12 @@
 //! to nearest, rather than floor or ceil, is robust to fractions that are not exact in binary
 //! (`0.29 · 100 = 28.999…`, `0.7 · 10 = 7.000…1`). `W = 0` means no ramp.
 //!
-//! **Backprop-depth ramp.** Optional and separate (spec §4 says "1 → 8, linear" and nothing
-//! about rounding). We give each depth of `start..=end` an equal share of the ramp:
-//! `depth(t) = min(end, start + ⌊(end − start + 1)·t / W⌋)` for `t < W`, `end` after; with
-//! 1 → 8 that is depth 1 for the first eighth of the ramp, 2 for the second, and so on.
+//! **Backprop-depth ramp.** Optional and separate. The authors' training code ramps the depth
+//! with cap 8 as `k(t) = min(8, ⌈1 + 7·(t + 1)/W⌉)` for the 0-based step `t < W`, and 8 after: it
+//! starts at 2 (for W ≥ 7), reaches 8 at the last ramp step `t = W − 1`, and never takes the
+//! value one. For a cap `c` other than 8 we keep the same form, `k(t) = ⌈1 + (c − 1)(t + 1)/W⌉`, that
+//! is `1 + ⌈(c − 1)(t + 1)/W⌉`, an integer ceiling division, exact at the ties. With c = 8 and
+//! W = 700 each depth 2…8 holds for exactly 100 steps (tested).
 
 use serde::{Deserialize, Serialize};
 
@@ -148,41 +150,26 @@ pub(crate) fn ramp_steps(fraction: f64, total_steps: usize) -> usize {
     ((f * total_steps as f64).round() as usize).min(total_steps)
 }
 
-/// Optional linear ramp of the backprop depth (spec §4: 1 → 8). A config value.
+/// Optional ramp of the backprop depth up to `end` (the authors': 2 → 8). A config value.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackpropDepthSchedule {
-    /// Depth at step 0 (default 1).
-    #[serde(default = "one")]
-    pub start: usize,
-    /// Depth at the end of the ramp and after (default 8).
+    /// Depth cap `c`: reached at the last ramp step and kept after (default 8).
     #[serde(default = "eight")]
     pub end: usize,
     /// Ramp length as a fraction of all optimizer steps, in `[0, 1]`.
     pub ramp_fraction: f64,
 }
 
-fn one() -> usize {
-    1
-}
 fn eight() -> usize {
     8
 }
 
 impl BackpropDepthSchedule {
-    /// Reject `start = 0`, `start > end` and a fraction outside `[0, 1]`.
+    /// Reject a cap of 0 and a fraction outside `[0, 1]`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.start == 0 {
-            return Err(ConfigError::new(
-                "backprop_ramp.start",
-                "must be at least 1",
-            ));
-        }
-        if self.start > self.end {
-            return Err(ConfigError::new(
-                "backprop_ramp.end",
-                "must be at least `start`",
-            ));
+        if self.end == 0 {
+            return Err(ConfigError::new("backprop_ramp.end", "must be at least 1"));
         }
         check_unit("backprop_ramp.ramp_fraction", self.ramp_fraction, 0.0, 1.0)
     }
@@ -192,18 +179,17 @@ impl BackpropDepthSchedule {
         ramp_steps(self.ramp_fraction, total_steps)
     }
 
-    /// Backprop depth at 0-based optimizer step `step`. Always in `[start, end]` (after clamping
-    /// `start` to ≥ 1 and `end` to ≥ `start`).
+    /// Backprop depth at 0-based optimizer step `step`: `min(c, ⌈1 + (c − 1)(t + 1)/W⌉)` during
+    /// the ramp, `c` after. Always in `[1, c]` (a cap of 0 is treated as 1).
     pub fn depth_at(&self, step: usize, total_steps: usize) -> usize {
-        let start = self.start.max(1);
-        let end = self.end.max(start);
+        let cap = self.end.max(1) as u128;
         let w = self.ramp_steps(total_steps) as u128;
-        if step as u128 >= w {
-            return end;
+        let t = step as u128;
+        if t >= w {
+            return cap as usize;
         }
-        let levels = (end - start) as u128 + 1;
-        let k = levels * step as u128 / w;
-        (start as u128 + k).min(end as u128) as usize
+        // ⌈1 + x⌉ = 1 + ⌈x⌉ with x = (c − 1)(t + 1)/W ≤ c − 1 for t < W.
+        (1 + ((cap - 1) * (t + 1)).div_ceil(w)).min(cap) as usize
     }
 }
 
@@ -304,39 +290,67 @@ mod tests {
         assert_eq!(ramp_steps(2.0, 100), 100);
     }
 
+    /// The authors' ramp `⌈1 + 7(t + 1)/W⌉` with W = 700 (25 % of 2,800 steps): `7(t + 1)/700 =
+    /// (t + 1)/100`, so t = 0 gives ⌈1.01⌉ = 2, t = 99 gives exactly 2, t = 100 gives ⌈2.01⌉ = 3
+    /// and t = 699 gives 1 + 7 = 8. Each depth 2…8 holds for 100 steps.
     #[test]
-    fn backprop_ramp_equal_shares() {
+    fn backprop_ramp_authors_form() {
         let b = BackpropDepthSchedule {
-            start: 1,
             end: 8,
             ramp_fraction: 0.25,
         };
-        let total = 3_200; // W = 800, 100 steps per depth
-        let depths: Vec<usize> = (0..900).map(|t| b.depth_at(t, total)).collect();
-        for d in 1..=8 {
-            assert_eq!(
-                depths.iter().filter(|&&x| x == d).count(),
-                if d == 8 { 200 } else { 100 }
-            );
+        let total = 2_800;
+        assert_eq!(b.ramp_steps(total), 700);
+        assert_eq!(b.depth_at(0, total), 2);
+        assert_eq!(b.depth_at(99, total), 2); // 1 + 7·100/700 = 2 exactly
+        assert_eq!(b.depth_at(100, total), 3); // 1 + 7·101/700 = 2.01
+        assert_eq!(b.depth_at(599, total), 7); // 1 + 7·600/700 = 7 exactly
+        assert_eq!(b.depth_at(600, total), 8); // 1 + 7·601/700 = 7.01
+        assert_eq!(b.depth_at(699, total), 8); // 1 + 7 = 8
+        assert_eq!(b.depth_at(700, total), 8);
+        let depths: Vec<usize> = (0..800).map(|t| b.depth_at(t, total)).collect();
+        assert_eq!(depths.iter().filter(|&&x| x == 1).count(), 0);
+        for d in 2..=7 {
+            assert_eq!(depths.iter().filter(|&&x| x == d).count(), 100, "depth {d}");
         }
-        assert_eq!(b.depth_at(0, total), 1);
-        assert_eq!(b.depth_at(99, total), 1);
-        assert_eq!(b.depth_at(100, total), 2);
-        assert_eq!(b.depth_at(799, total), 8);
+        assert_eq!(depths.iter().filter(|&&x| x == 8).count(), 200);
         assert!(b.validate().is_ok());
         assert!(BackpropDepthSchedule {
-            start: 0,
-            end: 8,
+            end: 0,
             ramp_fraction: 0.1
         }
         .validate()
         .is_err());
-        assert!(BackpropDepthSchedule {
-            start: 9,
+    }
+
+    /// Cap 4 over W = 10 steps: `⌈1 + 3(t + 1)/10⌉`.
+    #[test]
+    fn backprop_ramp_other_cap() {
+        let b = BackpropDepthSchedule {
+            end: 4,
+            ramp_fraction: 0.5,
+        };
+        let total = 20; // W = 10
+        let want = [
+            2, // t=0: 1 + 0.3
+            2, // t=1: 1 + 0.6
+            2, // t=2: 1 + 0.9
+            3, // t=3: 1 + 1.2
+            3, // t=4: 1 + 1.5
+            3, // t=5: 1 + 1.8
+            4, // t=6: 1 + 2.1
+            4, // t=7: 1 + 2.4
+            4, // t=8: 1 + 2.7
+            4, // t=9: 1 + 3.0
+            4, // t=10: after the ramp
+        ];
+        let got: Vec<usize> = (0..=10).map(|t| b.depth_at(t, total)).collect();
+        assert_eq!(got, want);
+        // No ramp: the cap from step 0.
+        let flat = BackpropDepthSchedule {
             end: 8,
-            ramp_fraction: 0.1
-        }
-        .validate()
-        .is_err());
+            ramp_fraction: 0.0,
+        };
+        assert_eq!(flat.depth_at(0, 100), 8);
     }
 }

@@ -29,19 +29,19 @@ fn lr_schedule() -> impl Strategy<Value = LrSchedule> {
         prop_oneof![Just(0usize), 0usize..500],
         0.0f64..=1.0,
         0.0f64..=1.0,
-        any::<bool>(),
+        prop_oneof![
+            Just(DecayShape::Cosine),
+            Just(DecayShape::Linear),
+            Just(DecayShape::OneMinusSqrt)
+        ],
     )
-        .prop_map(|(peak, warmup_steps, decay_fraction, floor_ratio, lin)| {
+        .prop_map(|(peak, warmup_steps, decay_fraction, floor_ratio, decay)| {
             LrSchedule::WarmupStableDecay {
                 peak,
                 warmup_steps,
                 decay_fraction,
                 floor_ratio,
-                decay: if lin {
-                    DecayShape::Linear
-                } else {
-                    DecayShape::Cosine
-                },
+                decay,
             }
         });
     let cos = (
@@ -120,24 +120,35 @@ proptest! {
         }
     }
 
+    /// The authors' form `⌈1 + (c − 1)(t + 1)/W⌉`, checked as the least integer bound: `d − 1 ≥
+    /// (c − 1)(t + 1)/W` and `d − 2 < (c − 1)(t + 1)/W`, cross-multiplied.
     #[test]
-    fn backprop_ramp_shape(start in 1usize..8, extra in 0usize..16, frac in 0.0f64..=1.0, total in 1usize..5_000) {
-        let b = BackpropDepthSchedule { start, end: start + extra, ramp_fraction: frac };
+    fn backprop_ramp_shape(cap in 1usize..24, frac in 0.0f64..=1.0, total in 1usize..5_000) {
+        let b = BackpropDepthSchedule { end: cap, ramp_fraction: frac };
         let w = b.ramp_steps(total);
         let mut prev = 0;
         for t in 0..total + 5 {
             let d = b.depth_at(t, total);
-            prop_assert!((start..=start + extra).contains(&d));
+            prop_assert!((1..=cap).contains(&d));
             prop_assert!(d >= prev);
-            if t >= w { prop_assert_eq!(d, start + extra); }
+            if t >= w {
+                prop_assert_eq!(d, cap);
+            } else {
+                let x = (cap - 1) * (t + 1);
+                prop_assert!((d - 1) * w >= x, "t={} W={} d={}", t, w, d);
+                if d >= 2 { prop_assert!((d - 2) * w < x, "t={} W={} d={} not least", t, w, d); }
+            }
             prev = d;
         }
-        if w > 0 { prop_assert_eq!(b.depth_at(0, total), start); }
+        if w > 0 { prop_assert_eq!(b.depth_at(w - 1, total), cap); }
     }
 
+    /// transformers' WSD lambda: warmup `ρ + (1 − ρ)k/N` from the floor towards the peak, the
+    /// peak through the stable phase and at the first decay step, a monotone decay that stays
+    /// above the floor, and the floor from step T on.
     #[test]
     fn lr_schedule_shape(s in lr_schedule(), total in total_steps()) {
-        let (peak, floor) = (s.peak(), s.floor());
+        let (peak, floor, rho) = (s.peak(), s.floor(), s.floor_ratio());
         let n = warmup_of(&s).min(total);
         let (d0, d) = s.decay_window(total);
         prop_assert!(d0 >= n && d0 + d == total);
@@ -145,35 +156,25 @@ proptest! {
         for step in 0..total {
             let lr = s.lr_at(step, total);
             prop_assert!(lr.is_finite() && lr >= 0.0);
+            prop_assert!(lr >= floor * (1.0 - 1e-12) && lr <= peak, "step {}: {} outside [{}, {}]", step, lr, floor, peak);
             if step < n {
-                // Warmup: strictly increasing, reaching the peak exactly at its last step (a run
-                // shorter than the warmup never reaches the peak).
-                prop_assert!(lr > prev, "warmup not increasing at {}", step);
-                prop_assert!(lr <= peak);
-                let warmup = warmup_of(&s);
-                prop_assert!((lr - peak * (step + 1) as f64 / warmup as f64).abs() <= 1e-15 * peak);
-                if step + 1 == warmup { prop_assert_eq!(lr, peak); }
+                let want = peak * (rho + (1.0 - rho) * step as f64 / warmup_of(&s) as f64);
+                prop_assert!((lr - want).abs() <= 1e-12 * peak, "warmup {}: {} vs {}", step, lr, want);
+                prop_assert!(lr >= prev, "warmup decreasing at {}", step);
+                if step == 0 { prop_assert_eq!(lr, floor); }
+            } else if step <= d0 {
+                // The stable phase and the first decay step (progress 0) are exactly the peak.
+                prop_assert_eq!(lr, peak, "stable phase at {}", step);
             } else {
-                prop_assert!(lr >= floor && lr <= peak, "step {}: {} outside [{}, {}]", step, lr, floor, peak);
-                if step < d0 {
-                    prop_assert_eq!(lr, peak, "stable phase at {}", step);
-                } else {
-                    // The first decay step is compared with the peak (also when the decay
-                    // starts at step 0).
-                    let before = if step == d0 { peak } else { prev };
-                    prop_assert!(lr <= before, "decay not monotone at {}: {} > {}", step, lr, before);
-                }
+                prop_assert!(lr <= prev, "decay not monotone at {}: {} > {}", step, lr, prev);
             }
             // The multiplier is the same shape with peak 1.
             let m = s.multiplier_at(step, total);
             prop_assert!((m * peak - lr).abs() <= 1e-12 * peak, "multiplier {} vs lr {}", m, lr);
             prev = lr;
         }
-        if d > 0 {
-            let last = s.lr_at(total - 1, total);
-            prop_assert!((last - floor).abs() <= 1e-12 * floor.max(f64::MIN_POSITIVE), "last {} vs floor {}", last, floor);
-            prop_assert_eq!(s.lr_at(total + 7, total), last);
-        }
+        prop_assert_eq!(s.lr_at(total, total), floor);
+        prop_assert_eq!(s.lr_at(total + 7, total), floor);
     }
 
     /// The curriculum bundle draws with the scheduled mean and the ramped backprop depth.
@@ -182,7 +183,7 @@ proptest! {
         let c = Curriculum {
             mean: MeanSchedule::one_minus_sqrt(32, 0.75),
             sampler: RecurrenceSampler::default(),
-            backprop_ramp: Some(BackpropDepthSchedule { start: 1, end: 8, ramp_fraction: 0.5 }),
+            backprop_ramp: Some(BackpropDepthSchedule { end: 8, ramp_fraction: 0.5 }),
         };
         let total = 1000;
         let bp = c.backprop_depth_at(step, total);

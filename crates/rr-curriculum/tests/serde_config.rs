@@ -17,7 +17,6 @@ fn round_trips() {
             cap: 100,
         },
         backprop_ramp: Some(BackpropDepthSchedule {
-            start: 1,
             end: 8,
             ramp_fraction: 0.25,
         }),
@@ -76,7 +75,7 @@ fn documented_spellings_and_defaults() {
     );
 
     let b: BackpropDepthSchedule = from_str(r#"{"ramp_fraction": 0.1}"#).unwrap();
-    assert_eq!((b.start, b.end), (1, 8));
+    assert_eq!(b.end, 8);
 
     let lr: LrSchedule = from_str(
         r#"{"kind": "warmup_stable_decay", "peak": 0.001, "warmup_steps": 125, "decay_fraction": 0.6, "floor_ratio": 0.001}"#,

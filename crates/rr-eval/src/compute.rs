@@ -170,6 +170,18 @@ impl PassFlops {
     }
 }
 
+/// The value at `x` of the piecewise-linear curve through `points` (sorted by x, as a run's
+/// evaluation checkpoints are by FLOPs): how an equal-FLOPs point is read off a baseline's
+/// held-out curve. `None` outside the curve's range (no extrapolation) or for an empty curve.
+pub fn interpolate(points: &[(f64, f64)], x: f64) -> Option<f64> {
+    let i = points.partition_point(|p| p.0 < x);
+    match (i.checked_sub(1).map(|j| points[j]), points.get(i)) {
+        (_, Some(&(x1, y1))) if x1 == x => Some(y1),
+        (Some((x0, y0)), Some(&(x1, y1))) => Some(y0 + (y1 - y0) * (x - x0) / (x1 - x0)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +267,24 @@ mod tests {
             let rule = pass.training(1024, r, r.min(8));
             assert!((section_7 / rule - 1.0).abs() < 1e-12, "r = {r}");
         }
+    }
+
+    /// Equal-FLOPs points on a baseline's held-out curve, by hand: checkpoints at 0, 2e18 and
+    /// 6e18 FLOPs with losses 3.0, 2.5 and 2.1.
+    #[test]
+    fn interpolate_reads_equal_flops_points() {
+        let curve = [(0.0, 3.0), (2e18, 2.5), (6e18, 2.1)];
+        // At a checkpoint: its value.
+        assert_eq!(interpolate(&curve, 2e18), Some(2.5));
+        assert_eq!(interpolate(&curve, 0.0), Some(3.0));
+        assert_eq!(interpolate(&curve, 6e18), Some(2.1));
+        // 1e18 is halfway between 0 and 2e18: (3.0 + 2.5) / 2 = 2.75.
+        assert!((interpolate(&curve, 1e18).unwrap() - 2.75).abs() < 1e-12);
+        // 5e18 is 3/4 of the way from 2e18 to 6e18: 2.5 − 0.4 · 3/4 = 2.2.
+        assert!((interpolate(&curve, 5e18).unwrap() - 2.2).abs() < 1e-12);
+        // Outside the curve: no extrapolation.
+        assert_eq!(interpolate(&curve, 7e18), None);
+        assert_eq!(interpolate(&curve, -1.0), None);
+        assert_eq!(interpolate(&[], 1.0), None);
     }
 }

@@ -103,11 +103,28 @@ impl AnyModel {
         self.vs().device()
     }
 
-    /// The compute dtype of the weights.
+    /// Computes in `kind` over parameters kept in their own dtype (mixed precision; see
+    /// [`RecurrentModel::set_compute_kind`]).
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        match self {
+            AnyModel::Static(m) => m.set_compute_kind(kind),
+            AnyModel::Recurrent(m) => m.set_compute_kind(kind),
+        }
+    }
+
+    /// Dtype of the parameters.
     pub fn dtype(&self) -> Kind {
         match self {
             AnyModel::Static(m) => m.dtype(),
             AnyModel::Recurrent(m) => m.dtype(),
+        }
+    }
+
+    /// Dtype the forward computes in.
+    pub fn compute_kind(&self) -> Kind {
+        match self {
+            AnyModel::Static(m) => m.compute_kind(),
+            AnyModel::Recurrent(m) => m.compute_kind(),
         }
     }
 

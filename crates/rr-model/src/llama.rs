@@ -13,6 +13,24 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{LlamaConfig, ModelType, RopeScaling};
 use crate::weights::FromCheckpoint;
 
+/// Weight `w` in the dtype of the activations `x` it meets: a no-op when they agree, a cast
+/// at this use otherwise. Casting at every use (as autocast does for a linear layer) keeps the
+/// parameter itself a full-precision leaf, so the gradients of all its uses, each computed in
+/// the compute dtype, are summed in the parameter's own dtype. A weight used k times (the core
+/// of a recurrent model) thus accumulates its gradient in fp32 over bf16 compute.
+pub fn at_use(w: &Tensor, x: &Tensor) -> Tensor {
+    if w.kind() == x.kind() {
+        w.shallow_clone()
+    } else {
+        w.to_kind(x.kind())
+    }
+}
+
+/// `x · wᵀ` with `w` cast to `x`'s dtype at this use ([`at_use`]).
+pub fn linear(x: &Tensor, w: &Tensor) -> Tensor {
+    x.linear::<&Tensor>(&at_use(w, x), None)
+}
+
 /// RMSNorm computed in fp32: `(x.float() * rsqrt(mean(x²) + eps)).to(dtype) * weight`.
 #[derive(Debug)]
 pub struct RmsNorm {
@@ -33,7 +51,7 @@ impl RmsNorm {
     /// share a dtype, as here); in fp32 it equals HF's `LlamaRMSNorm` exactly (parity tests).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.weight.size()[0];
-        x.rms_norm([h], Some(&self.weight), self.eps)
+        x.rms_norm([h], Some(&at_use(&self.weight, x)), self.eps)
     }
 }
 
@@ -217,17 +235,11 @@ impl Attention {
                 q_proj,
                 k_proj,
                 v_proj,
-            } => (
-                x.linear::<&Tensor>(q_proj, None),
-                x.linear::<&Tensor>(k_proj, None),
-                x.linear::<&Tensor>(v_proj, None),
-            ),
+            } => (linear(x, q_proj), linear(x, k_proj), linear(x, v_proj)),
             QkvProj::Fused { wqkv } => {
                 let q = self.num_heads * self.head_dim;
                 let kv = self.num_kv_heads * self.head_dim;
-                let parts = x
-                    .linear::<&Tensor>(wqkv, None)
-                    .split_with_sizes([q, kv, kv], -1);
+                let parts = linear(x, wqkv).split_with_sizes([q, kv, kv], -1);
                 let mut it = parts.into_iter();
                 let (q, k, v) = (it.next(), it.next(), it.next());
                 (q.expect("q"), k.expect("k"), v.expect("v"))
@@ -268,10 +280,11 @@ impl Attention {
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
             }
         };
-        y.transpose(1, 2)
+        let y = y
+            .transpose(1, 2)
             .contiguous()
-            .view([b, t, self.num_heads * self.head_dim])
-            .linear::<&Tensor>(&self.out_proj, None)
+            .view([b, t, self.num_heads * self.head_dim]);
+        linear(&y, &self.out_proj)
     }
 }
 
@@ -317,14 +330,14 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let hidden = match &self.gate_up {
             GateUpProj::Separate { gate_proj, up_proj } => {
-                x.linear::<&Tensor>(gate_proj, None).silu() * x.linear::<&Tensor>(up_proj, None)
+                linear(x, gate_proj).silu() * linear(x, up_proj)
             }
             GateUpProj::Fused { fc } => {
-                let both = x.linear::<&Tensor>(fc, None).chunk(2, -1);
+                let both = linear(x, fc).chunk(2, -1);
                 both[0].silu() * &both[1]
             }
         };
-        hidden.linear::<&Tensor>(&self.down_proj, None)
+        linear(&hidden, &self.down_proj)
     }
 }
 
@@ -570,6 +583,8 @@ pub struct LlamaModel {
     /// A copy of `embed_tokens` (same tensor) when the config ties them.
     pub lm_head: Tensor,
     pub rope: Rope,
+    /// Dtype of the activations; `None`: the weights' dtype ([`LlamaModel::set_compute_kind`]).
+    compute: Option<Kind>,
 }
 
 impl LlamaModel {
@@ -598,6 +613,7 @@ impl LlamaModel {
             norm,
             lm_head,
             rope,
+            compute: None,
         }
     }
 
@@ -611,8 +627,31 @@ impl LlamaModel {
         self.vs.device()
     }
 
+    /// Dtype of the parameters.
     pub fn dtype(&self) -> Kind {
         self.embed_tokens.kind()
+    }
+
+    /// Gives a tied model its own head, initialised as a copy of the embedding (the authors
+    /// untie Llama-3.2 this way before training its static baseline). A no-op when untied.
+    pub fn untie_head(&mut self) {
+        if !self.config.tie_word_embeddings {
+            return;
+        }
+        let root = self.vs.root();
+        self.lm_head = tch::no_grad(|| (&root / "lm_head").var_copy("weight", &self.embed_tokens));
+        self.config.tie_word_embeddings = false;
+    }
+
+    /// Dtype the forward computes in: the parameters' unless set otherwise.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute.unwrap_or_else(|| self.dtype())
+    }
+
+    /// Computes in `kind` over parameters kept in their own dtype (mixed precision): the
+    /// embedded input is cast to `kind` and every weight is cast to it at its use ([`at_use`]).
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = Some(kind);
     }
 
     /// Every parameter by its checkpoint name, sorted (a tied head is not listed).
@@ -652,7 +691,7 @@ impl LlamaModel {
 
     /// Logits from final-normed hidden states.
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(&self.lm_head, None)
+        linear(hidden, &self.lm_head)
     }
 
     /// The final-normed hidden states [B, T, h] that the head multiplies, for ids appended
@@ -665,7 +704,7 @@ impl LlamaModel {
     ) -> Tensor {
         let p = Prologue::new(
             &self.rope,
-            self.dtype(),
+            self.compute_kind(),
             input_ids,
             attention_mask,
             cache.as_ref().map(|c| (c.len, c.key_mask.as_ref())),
@@ -676,7 +715,8 @@ impl LlamaModel {
             -1,
             false,
             false,
-        );
+        )
+        .to_kind(self.compute_kind());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, &p.cos_sin, &p.mask, layer_cache);

@@ -70,8 +70,13 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// The model directory training starts from.
+    /// The model directory training starts from: a retrofit, a static model, or the final
+    /// checkpoint of an earlier run (a two-phase run is two recipes chained this way).
     pub init: PathBuf,
+    /// A static model with tied embedding and head gets its own head, a copy of the
+    /// embedding, before training (set by `[baseline] untie`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untie_head: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,17 +228,22 @@ fn default_format() -> String {
     "gsm8k".into()
 }
 
-/// The static baseline: the unmodified source model trained on the same data and schedule
-/// (`rr train --baseline`), with as many steps as make its FLOPs equal to the retrofit's when
-/// `--match-flops` names the retrofit's run.
+/// The static baseline as the authors train it: the unmodified source model on the same data,
+/// schedule and seed, with the same optimizer settings and for the same number of steps
+/// (`rr train --baseline`); the report compares it with the retrofit at equal training FLOPs,
+/// read off its held-out curve. `--match-flops` instead trains it for as many steps as make
+/// its total FLOPs equal to a retrofit run's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaselineSection {
     /// The source model directory.
     pub init: PathBuf,
-    /// Optimizer of the baseline (default: AdamW with the spec's constants).
+    /// Optimizer of the baseline (default: the recipe's own `[optimizer]`).
     #[serde(default)]
     pub optimizer: Option<OptimizerConfig>,
+    /// Untie a tied embedding and head first, the head a copy of the embedding (Llama-3.2).
+    #[serde(default)]
+    pub untie: bool,
 }
 
 /// The recurrence a recipe trains a recurrent model for, as the model's `config.json` records
@@ -349,8 +359,9 @@ impl TrainConfig {
         })
     }
 
-    /// The static-baseline recipe: same data, schedule and seed; the source model; AdamW
-    /// unless `[baseline]` names an optimizer; no curriculum.
+    /// The static-baseline recipe: same data, schedule, steps and seed; the source model
+    /// (untied when `[baseline] untie`); the recipe's optimizer unless `[baseline]` names
+    /// another; no curriculum.
     pub fn baseline_variant(&self) -> Result<TrainConfig> {
         let b = self
             .baseline
@@ -359,10 +370,8 @@ impl TrainConfig {
         let mut cfg = self.clone();
         cfg.name = format!("{}-baseline", self.name);
         cfg.model.init = b.init.clone();
-        cfg.optimizer = b
-            .optimizer
-            .clone()
-            .unwrap_or(OptimizerConfig::AdamW(AdamWConfig::default()));
+        cfg.model.untie_head = b.untie;
+        cfg.optimizer = b.optimizer.clone().unwrap_or(self.optimizer.clone());
         cfg.curriculum = None;
         Ok(cfg)
     }

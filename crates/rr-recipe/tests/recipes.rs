@@ -36,13 +36,16 @@ fn paper_recipes_have_the_paper_constants() {
         .into_iter()
         .filter(|p| p.to_string_lossy().contains("/paper/"))
     {
+        let two_phase = p.to_string_lossy().contains("-phase");
         let cfg = TrainConfig::from_path(&p).unwrap();
         let t = &cfg.training;
         assert_eq!(t.micro_batch_size * t.grad_accum, 1024, "{}", p.display());
         assert_eq!(t.steps, 50_000);
         assert_eq!(cfg.seed, 74);
         assert_eq!(t.max_grad_norm, 1.0);
-        assert_eq!(cfg.prepare.as_ref().unwrap().seq_len, 1024);
+        if !two_phase {
+            assert_eq!(cfg.prepare.as_ref().unwrap().seq_len, 1024);
+        }
         let OptimizerConfig::Muon(m) = &cfg.optimizer else {
             panic!("{}: Muon expected", p.display())
         };
@@ -61,6 +64,19 @@ fn paper_recipes_have_the_paper_constants() {
                 decay: rr_curriculum::DecayShape::Cosine,
             }
         );
+        // The authors' baseline: the same optimizer settings and steps; Llama-3.2 untied.
+        let b = cfg.baseline_variant().unwrap();
+        assert_eq!(b.optimizer, cfg.optimizer, "{}", p.display());
+        assert_eq!(b.training.steps, t.steps);
+        assert_eq!(
+            b.model.untie_head,
+            p.to_string_lossy().contains("llama3.2"),
+            "{}",
+            p.display()
+        );
+        if two_phase {
+            continue; // tested below
+        }
         // The surgery's and the curriculum's mean recurrence, stated once.
         assert_eq!(cfg.mean_recurrence(), Some(32), "{}", p.display());
         let c = cfg.curriculum.unwrap();
@@ -68,6 +84,27 @@ fn paper_recipes_have_the_paper_constants() {
         assert_eq!(c.mean.ramp_fraction, 0.75);
         assert_eq!(c.sampler.backprop_depth, 8);
     }
+}
+
+/// The paper's two-phase run as two chained recipes: healing to R = 32, then the task to R = 4,
+/// both linear over 25 %; phase 2 starts from phase 1's final checkpoint.
+#[test]
+fn two_phase_paper_recipes_chain() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper");
+    let one = TrainConfig::from_path(&dir.join("tinyllama-4-8-4-phase1-healing.toml")).unwrap();
+    let two = TrainConfig::from_path(&dir.join("tinyllama-4-8-4-phase2-task.toml")).unwrap();
+    let final_checkpoint = Path::new("runs")
+        .join(&one.name)
+        .join("checkpoints")
+        .join(format!("step-{:06}", one.training.steps));
+    assert_eq!(two.model.init, final_checkpoint);
+    assert!(one.prepare.is_some() && two.prepare.is_none());
+    for (cfg, target) in [(&one, 32), (&two, 4)] {
+        let mean = cfg.curriculum.unwrap().mean;
+        assert_eq!(mean, rr_curriculum::MeanSchedule::linear(target, 0.25));
+    }
+    assert_eq!(one.optimizer, two.optimizer);
+    assert_eq!(one.lr, two.lr);
 }
 
 #[test]
@@ -166,7 +203,7 @@ fn a_backprop_ramp_trains_for_its_final_depth() {
     let cfg: TrainConfig = toml::from_str(&text.replace(
         "[lr]\n",
         "[curriculum.sampler]\nbackprop_depth = 3\n\n\
-         [curriculum.backprop_ramp]\nstart = 1\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
+         [curriculum.backprop_ramp]\nend = 6\nramp_fraction = 0.5\n\n[lr]\n",
     ))
     .unwrap();
     cfg.validate().unwrap();

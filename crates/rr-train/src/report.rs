@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rr_eval::plot::{line_plot, Series};
 
-use crate::trainer::metrics::read_steps;
+use crate::trainer::metrics::{read, read_steps, MetricsLine};
+use rr_eval::compute::interpolate;
 use serde::{Deserialize, Serialize};
 
 /// What a finished run reports (`summary.json`).
@@ -106,6 +107,30 @@ pub fn read_loss_vs_flops(run_dir: &Path) -> Result<Vec<(f64, f64)>> {
     Ok(steps.iter().map(|l| (l.flops, l.loss)).collect())
 }
 
+/// Held-out losses of a run's evaluation checkpoints, each with the training FLOPs spent by
+/// then (read off the logged steps' cumulative FLOPs, linear between logged steps; 0 at step 0).
+pub fn read_heldout_vs_flops(run_dir: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>> {
+    let lines = read(&run_dir.join("metrics.jsonl"))?;
+    let mut flops_by_step = vec![(0.0, 0.0)];
+    let mut evals: BTreeMap<usize, BTreeMap<String, f64>> = BTreeMap::new();
+    for line in lines {
+        match line {
+            MetricsLine::Step(l) => flops_by_step.push((l.step as f64, l.flops)),
+            // A resumed run may evaluate a step again: the later line wins.
+            MetricsLine::Eval(e) => {
+                evals.insert(e.step, e.heldout_loss);
+            }
+        }
+    }
+    flops_by_step.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(evals
+        .into_iter()
+        .filter_map(|(step, losses)| {
+            interpolate(&flops_by_step, step as f64).map(|flops| (flops, losses))
+        })
+        .collect())
+}
+
 fn read_summary(run_dir: &Path) -> Result<serde_json::Value> {
     let path = run_dir.join("summary.json");
     let text = std::fs::read_to_string(&path)
@@ -113,14 +138,23 @@ fn read_summary(run_dir: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
 }
 
-/// `report.md` in `run_dir`: the retrofit against its compute-matched static baseline, with
-/// plots of held-out loss against test recurrence and of training loss against FLOPs.
+/// `report.md` in `run_dir`: the retrofit against its static baseline (same optimizer
+/// settings and steps), its held-out losses at equal training FLOPs read off the baseline's
+/// held-out curve, with plots of held-out loss against test recurrence and of training loss
+/// against FLOPs.
 pub fn write_comparison(
     run_dir: &Path,
     baseline: Option<&Path>,
     out_dir: &Path,
 ) -> Result<std::path::PathBuf> {
-    let comparison = Comparison::read(run_dir, baseline)?;
+    let mut comparison = Comparison::read(run_dir, baseline)?;
+    comparison.run_evals = read_heldout_vs_flops(run_dir)?;
+    if let Some(b) = baseline {
+        comparison.base_curve = read_heldout_vs_flops(b)?
+            .into_iter()
+            .filter_map(|(flops, losses)| losses.get("static").map(|&l| (flops, l)))
+            .collect();
+    }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create", out_dir.display()))?;
     comparison.plot_heldout(&out_dir.join("heldout_vs_recurrence.svg"))?;
@@ -141,6 +175,10 @@ struct Comparison {
     /// The baseline's held-out loss (its one entry, `static`), before and after training.
     base_before: Option<f64>,
     base_after: Option<f64>,
+    /// The run's evaluation checkpoints: (training FLOPs, held-out loss by test recurrence).
+    run_evals: Vec<(f64, BTreeMap<String, f64>)>,
+    /// The baseline's held-out curve: (training FLOPs, loss) at its evaluation checkpoints.
+    base_curve: Vec<(f64, f64)>,
 }
 
 impl Comparison {
@@ -161,6 +199,8 @@ impl Comparison {
             base_after: base_heldout("heldout_after"),
             run,
             base,
+            run_evals: Vec::new(),
+            base_curve: Vec::new(),
         })
     }
 
@@ -221,7 +261,43 @@ impl Comparison {
                 fmt(self.base_after)
             ));
         }
+        if !self.base_curve.is_empty() {
+            md.push_str(&self.equal_flops_table());
+        }
         md.push_str("\n![held-out loss vs test recurrence](heldout_vs_recurrence.svg)\n\n![training loss vs FLOPs](loss_vs_flops.svg)\n");
+        md
+    }
+}
+
+impl Comparison {
+    /// The paper's comparison: at each of the retrofit's evaluation checkpoints, the baseline's
+    /// held-out loss at the same training FLOPs, read off its held-out curve (linear between its
+    /// evaluation checkpoints; none beyond its last).
+    fn equal_flops_table(&self) -> String {
+        let mut recurrences: Vec<&String> = self.after.keys().collect();
+        recurrences.sort_by_key(|r| r.parse::<usize>().unwrap_or(usize::MAX));
+        let mut md = String::from(
+            "\nAt equal training FLOPs (the baseline read off its held-out curve, linear between \
+             its evaluation checkpoints):\n\n| training FLOPs |",
+        );
+        for r in &recurrences {
+            md.push_str(&format!(" retrofit r = {r} |"));
+        }
+        md.push_str(" static baseline |\n|---|");
+        md.push_str(&"---|".repeat(recurrences.len() + 1));
+        md.push('\n');
+        for (flops, losses) in &self.run_evals {
+            md.push_str(&format!("| {flops:.3e} |"));
+            for r in &recurrences {
+                let cell = losses.get(*r).map(|l| format!("{l:.4}"));
+                md.push_str(&format!(" {} |", cell.unwrap_or_else(|| "–".into())));
+            }
+            let base = interpolate(&self.base_curve, *flops);
+            let cell = base
+                .map(|l| format!("{l:.4}"))
+                .unwrap_or_else(|| "–".into());
+            md.push_str(&format!(" {cell} |\n"));
+        }
         md
     }
 }

@@ -8,7 +8,7 @@ use rr_model::recurrent::{InitialState, RecurrentConfig, RecurrentModel};
 use rr_model::{AnyModel, Depth};
 use rr_recipe::AdamWConfig;
 use rr_train::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
-use rr_train::trainer::{copy_weights, micro_batch, optimizer_params};
+use rr_train::trainer::{micro_batch, optimizer_params};
 use tch::{nn, Device, Kind, Tensor};
 
 const VOCAB: i64 = 8192;
@@ -81,13 +81,12 @@ fn plain_loss(model: &AnyModel, ids: &Tensor, labels: &Tensor, step: usize) -> T
 /// whatever the path.
 fn losses(device: Device, path: Path) -> Vec<f64> {
     tch::manual_seed(0);
-    let master = tiny_model(device, Kind::Float);
+    let mut master = tiny_model(device, Kind::Float);
+    if let Path::Trainer(kind) = path {
+        master.set_compute_kind(kind);
+    }
     let ids = Tensor::randint(VOCAB, [BATCH, SEQ], (Kind::Int64, device));
     let labels = ids.roll([-1], [1]).view([-1]);
-    let compute = match path {
-        Path::Trainer(kind) if kind != Kind::Float => Some(tiny_model(device, kind)),
-        _ => None,
-    };
     let config = AdamWConfig {
         lr: 1e-3,
         ..AdamWConfig::default()
@@ -99,20 +98,7 @@ fn losses(device: Device, path: Path) -> Vec<f64> {
             let loss = match path {
                 Path::Plain => plain_loss(&master, &ids, &labels, step),
                 Path::Trainer(_) => {
-                    if let Some(c) = &compute {
-                        copy_weights(&master, c);
-                    }
-                    let pass = (2, 2);
-                    micro_batch(
-                        &master,
-                        compute.as_ref(),
-                        &ids,
-                        &labels,
-                        pass,
-                        step as u64,
-                        1,
-                    )
-                    .unwrap()
+                    micro_batch(&master, &ids, &labels, (2, 2), step as u64, 1).unwrap()
                 }
             };
             clip_grad_norm_lazy(&params, 1.0);

@@ -29,7 +29,7 @@ use anyhow::Result;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
-use crate::llama::{Block, LayerKv, Layout, Prologue, RmsNorm, Rope};
+use crate::llama::{linear, Block, LayerKv, Layout, Prologue, RmsNorm, Rope};
 use crate::weights::{write_safetensors, FromCheckpoint};
 
 pub use crate::weights::dtype_name;
@@ -90,6 +90,8 @@ pub struct RecurrentModel {
     pub ln_f: RmsNorm,
     pub lm_head: Tensor,
     pub rope: Rope,
+    /// Dtype of the activations; `None`: the weights' dtype ([`RecurrentModel::set_compute_kind`]).
+    compute: Option<Kind>,
 }
 
 impl RecurrentModel {
@@ -124,6 +126,7 @@ impl RecurrentModel {
             ln_f,
             lm_head,
             rope,
+            compute: None,
         }
     }
 
@@ -149,8 +152,22 @@ impl RecurrentModel {
         self.vs.device()
     }
 
+    /// Dtype of the parameters.
     pub fn dtype(&self) -> Kind {
         self.wte.kind()
+    }
+
+    /// Dtype the forward computes in: the parameters' unless set otherwise.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute.unwrap_or_else(|| self.dtype())
+    }
+
+    /// Computes in `kind` over parameters kept in their own dtype (mixed precision, as bf16
+    /// autocast over fp32 weights): the embedded input is cast to `kind`, and every weight is
+    /// cast to it at each of its uses ([`crate::llama::at_use`]), so the k with-gradient uses of
+    /// a core weight sum their gradients in the weight's dtype.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = Some(kind);
     }
 
     /// An empty KV cache for decoding with this model.
@@ -178,7 +195,7 @@ impl RecurrentModel {
         let max_steps = depth.max_steps()?;
         let p = Prologue::new(
             &self.rope,
-            self.dtype(),
+            self.compute_kind(),
             input_ids,
             attention_mask,
             cache.as_ref().map(|c| (c.len, c.key_mask.as_ref())),
@@ -239,7 +256,7 @@ impl RecurrentModel {
 
     /// Logits [B, T, vocab_size] from final-normed hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(&self.head_weight(), None)
+        linear(hidden, &self.head_weight())
     }
 
     /// Embedding and prelude: `e`, the input every core iteration sees.
@@ -255,7 +272,8 @@ impl RecurrentModel {
             -1,
             false,
             false,
-        );
+        )
+        .to_kind(self.compute_kind());
         if self.config.init_values.embed_scale != 1.0 {
             e *= self.config.init_values.embed_scale;
         }
@@ -273,7 +291,7 @@ impl RecurrentModel {
         p: &Prologue,
         mut cache: Option<&mut Vec<LayerKv>>,
     ) -> Tensor {
-        let mut x = Tensor::cat(&[state, e], -1).linear::<&Tensor>(&self.adapter, None);
+        let mut x = linear(&Tensor::cat(&[state, e], -1), &self.adapter);
         for (j, block) in self.core_block.iter().enumerate() {
             x = block.forward(&x, &p.cos_sin, &p.mask, cache.as_mut().map(|c| &mut c[j]));
         }

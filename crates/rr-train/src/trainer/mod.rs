@@ -33,12 +33,10 @@ use tch::{Device, Kind, Tensor};
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
-use precision::Precision;
 use run_dir::RunDir;
 
 pub use crate::report::TrainSummary;
 pub use checkpoint::latest_checkpoint;
-pub use precision::copy_weights;
 
 const METRICS: &str = "metrics.jsonl";
 
@@ -111,14 +109,15 @@ pub struct StepOutcome {
     pub draws: Vec<(usize, usize)>,
 }
 
-/// A run in progress: the model (fp32 masters) and its compute copy, optimizer, data, the
+/// A run in progress: the model (fp32 parameters, computing in `compute_kind`), optimizer, data, the
 /// resumable state and the metrics log.
 pub struct Trainer {
     cfg: TrainConfig,
     run_dir: RunDir,
     device: Device,
     model: AnyModel,
-    precision: Precision,
+    /// Dtype of the training forward and backward (bf16 or fp32; the parameters stay fp32).
+    compute_kind: Kind,
     optimizer: Box<dyn Optimizer>,
     /// Parameters that receive gradients, in the optimizer's order.
     params: Vec<Tensor>,
@@ -163,7 +162,15 @@ impl Trainer {
         }
         let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
         let (sets, heldout) = open_data(&cfg, &tokenizer)?;
-        let model = AnyModel::load(&init_dir, device, Kind::Float)?;
+        let mut model = AnyModel::load(&init_dir, device, Kind::Float)?;
+        if cfg.model.untie_head {
+            match &mut model {
+                AnyModel::Static(m) => m.untie_head(),
+                AnyModel::Recurrent(_) => {
+                    bail!("model.untie_head applies to a static model; this one is recurrent")
+                }
+            }
+        }
         check_data_fits(&model, &heldout)?;
         for set in sets.values() {
             set.check_token_ids(model.vocab_size())?;
@@ -178,7 +185,6 @@ impl Trainer {
             }
             (AnyModel::Static(_), _) => None,
         };
-        let precision = Precision::load(&init_dir, device, compute_kind)?;
         let mut phases = build_phases(&cfg, &sets)?;
         let mut optimizer = crate::optim::build_for(&cfg.optimizer, model.vs())?;
         let (mut run_dir, state) = match (held, &latest) {
@@ -199,7 +205,7 @@ impl Trainer {
             device,
             params: optimizer_params(&model),
             model,
-            precision,
+            compute_kind,
             optimizer,
             phases,
             curriculum,
@@ -257,7 +263,7 @@ impl Trainer {
         let step = self.state.step;
         let total = self.cfg.training.steps;
         let grad_accum = self.cfg.training.grad_accum;
-        self.precision.refresh(&self.model);
+        self.model.set_compute_kind(self.compute_kind);
         let mut loss_sum = 0f64;
         let mut draws = Vec::with_capacity(grad_accum);
         for _ in 0..grad_accum {
@@ -280,15 +286,7 @@ impl Trainer {
                 self.cfg.seed ^ 0x5354_4154_4521,
                 self.state.micro_batch,
             );
-            let loss = micro_batch(
-                &self.model,
-                self.precision.compute(),
-                &input,
-                &labels,
-                (n, k),
-                state_seed,
-                grad_accum,
-            )?;
+            let loss = micro_batch(&self.model, &input, &labels, (n, k), state_seed, grad_accum)?;
             let value = f64::try_from(&loss)?;
             if !value.is_finite() {
                 bail!(non_finite("loss", step, &self.last_good));
@@ -396,8 +394,11 @@ impl Trainer {
         Ok(())
     }
 
-    /// Held-out loss at the test recurrences, logged at the current step.
+    /// Held-out loss at the test recurrences, logged at the current step; computed in the
+    /// parameters' dtype (fp32), as before any mixed-precision training.
     fn evaluate_and_log(&mut self) -> Result<BTreeMap<String, f64>> {
+        let parameter_kind = self.model.dtype();
+        self.model.set_compute_kind(parameter_kind);
         let recurrences = match &self.model {
             AnyModel::Recurrent(_) => self.cfg.training.eval_recurrences.clone(),
             AnyModel::Static(_) => vec![1],
@@ -609,26 +610,21 @@ fn peak_lr(optimizer: &OptimizerConfig) -> f64 {
     }
 }
 
-/// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (on
-/// the compute copy when there is one), mean cross-entropy, backward of `loss / grad_accum`;
-/// the gradients end on the fp32 masters. Returns the loss as a 0-d tensor (not read here, so
+/// One micro-batch of a step: forward with `n` iterations without and `k` with gradient (in
+/// the model's compute dtype), mean cross-entropy, backward of `loss / grad_accum`; the
+/// gradients accumulate on the parameters in their own dtype. Returns the loss as a 0-d tensor (not read here, so
 /// the caller decides when to synchronise). Public so that benchmarks and tests run the
 /// trainer's own step.
 pub fn micro_batch(
-    master: &AnyModel,
-    compute: Option<&AnyModel>,
+    model: &AnyModel,
     input: &Tensor,
     labels: &Tensor,
     (n, k): (usize, usize),
     state_seed: u64,
     grad_accum: usize,
 ) -> Result<Tensor> {
-    let runner = compute.unwrap_or(master);
-    let loss = training_loss(runner, input, labels, (n, k), state_seed)?;
+    let loss = training_loss(model, input, labels, (n, k), state_seed)?;
     (&loss / grad_accum as f64).backward();
-    if let Some(c) = compute {
-        precision::accumulate_grads(c, master);
-    }
     Ok(loss.detach())
 }
 

@@ -1,13 +1,11 @@
-//! Mixed precision: fp32 master weights that the optimizer updates, and, when the compute
-//! dtype is lower, a second copy of the model in that dtype that runs forward and backward.
-//! Its gradients are accumulated in fp32 on the masters, and it is refreshed from the masters
-//! before every step.
-
-use std::path::Path;
+//! Mixed precision as bf16 autocast over fp32 parameters: the model keeps its fp32 weights (the
+//! leaves the optimizer updates) and computes in the compute dtype, each weight cast at each of
+//! its uses (`AnyModel::set_compute_kind`). Autograd then sums the gradients of the k
+//! with-gradient uses of a core weight in fp32, on the weight itself; a bf16 copy of the model
+//! would sum them in bf16 and round the total to bf16.
 
 use anyhow::Result;
 use rr_model::device::{bf16_is_fast, parse_dtype};
-use rr_model::AnyModel;
 use tch::{Device, Kind};
 
 /// The compute dtype a recipe's `training.dtype` asks for on `device`: `auto` is bf16 on
@@ -27,65 +25,4 @@ pub fn compute_kind(setting: Option<&str>, device: Device) -> Result<Kind> {
         return Ok(Kind::Float);
     }
     Ok(kind)
-}
-
-/// The compute copy of the model, when the compute dtype is not fp32.
-pub struct Precision {
-    compute: Option<AnyModel>,
-}
-
-impl Precision {
-    /// Loads the compute copy from `dir` when `kind` is not fp32.
-    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let compute = match kind {
-            Kind::Float => None,
-            _ => Some(AnyModel::load(dir, device, kind)?),
-        };
-        Ok(Self { compute })
-    }
-
-    pub fn compute(&self) -> Option<&AnyModel> {
-        self.compute.as_ref()
-    }
-
-    /// Copies the fp32 master weights into the compute copy (before each step).
-    pub fn refresh(&self, master: &AnyModel) {
-        if let Some(compute) = &self.compute {
-            copy_weights(master, compute);
-        }
-    }
-}
-
-/// Copies the fp32 master weights into the compute-dtype model.
-pub fn copy_weights(master: &AnyModel, compute: &AnyModel) {
-    let _guard = tch::no_grad_guard();
-    let masters = master.vs().variables();
-    for (name, mut p) in compute.vs().variables() {
-        if let Some(m) = masters.get(&name) {
-            p.copy_(m);
-        }
-    }
-}
-
-/// Adds the compute model's gradients (cast to fp32) to the master gradients and clears them.
-pub(crate) fn accumulate_grads(compute: &AnyModel, master: &AnyModel) {
-    let _guard = tch::no_grad_guard();
-    let masters = master.vs().variables();
-    for (name, p) in compute.vs().variables() {
-        let mut g = p.grad();
-        if !g.defined() {
-            continue;
-        }
-        if let Some(m) = masters.get(&name) {
-            let mut mg = m.grad();
-            if mg.defined() {
-                let _ = mg.g_add_(&g.to_kind(Kind::Float));
-            } else {
-                // First gradient of this parameter: define it through a no-op backward.
-                tch::with_grad(|| (m * 0.0).sum(Kind::Float)).backward();
-                m.grad().copy_(&g.to_kind(Kind::Float));
-            }
-        }
-        let _ = g.zero_();
-    }
 }
