@@ -348,6 +348,10 @@ struct EvalArgs {
     /// With a packed --heldout: rows to use.
     #[arg(long, default_value_t = 64)]
     heldout_rows: usize,
+    /// Also write every item's log-likelihoods or generated text to `<out>.samples.jsonl`
+    /// (lm-evaluation-harness's --log_samples).
+    #[arg(long)]
+    log_samples: bool,
     #[arg(long, default_value = "results.json")]
     out: PathBuf,
 }
@@ -741,6 +745,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         seed: args.model.seed,
         batch_size: args.batch_size,
         max_new_tokens: args.max_new_tokens,
+        log_samples: args.log_samples,
         data_dir: args.data.unwrap_or_else(|| {
             std::env::var_os("RR_SHARED_DATA")
                 .map(PathBuf::from)

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use rr_data::{PackedSet, Split};
 use rr_model::{AnyModel, TestTime, Tokenizer};
 
-use crate::metrics::Gsm8kStrict;
+use crate::metrics::{mc_predict, Gsm8kStrict};
 use crate::plot::{line_plot, Series};
 use crate::results::{
     add_math, add_synth, score_gsm8k, score_multiple_choice, EvalResults, NSamples,
@@ -57,6 +57,9 @@ pub struct EvalOptions {
     pub batch_size: usize,
     pub max_new_tokens: usize,
     pub data_dir: PathBuf,
+    /// Keep every item's raw output (log-likelihoods, generated text) for
+    /// `<out>.samples.jsonl`, as the harness's `--log_samples`.
+    pub log_samples: bool,
 }
 
 /// Refuses test recurrences that are zero or beyond what one forward call runs, an empty
@@ -158,6 +161,39 @@ fn headline_value(results: &EvalResults, task: Task) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// One record per multiple-choice item: its log-likelihoods and both predictions.
+fn mc_samples<'a>(
+    task: &'a str,
+    items: &'a [McItem],
+    lls: &'a [Vec<f64>],
+) -> impl Iterator<Item = serde_json::Value> + 'a {
+    items
+        .iter()
+        .zip(lls)
+        .enumerate()
+        .map(move |(doc_id, (item, ll))| {
+            let scores: Vec<(f64, usize)> = ll.iter().copied().zip(item.norm_lengths()).collect();
+            let p = mc_predict(&scores);
+            serde_json::json!({"task": task, "doc_id": doc_id, "id": item.id, "loglikelihoods": ll,
+                           "gold": item.gold, "pred": p.pred, "pred_norm": p.pred_norm})
+        })
+}
+
+/// One record per generation request: the generated text and the reference.
+fn generation_samples<'a>(
+    task: &'a str,
+    reqs: &'a [GenRequest],
+    generations: &'a [String],
+) -> impl Iterator<Item = serde_json::Value> + 'a {
+    reqs.iter()
+        .zip(generations)
+        .enumerate()
+        .map(move |(doc_id, (req, text))| {
+            serde_json::json!({"task": task, "doc_id": doc_id, "id": req.id, "response": text,
+                           "reference": req.reference})
+        })
+}
+
 /// Everything the held-out data and the tasks run with at one test recurrence.
 struct AtRecurrence<'a> {
     model: &'a AnyModel,
@@ -206,9 +242,17 @@ impl AtRecurrence<'_> {
                     .choice_loglikelihoods(items)
                     .with_context(|| format!("{}", task.file.display()))?;
                 results.add(name, score_multiple_choice(items, &lls)?, n);
+                if self.opts.log_samples {
+                    results.samples.extend(mc_samples(name, items, &lls));
+                }
             }
             Requests::Generate(reqs) => {
                 let generations = self.generate(reqs)?;
+                if self.opts.log_samples {
+                    results
+                        .samples
+                        .extend(generation_samples(name, reqs, &generations));
+                }
                 match task.task {
                     Task::Math | Task::Math500 => {
                         add_math(results, name, reqs, &generations, task.n_original)?
@@ -285,6 +329,7 @@ pub fn write_outputs(
             .with_context(|| format!("{}: cannot create", parent.display()))?;
     }
     report.write(out)?;
+    write_samples(report, out)?;
     let md = out.with_extension("md");
     std::fs::write(&md, report.to_markdown())
         .with_context(|| format!("{}: cannot write", md.display()))?;
@@ -334,4 +379,22 @@ pub fn write_outputs(
         )?;
     }
     Ok(())
+}
+
+/// `<out>.samples.jsonl`: every item's record at every test recurrence (nothing when no
+/// samples were kept), written to a temporary name and renamed.
+fn write_samples(report: &RecurrenceReport, out: &Path) -> Result<()> {
+    let mut lines = String::new();
+    for (r, results) in &report.recurrences {
+        for sample in &results.samples {
+            let mut sample = sample.clone();
+            sample["recurrence"] = serde_json::json!(r);
+            lines.push_str(&sample.to_string());
+            lines.push('\n');
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    rr_util::fs::write_atomic(&out.with_extension("samples.jsonl"), lines.as_bytes())
 }

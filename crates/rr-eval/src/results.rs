@@ -59,6 +59,9 @@ pub struct EvalResults {
     pub n_samples: BTreeMap<String, NSamples>,
     #[serde(default)]
     pub config: Value,
+    /// Per-item records (`--log-samples`), written to their own JSON-lines file.
+    #[serde(skip)]
+    pub samples: Vec<Value>,
 }
 
 impl EvalResults {
