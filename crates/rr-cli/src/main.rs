@@ -83,6 +83,22 @@ enum Adapter {
     Identity,
 }
 
+/// How surgery chooses which source layers to keep.
+#[derive(Clone, Copy, ValueEnum)]
+enum Select {
+    /// Keep the most influential layers (block influence on --calibration, ShortGPT's rule).
+    Influence,
+}
+
+/// Where the recurrent model's weights come from.
+#[derive(Clone, Copy, ValueEnum)]
+enum WeightsFrom {
+    /// The source model's layers, embeddings and head.
+    Pretrained,
+    /// Fresh weights of the same shapes (Huginn's takase init), seeded by --seed.
+    Random,
+}
+
 /// A benchmark model shape.
 #[derive(Clone, Copy, ValueEnum)]
 enum ShapeName {
@@ -239,9 +255,21 @@ struct SurgeryArgs {
     /// Adapter initialisation.
     #[arg(long, value_enum, default_value = "default")]
     adapter: Adapter,
-    /// Seed of the adapter draw.
+    /// Seed of the adapter draw (with --init random, of every weight).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Choose which layers fill the --layers P,B,C sizes instead of the paper's rule.
+    #[arg(long, value_enum, requires = "calibration")]
+    select: Option<Select>,
+    /// Plain text file the source model runs on to rank its layers (--select influence).
+    #[arg(long, requires = "select")]
+    calibration: Option<PathBuf>,
+    /// Calibration tokens: the first N tokens of the text, in windows of 256.
+    #[arg(long, default_value_t = 4096, requires = "select")]
+    calibration_tokens: usize,
+    /// Weights: the source's (a retrofit) or fresh ones of the same shapes (from scratch).
+    #[arg(long, value_enum, default_value = "pretrained")]
+    init: WeightsFrom,
     /// Mean (training and default test) recurrence written to the config.
     #[arg(long, default_value_t = 4)]
     mean_recurrence: usize,
@@ -619,33 +647,60 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_surgery(args: SurgeryArgs) -> Result<()> {
-    use rr_surgery::{AdapterInit, LayerSelection, Surgery};
-    let source = rr_model::LlamaConfig::from_path(&args.model)?;
-    let n = source.num_hidden_layers;
-    let selection = match (&args.layers, &args.core) {
-        (Some(layers), _) => match layers[..] {
-            [p, b, c] => LayerSelection::paper(n, p, b, c)?,
-            _ => bail!("--layers: expected three counts P,B,C"),
-        },
+/// The layers `rr surgery` keeps: the paper's split, an explicit one, or the most influential
+/// layers for the --layers sizes (printing their ranking).
+fn surgery_selection(args: &SurgeryArgs) -> Result<rr_surgery::LayerSelection> {
+    use rr_surgery::{influence::Influence, LayerSelection};
+    let sizes = match args.layers.as_deref() {
+        Some(&[p, b, c]) => Some((p, b, c)),
+        Some(_) => bail!("--layers: expected three counts P,B,C"),
+        None => None,
+    };
+    if let (Some(Select::Influence), Some(calibration)) = (args.select, &args.calibration) {
+        let Some((p, b, c)) = sizes else {
+            bail!("--select influence chooses the layers itself: give the sizes as --layers P,B,C")
+        };
+        let device = Device::cuda_if_available();
+        let influence =
+            Influence::measure(&args.model, calibration, args.calibration_tokens, device)?;
+        print!("{}", influence.table());
+        return LayerSelection::by_influence(&influence.per_layer, p, b, c);
+    }
+    let n = rr_model::LlamaConfig::from_path(&args.model)?.num_hidden_layers;
+    match (sizes, &args.core) {
+        (Some((p, b, c)), _) => LayerSelection::paper(n, p, b, c),
         (None, Some(core)) => {
             let list = |l: &Option<LayerList>| l.as_ref().map(|l| l.0.clone()).unwrap_or_default();
-            LayerSelection::explicit(n, list(&args.prelude), core.0.clone(), list(&args.coda))?
+            LayerSelection::explicit(n, list(&args.prelude), core.0.clone(), list(&args.coda))
         }
         (None, None) => {
             bail!("give --layers P,B,C or an explicit --core (with --prelude and --coda)")
         }
-    };
-    let adapter = match args.adapter {
-        Adapter::Default => AdapterInit::Default { seed: args.seed },
-        Adapter::Identity => AdapterInit::Identity,
-    };
-    let surgery = Surgery::new(&args.model, selection, adapter, args.mean_recurrence)?;
+    }
+}
+
+fn run_surgery(args: SurgeryArgs) -> Result<()> {
+    use rr_surgery::{AdapterInit, Surgery};
     if args.out.exists() && !args.force && !args.dry_run {
         bail!(
             "{}: output already exists (use --force to replace it)",
             args.out.display()
         );
+    }
+    if !args.dry_run {
+        rr_util::fs::ensure_output_apart(&args.out, &[&args.model])?;
+    }
+    let adapter = match (args.adapter, args.init) {
+        (Adapter::Identity, WeightsFrom::Random) => {
+            bail!("--adapter identity: --init random draws the adapter too")
+        }
+        (Adapter::Default, _) => AdapterInit::Default { seed: args.seed },
+        (Adapter::Identity, _) => AdapterInit::Identity,
+    };
+    let selection = surgery_selection(&args)?;
+    let mut surgery = Surgery::new(&args.model, selection, adapter, args.mean_recurrence)?;
+    if let WeightsFrom::Random = args.init {
+        surgery = surgery.with_random_weights(args.seed);
     }
     print!("{}", surgery.table());
     if args.dry_run {

@@ -444,6 +444,157 @@ fn surgery_bad_selections_and_existing_output() {
     assert!(!dry.exists());
 }
 
+/// `--layers 1,2,1 --select influence --calibration FILE`.
+fn select(file: &str) -> [&str; 6] {
+    [
+        "--layers",
+        "1,2,1",
+        "--select",
+        "influence",
+        "--calibration",
+        file,
+    ]
+}
+
+/// `--select influence` and `--init random`: bad input is one line naming the flag or file,
+/// and leaves nothing behind; good input prints the ranking and drops the lowest-ranked layer.
+#[test]
+fn surgery_select_influence_and_random_init() {
+    let Some(shared) = shared_data() else { return };
+    let hf = shared.join("models/stories260K/hf");
+    let hf = hf.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rec");
+    let out_s = out.to_str().unwrap();
+    let calibration = shared.join("tinystories/tinystories_validation_head.txt");
+    let calibration = calibration.to_str().unwrap();
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = text_file(tmp.path());
+    let recurrent = tmp.path().join("recurrent");
+    let made = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(["surgery", "--model", hf, "--layers", "1,3,1", "--out"])
+        .arg(&recurrent)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let (empty, short) = (empty.to_str().unwrap(), short.to_str().unwrap());
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![
+                "--layers",
+                "1,2,1",
+                "--select",
+                "fancy",
+                "--calibration",
+                calibration,
+            ],
+            "invalid value 'fancy' for '--select <SELECT>'".into(),
+        ),
+        (
+            vec!["--layers", "1,2,1", "--select", "influence"],
+            "--calibration".into(),
+        ),
+        (
+            select(empty).to_vec(),
+            format!("{empty}: the calibration text is empty"),
+        ),
+        (
+            select(short).to_vec(),
+            format!("{short}: 13 tokens, fewer than one calibration window (256 tokens)"),
+        ),
+        (
+            [&select(calibration)[..], &["--calibration-tokens", "100"]].concat(),
+            "--calibration-tokens 100 is less than one window".into(),
+        ),
+        (
+            vec![
+                "--core",
+                "1-2",
+                "--select",
+                "influence",
+                "--calibration",
+                calibration,
+            ],
+            "--select influence chooses the layers itself".into(),
+        ),
+        (
+            vec![
+                "--layers",
+                "1,3,1",
+                "--init",
+                "random",
+                "--adapter",
+                "identity",
+            ],
+            "--init random draws the adapter too".into(),
+        ),
+    ];
+    for (extra, expected) in &cases {
+        let mut args = vec!["surgery", "--model", hf, "--out", out_s];
+        args.extend_from_slice(extra);
+        let err = rr_fails(&args);
+        assert!(err.contains(expected.as_str()), "{extra:?}: {err}");
+        assert!(!out.exists(), "{extra:?} left output behind");
+    }
+    let recurrent = recurrent.to_str().unwrap();
+    let mut args = vec!["surgery", "--model", recurrent, "--out", out_s];
+    args.extend_from_slice(&select(calibration));
+    let err = rr_fails(&args);
+    assert!(
+        err.contains("already a recurrent (huginn_raven) model"),
+        "{err}"
+    );
+
+    // Good input: the ranking, and the one dropped layer is the last-ranked one.
+    let dry = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(["surgery", "--model", hf, "--out", out_s, "--dry-run"])
+        .args(select(calibration))
+        .output()
+        .unwrap();
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let text = String::from_utf8_lossy(&dry.stdout);
+    let ranked: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("rank"))
+        .skip(1)
+        .take(5)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(ranked.len(), 5, "{text}");
+    assert!(
+        text.contains(&format!("dropped layers: [{}]", ranked[4])),
+        "{text}"
+    );
+    // A random init writes a loadable model of the retrofit's shape.
+    let random = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args([
+            "surgery", "--model", hf, "--layers", "1,3,1", "--init", "random",
+        ])
+        .args(["--seed", "3", "--out", out_s])
+        .output()
+        .unwrap();
+    assert!(
+        random.status.success(),
+        "{}",
+        String::from_utf8_lossy(&random.stderr)
+    );
+    assert!(String::from_utf8_lossy(&random.stdout).contains("weights: random (takase, seed 3)"));
+    let score = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args(score_args(out_s, short))
+        .output()
+        .unwrap();
+    assert!(
+        score.status.success(),
+        "{}",
+        String::from_utf8_lossy(&score.stderr)
+    );
+}
+
 #[test]
 fn recurrence_flag_is_checked() {
     let Some(shared) = shared_data() else { return };

@@ -3,7 +3,12 @@
 //!
 //! The paper's rule for `(p, b, c)`: prelude = the first p layers, core = the b layers directly
 //! before the coda, coda = the last c layers; the layers between prelude and core are dropped.
-//! Explicit selections (lists of source indices per stack) are accepted too.
+//! Explicit selections (lists of source indices per stack) are accepted too, and so is a split
+//! that keeps the most influential layers ([`LayerSelection::by_influence`], [`influence`]).
+//! [`random_init`] gives a model of the same shape with fresh weights instead of the source's.
+
+pub mod influence;
+pub mod random_init;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -43,6 +48,27 @@ impl LayerSelection {
             prelude: (0..p).collect(),
             core: (coda_start - b..coda_start).collect(),
             coda: (coda_start..num_layers).collect(),
+        })
+    }
+
+    /// The `(p, b, c)` split keeping the `p + b + c` most influential layers (ShortGPT's rule:
+    /// drop the layers of lowest block influence; ties drop the lower index first). The kept
+    /// layers stay in source order: the prelude is the first p of them, the core the next b, the
+    /// coda the last c. `influence[i]` is the BI of source layer i.
+    pub fn by_influence(influence: &[f64], p: usize, b: usize, c: usize) -> Result<Self> {
+        let num_layers = influence.len();
+        // The same size checks as the paper's split.
+        Self::paper(num_layers, p, b, c)?;
+        let mut by_bi: Vec<usize> = (0..num_layers).collect();
+        by_bi.sort_by(|&x, &y| influence[x].total_cmp(&influence[y]).then(x.cmp(&y)));
+        let mut kept = by_bi.split_off(num_layers - (p + b + c));
+        kept.sort_unstable();
+        let coda = kept.split_off(p + b);
+        let core = kept.split_off(p);
+        Ok(Self {
+            prelude: kept,
+            core,
+            coda,
         })
     }
 
@@ -164,12 +190,22 @@ impl AdapterInit {
     }
 }
 
+/// Where the recurrent model's weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightInit {
+    /// The source's layers, embeddings, final norm and head; the adapter as `AdapterInit` says.
+    Pretrained,
+    /// Fresh weights of the same shapes ([`random_init`]); the adapter setting is unused.
+    Random { seed: u64 },
+}
+
 pub struct Surgery {
     pub source_dir: PathBuf,
     pub source: LlamaConfig,
     pub selection: LayerSelection,
     pub adapter: AdapterInit,
     pub mean_recurrence: usize,
+    pub init: WeightInit,
 }
 
 impl Surgery {
@@ -193,7 +229,16 @@ impl Surgery {
             selection,
             adapter,
             mean_recurrence,
+            init: WeightInit::Pretrained,
         })
+    }
+
+    /// The same surgery with freshly initialised weights ([`random_init`]) drawn from `seed`.
+    pub fn with_random_weights(self, seed: u64) -> Self {
+        Self {
+            init: WeightInit::Random { seed },
+            ..self
+        }
     }
 
     pub fn target_config(&self) -> RecurrentConfig {
@@ -237,11 +282,20 @@ impl Surgery {
             format!("{dropped:?}")
         };
         let _ = writeln!(t, "dropped layers: {dropped}");
-        let _ = writeln!(
-            t,
-            "adapter: {:?}; mean recurrence {}",
-            self.adapter, self.mean_recurrence
-        );
+        match self.init {
+            WeightInit::Pretrained => {
+                let _ = writeln!(t, "adapter: {:?}", self.adapter);
+            }
+            WeightInit::Random { seed } => {
+                let (std, out_proj) = random_init::takase_stds(&cfg);
+                let _ = writeln!(
+                    t,
+                    "weights: random (takase, seed {seed}): std {std:.6}, output projections \
+                     {out_proj:.6}, norms 1; the source's layers are not used"
+                );
+            }
+        }
+        let _ = writeln!(t, "mean recurrence {}", self.mean_recurrence);
         let per = cfg.params_per_layer();
         let h = cfg.n_embd;
         let v = cfg.padded_vocab_size();
@@ -274,11 +328,18 @@ impl Surgery {
     }
 
     /// The recurrent checkpoint's tensors, named as the Raven layout names them, in the source
-    /// dtype (the adapter too).
+    /// dtype (the adapter too); with [`WeightInit::Random`], fresh ones of the same names and
+    /// shapes.
     pub fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let files = SafetensorsFiles::open_dir(&self.source_dir)?;
         let get = |name: &str| files.tensor(name);
-        let embed = get("model.embed_tokens.weight")?;
+        let embed_name = "model.embed_tokens.weight";
+        if let WeightInit::Random { seed } = self.init {
+            let dtype = rr_model::weights::kind_of(files.info(embed_name)?.dtype)?;
+            let cfg = self.target_config();
+            return Ok(random_init::random_tensors(&cfg, seed, dtype));
+        }
+        let embed = get(embed_name)?;
         let dtype = embed.kind();
         let head = if files.contains("lm_head.weight") {
             get("lm_head.weight")?
