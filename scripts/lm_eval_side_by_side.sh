@@ -3,7 +3,7 @@
 # items, side by side: docs/EVAL_PARITY.md is made by this script.
 #
 #   bash scripts/setup_lm_eval.sh                     # once: .venv-lm-eval
-#   cargo xtask build --release                       # target/release/rr
+#   cargo xtask build                                 # target/debug/rr (optimised)
 #   bash scripts/lm_eval_side_by_side.sh MODEL_DIR OUT_DIR [LIMIT]
 #
 # LIMIT (optional) keeps the first LIMIT items of every task on both sides; without it the full
@@ -16,10 +16,10 @@ model=$(realpath "$1")
 out=$(realpath -m "$2")
 limit=${3:-}
 data=$(realpath "${RR_SHARED_DATA:-../shared/data}")
-rr=${RR:-target/release/rr}
+rr=${RR:-target/debug/rr}
 py=.venv-lm-eval/bin/python
 [ -x "$py" ] || { echo "error: .venv-lm-eval missing; run scripts/setup_lm_eval.sh" >&2; exit 1; }
-[ -x "$rr" ] || { echo "error: $rr missing; run cargo xtask build --release" >&2; exit 1; }
+[ -x "$rr" ] || { echo "error: $rr missing; run cargo xtask build" >&2; exit 1; }
 
 mkdir -p "$out/tasks" "$out/lm-eval" "$out/rr"
 for f in scripts/lm_eval_tasks/*.yaml; do

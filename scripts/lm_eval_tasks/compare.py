@@ -58,7 +58,7 @@ def agreement(rr_samples, h_samples, generative):
             text = h[0]["resps"][0][0]
             same += r["response"] == text
         else:
-            same += r["choice_norm"] == harness_choice(h[0])
+            same += r["pred_norm"] == harness_choice(h[0])
     return same
 
 
