@@ -76,18 +76,27 @@ fn gradients_equal_the_detached_reference() {
         )
         .logits
     });
+    // A gradient passes the forward's sums and then the backward's, of about the same lengths:
+    // twice the forward depth at n + k iterations, relative to the gradient's own magnitude.
+    let fixture = common::load_raven_fixture("raven_llama").unwrap();
+    let depth = 2 * common::recurrent_depth(&fixture["config"], n + k, 8);
     let mut core_differs_from_full = false;
+    let mut worst_ratio: f64 = 0.0;
     for (((name, a), (_, b)), (_, c)) in truncated.iter().zip(&reference).zip(&full) {
         assert!(a.defined() && b.defined(), "{name}: no gradient");
         let diff = (a - b).abs().max().double_value(&[]);
+        let tol = common::fp32_reorder_bound(depth, b.abs().max().double_value(&[]));
+        worst_ratio = worst_ratio.max(diff / tol.max(f64::MIN_POSITIVE));
         assert!(
-            diff <= 1e-6,
-            "{name}: truncated vs detached reference differ by {diff:e}"
+            diff <= tol,
+            "{name}: truncated vs detached reference differ by {diff:.3e} > bound {tol:.3e}"
         );
-        if name.contains("core_block") && (a - c).abs().max().double_value(&[]) > 1e-4 {
+        let to_full = (a - c).abs().max().double_value(&[]);
+        if name.contains("core_block") && to_full > 100.0 * tol {
             core_differs_from_full = true;
         }
     }
+    eprintln!("truncated vs detached reference: worst |Δgrad| / bound = {worst_ratio:.3e}");
     // Backpropagating through all n + k iterations gives other gradients: the cut matters.
     assert!(core_differs_from_full);
 }

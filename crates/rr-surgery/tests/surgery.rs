@@ -67,20 +67,32 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Surgery keeping every layer in order, identity adapter, zero state, r = 1: the recurrent
-/// model must reproduce the source model's logits.
-fn conversion_check(source: &Path, selection: LayerSelection, ids: &[i64]) -> f64 {
+/// model must reproduce the source model's logits. Returns max |Δlogit| and its bound.
+///
+/// The two models run the same function with sums in other orders (fused q/k/v and gate/up
+/// projections against separate ones, another BLAS blocking), so the bound is the reordering
+/// bound `common::fp32_tolerance` at the source's depth plus the adapter's sum over 2h.
+fn conversion_check(source: &Path, selection: LayerSelection, ids: &[i64]) -> (f64, f64) {
     let surgery = Surgery::new(source, selection, AdapterInit::Identity, 1).unwrap();
     let out = tempfile::tempdir().unwrap();
     let out = out.path().join("rec");
     surgery.write(&out, false).unwrap();
     let base = LlamaModel::load(source, Device::Cpu, Kind::Float).unwrap();
     let rec = RecurrentModel::load(&out, Device::Cpu, Kind::Float).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    let layer = common::LayerShape::from_config(&cfg);
+    let depth = common::decoder_depth(&cfg, ids.len()) + 2 * layer.hidden;
     let ids = Tensor::from_slice(ids).view([1, -1]);
     tch::no_grad(|| {
         let want = base.forward(&ids, None);
         let out = rec.forward(&ids, None, Depth::recurrence(1), &InitialState::Zeros, None);
         let got = rec.logits(&out.unwrap().hidden);
-        max_abs_diff(&want, &got)
+        (
+            max_abs_diff(&want, &got),
+            common::fp32_tolerance(&want, depth),
+        )
     })
 }
 
@@ -93,8 +105,12 @@ fn conversion_check_on_stories260k() {
     let ids: Vec<i64> = vec![1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315];
     for (p, b, c) in [(1, 3, 1), (2, 1, 2), (0, 5, 0), (4, 1, 0)] {
         let sel = LayerSelection::paper(5, p, b, c).unwrap();
-        let diff = conversion_check(&source, sel, &ids);
-        assert!(diff <= 1e-5, "({p},{b},{c}): max |Δlogit| = {diff:e}");
+        let (diff, tol) = conversion_check(&source, sel, &ids);
+        eprintln!("({p},{b},{c}): max |Δlogit| = {diff:.3e}, bound {tol:.3e}");
+        assert!(
+            diff <= tol,
+            "({p},{b},{c}): max |Δlogit| = {diff:e} > bound {tol:.3e}"
+        );
     }
 }
 
@@ -140,8 +156,9 @@ proptest! {
         let c = split.1 % (layers - p);
         let b = layers - p - c;
         let sel = LayerSelection::paper(layers, p, b, c).unwrap();
-        let diff = conversion_check(dir.path(), sel, &seq);
-        prop_assert!(diff <= 1e-5, "{} L={layers} ({p},{b},{c}): max |Δlogit| = {diff:e}", cfg["model_type"]);
+        let (diff, tol) = conversion_check(dir.path(), sel, &seq);
+        eprintln!("{} L={layers} ({p},{b},{c}): max |Δlogit| = {diff:.3e}, bound {tol:.3e}", cfg["model_type"]);
+        prop_assert!(diff <= tol, "{} L={layers} ({p},{b},{c}): max |Δlogit| = {diff:e} > bound {tol:.3e}", cfg["model_type"]);
     }
 }
 

@@ -22,6 +22,10 @@
 //! computed in f64 and cast to f32 (round to nearest even), so both sides agree bit for bit.
 #![allow(dead_code)]
 
+pub mod tolerance;
+#[allow(unused_imports)] // not every test binary compares floats
+pub use tolerance::*;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -82,15 +86,6 @@ pub fn load_hf_fixture(case: &str) -> Result<Value> {
         );
     }
     Ok(v)
-}
-
-/// A float tolerance for comparing an fp32 computation with `reference`: `ulps` units of fp32
-/// epsilon times the reference's magnitude (its largest |value|, at least 1). Differences in
-/// reduction order (BLAS blocking, thread count, batch shape) scale with the magnitude of what
-/// is summed, so an absolute constant would pass on one machine and fail on the next.
-pub fn fp32_tolerance(reference: &tch::Tensor, ulps: f64) -> f64 {
-    let magnitude = reference.abs().max().double_value(&[]).max(1.0);
-    ulps * f32::EPSILON as f64 * magnitude
 }
 
 pub fn fnv1a64(s: &str) -> u64 {
