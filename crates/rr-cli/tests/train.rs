@@ -551,6 +551,50 @@ fn bf16_compute_matches_fp32_to_bf16_tolerance() {
     }
 }
 
+/// With the kernels capped to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`: what
+/// an AVX2-only CPU runs), a bf16 recipe computes in fp32, bit-identical to the fp32 recipe, and
+/// says so; the log's CPU line names the cap. This exercises the no-native-bf16 path on every
+/// machine, this AVX-512 BF16 one included.
+#[test]
+fn bf16_recipe_runs_in_fp32_on_avx2_kernels() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 2);
+    let d = tmp.path();
+    let base = recipe(2, "packed", "rec");
+    // Both runs under the same cap: AVX2 kernels also sum fp32 in another order than AVX-512
+    // ones, so only runs on the same kernels can be compared bit for bit.
+    let train_capped = |dtype: &str| {
+        let text = base.replace(
+            "device = \"cpu\"",
+            &format!("device = \"cpu\"\ndtype = \"{dtype}\""),
+        );
+        std::fs::write(d.join(format!("{dtype}.toml")), text).unwrap();
+        let config = format!("{dtype}.toml");
+        let out = Command::new(env!("CARGO_BIN_EXE_rr"))
+            .current_dir(d)
+            .env("ONEDNN_MAX_CPU_ISA", "AVX2")
+            .env("ATEN_CPU_CAPABILITY", "avx2")
+            .args(["train", "--config", &config, "--run-dir", dtype])
+            .output()
+            .expect("run rr");
+        let log = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{log}");
+        assert!(
+            log.contains("kernels capped by ONEDNN_MAX_CPU_ISA=AVX2"),
+            "{log}"
+        );
+        log
+    };
+    train_capped("f32");
+    let log = train_capped("bf16");
+    assert!(
+        log.contains("training.dtype = bf16, but this CPU has no native bf16"),
+        "{log}"
+    );
+    assert_eq!(losses(&d.join("f32")), losses(&d.join("bf16")));
+}
+
 /// Every checkpoint's config.json records what the model was trained for (the curriculum's
 /// target mean recurrence and backprop depth) instead of the surgery's values, and `rr`
 /// defaults to it.
