@@ -4,6 +4,7 @@
 //! libtorch exists, because `cargo xtask setup` is what installs it.
 mod bench;
 mod fetch_model;
+mod gloo;
 mod hub;
 mod test_run;
 mod torch_env;
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv (idempotent)
+    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv, and Gloo's
+    /// headers into <root>/.deps/gloo (idempotent)
     Setup,
     /// Build the `rr` binary (-p rr-cli) and print its path
     Build {
@@ -135,6 +137,7 @@ fn run() -> Result<ExitCode> {
     // Every command sets torch up first, also those that need none (downloads), so that a fresh
     // machine ends up ready.
     let torch = torch_env::setup(&root)?;
+    gloo::ensure_headers(&root);
     match cli.cmd {
         Cmd::Setup => {}
         Cmd::Build { release } => return build(&root, &torch, release),
