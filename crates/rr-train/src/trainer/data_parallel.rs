@@ -22,6 +22,8 @@ pub const BUCKET_BYTES: i64 = 25 << 20;
 /// This process's place in a data-parallel run.
 pub struct DataParallel {
     group: ProcessGroup,
+    /// The recipe's device, with a GPU index of `LOCAL_RANK` (one GPU per process).
+    device: Device,
     /// Seconds spent in collectives since the last [`DataParallel::take_comm_seconds`].
     comm_seconds: f64,
 }
@@ -44,6 +46,7 @@ impl DataParallel {
         let group = ProcessGroup::new(&rdv, Backend::for_device(device), timeout)?;
         Ok(Some(Self {
             group,
+            device,
             comm_seconds: 0.0,
         }))
     }
@@ -54,6 +57,10 @@ impl DataParallel {
 
     pub fn world(&self) -> usize {
         self.group.world()
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Refuses to start unless every rank runs the same recipe and model: each rank's

@@ -166,6 +166,7 @@ impl Trainer {
         let mut cfg = cfg.clone();
         let device = parse_device(&cfg.training.device)?;
         let mut parallel = DataParallel::from_env(device, opts.collective_timeout)?;
+        let device = parallel.as_ref().map_or(device, DataParallel::device);
         let rank = parallel.as_ref().map_or(0, DataParallel::rank);
         if let Some(p) = &parallel {
             data_parallel::shard_rows(cfg.training.micro_batch_size, p.rank(), p.world())?;
@@ -185,7 +186,7 @@ impl Trainer {
             );
         }
         let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
-        let (model, heldout, sets) = load_inputs(&cfg, &init_dir)?;
+        let (model, heldout, sets) = load_inputs(&cfg, &init_dir, device)?;
         if let Some(flops) = opts.match_flops {
             cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops)?;
         }
@@ -568,6 +569,7 @@ fn latest_for_follower(opts: &TrainOptions) -> Result<Option<PathBuf>> {
 fn load_inputs(
     cfg: &TrainConfig,
     init_dir: &Path,
+    device: Device,
 ) -> Result<(AnyModel, Arc<PackedSet>, PackedSets)> {
     if !init_dir.join("config.json").exists() {
         bail!(
@@ -577,7 +579,7 @@ fn load_inputs(
     }
     let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
     let (sets, heldout) = open_data(cfg, &tokenizer)?;
-    let mut model = AnyModel::load(init_dir, parse_device(&cfg.training.device)?, Kind::Float)?;
+    let mut model = AnyModel::load(init_dir, device, Kind::Float)?;
     if cfg.model.untie_head {
         match &mut model {
             AnyModel::Static(m) => m.untie_head(),
