@@ -16,8 +16,15 @@ fn free_port() -> u16 {
 
 /// Runs `test` as two ranks and returns their outputs (rank order).
 fn two_ranks(test: &str, role: &str) -> Vec<Output> {
+    start_two_ranks(test, role)
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn start_two_ranks(test: &str, role: &str) -> Vec<std::process::Child> {
     let port = free_port().to_string();
-    let children: Vec<_> = (0..2)
+    (0..2)
         .map(|rank| {
             Command::new(std::env::current_exe().unwrap())
                 .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -31,10 +38,6 @@ fn two_ranks(test: &str, role: &str) -> Vec<Output> {
                 .spawn()
                 .unwrap()
         })
-        .collect();
-    children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
         .collect()
 }
 
@@ -109,6 +112,38 @@ fn a_dead_peer_is_an_error_naming_it_within_the_timeout() {
         unreachable!("kill -9 returned");
     }
     std::thread::sleep(Duration::from_millis(300));
+    let err = pg
+        .all_reduce(&[Tensor::from_slice(&[1f32])], false)
+        .unwrap_err();
+    println!("{err:#}");
+}
+
+#[test]
+fn a_hung_peer_is_an_error_naming_it_after_the_timeout() {
+    if std::env::var(ROLE).is_err() {
+        let mut children = start_two_ranks(
+            "a_hung_peer_is_an_error_naming_it_after_the_timeout",
+            "hung",
+        );
+        let mut rank1 = children.pop().unwrap();
+        let rank0 = children.pop().unwrap().wait_with_output().unwrap();
+        let _ = rank1.kill(); // stopped, not dead: SIGKILL still ends it
+        let _ = rank1.wait();
+        let text = String::from_utf8_lossy(&rank0.stdout).to_string();
+        assert!(rank0.status.success(), "rank 0: {text}");
+        assert!(text.contains("rank 0: all-reduce failed"), "{text}");
+        assert!(text.contains("lost rank 1"), "{text}");
+        return;
+    }
+    let pg = join(Duration::from_secs(3));
+    pg.barrier().unwrap();
+    if pg.rank() == 1 {
+        // Hangs: stopped by SIGSTOP, its heartbeat thread with it.
+        let me = std::process::id().to_string();
+        let _ = Command::new("kill").args(["-STOP", &me]).status();
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
     let err = pg
         .all_reduce(&[Tensor::from_slice(&[1f32])], false)
         .unwrap_err();
