@@ -177,6 +177,12 @@ fn parameters(checkpoint: &Path) -> Vec<(String, tch::Tensor)> {
 /// Same steps, losses within `rel` of each other.
 fn assert_same_curve(a: &[(u64, f64)], b: &[(u64, f64)], rel: f64) {
     assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x.1 - y.1).abs() / x.1.abs())
+        .fold(0.0, f64::max);
+    println!("losses: max relative difference {worst:.2e} (bound {rel:.0e})");
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.0, y.0);
         assert!(
@@ -193,15 +199,18 @@ fn assert_same_curve(a: &[(u64, f64)], b: &[(u64, f64)], rel: f64) {
 fn assert_same_parameters(a: &Path, b: &Path, rel: f64) {
     let (pa, pb) = (parameters(a), parameters(b));
     assert_eq!(pa.len(), pb.len());
+    let mut worst = 0f64;
     for ((na, ta), (nb, tb)) in pa.iter().zip(&pb) {
         assert_eq!(na, nb);
         let diff = f64::try_from((ta - tb).abs().max()).unwrap();
         let scale = f64::try_from(ta.abs().max()).unwrap().max(1e-12);
+        worst = worst.max(diff / scale);
         assert!(
             diff <= rel * scale,
             "{na}: max diff {diff} at scale {scale}"
         );
     }
+    println!("parameters: max relative difference {worst:.2e} (bound {rel:.0e})");
 }
 
 /// The tolerance: fp32 sums over 2 rows per rank then across ranks, against sums over 4 rows,
