@@ -1,8 +1,9 @@
 //! Data parallelism as PyTorch DDP does it, over torch's c10d (`rr_torch_ext::dist`): every rank
 //! holds the whole model, computes the gradients of its own rows of each global micro-batch,
 //! and the gradients are averaged across ranks (flattened into buckets of [`BUCKET_BYTES`],
-//! one all-reduce each) before clipping and the optimizer step, which then runs identically on
-//! every rank. Rank 0 alone writes the run directory.
+//! one all-reduce each) before clipping and the optimizer step, which then gives the same
+//! update on every rank (Muon divides its Newton–Schulz work among the ranks and all-gathers
+//! the results). Rank 0 alone writes the run directory.
 //!
 //! The recipe's `micro_batch_size` is the *global* micro-batch: each of `world` ranks takes
 //! `micro_batch_size / world` rows of it, so the global batch, the data order and the data
@@ -119,6 +120,23 @@ impl DataParallel {
 
     pub fn take_comm_seconds(&mut self) -> f64 {
         std::mem::take(&mut self.comm_seconds)
+    }
+}
+
+impl crate::optim::SplitWork for DataParallel {
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    fn world(&self) -> usize {
+        self.group.world()
+    }
+
+    fn all_gather(&mut self, input: &Tensor) -> Result<Vec<Tensor>> {
+        let started = Instant::now();
+        let out = self.group.all_gather(input);
+        self.comm_seconds += started.elapsed().as_secs_f64();
+        out
     }
 }
 

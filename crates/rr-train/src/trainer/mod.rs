@@ -355,7 +355,10 @@ impl Trainer {
         }
         let grad_norm = clip_grad_norm(&self.params, self.cfg.training.max_grad_norm);
         let lr_multiplier = self.cfg.lr.multiplier_at(step, total);
-        self.optimizer.step(lr_multiplier);
+        match self.parallel.as_mut() {
+            Some(p) => self.optimizer.step_split(lr_multiplier, p)?,
+            None => self.optimizer.step(lr_multiplier),
+        }
         self.optimizer.zero_grad();
         let mean_recurrence = self
             .curriculum
