@@ -120,6 +120,18 @@ struct Writer {
     metrics: MetricsLog,
 }
 
+impl Writer {
+    /// Opens the metrics log (cut after `state.step`) and lets go of a replaced run.
+    fn start(mut run_dir: RunDir, state: &TrainerState) -> Result<Self> {
+        let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
+        run_dir.started()?;
+        Ok(Self {
+            _run_dir: run_dir,
+            metrics,
+        })
+    }
+}
+
 /// A run in progress: the model (fp32 parameters, computing in `compute_kind`), optimizer, data, the
 /// resumable state and the metrics log.
 pub struct Trainer {
@@ -204,33 +216,19 @@ impl Trainer {
             p.check_same_run(&cfg.hash(), &named_params(&model))?;
             p.broadcast_parameters(&params)?;
         }
-        let (writer, state) = match (held, &latest) {
-            (Some(dir), Some(ckpt)) => {
-                let state = restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?;
-                (Some(dir), state)
-            }
-            (None, Some(ckpt)) => {
-                let state = restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?;
-                (None, state)
-            }
-            _ if rank == 0 => {
+        let (writer, state) = match &latest {
+            Some(ckpt) => (
+                held,
+                restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?,
+            ),
+            None if rank == 0 => {
                 let dir = RunDir::create(&opts.run_dir, opts.force)?;
                 write_recipe(&dir.path, &cfg)?;
                 (Some(dir), fresh_state(&cfg, &phases))
             }
-            _ => (None, fresh_state(&cfg, &phases)),
+            None => (None, fresh_state(&cfg, &phases)),
         };
-        let writer = match writer {
-            Some(mut run_dir) => {
-                let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
-                run_dir.started()?;
-                Some(Writer {
-                    _run_dir: run_dir,
-                    metrics,
-                })
-            }
-            None => None,
-        };
+        let writer = writer.map(|dir| Writer::start(dir, &state)).transpose()?;
         Ok(Self {
             run_path: opts.run_dir.clone(),
             writer,
