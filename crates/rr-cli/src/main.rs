@@ -792,6 +792,9 @@ fn run_train(args: TrainArgs) -> Result<()> {
         collective_timeout: std::time::Duration::from_secs(args.collective_timeout),
     };
     let summary = rr_train::train(&cfg, &opts)?;
+    if !rr_train::launch::is_rank_zero() {
+        return Ok(());
+    }
     println!(
         "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
         summary.name,

@@ -57,6 +57,12 @@ pub fn local_ranks(nproc: usize, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether this process speaks for the run: a single process, or rank 0 of torchrun's
+/// environment (`RANK`).
+pub fn is_rank_zero() -> bool {
+    std::env::var("RANK").map_or(true, |r| r.trim() == "0")
+}
+
 /// `args` without `flag VALUE` or `flag=VALUE`.
 fn without_flag(args: Vec<OsString>, flag: &str) -> Vec<OsString> {
     let mut out = Vec::with_capacity(args.len());
