@@ -253,46 +253,29 @@ fn world_2_equals_world_1_with_muon() {
 }
 
 #[test]
-fn a_world_2_checkpoint_resumes_at_world_1_on_the_same_curve() {
+fn a_world_2_checkpoint_resumes_at_world_1_and_4_on_the_same_curve() {
     let Some(shared) = shared_data() else { return };
     let tmp = setup(&shared);
     let d = tmp.path();
     std::fs::write(d.join("cfg.toml"), recipe("adamw", 7, 20)).unwrap();
-    rr_ok(
-        d,
-        &[
-            "train",
-            "--config",
-            "cfg.toml",
-            "--run-dir",
-            "w2",
-            "--nproc-per-node",
-            "2",
-        ],
-    );
-    // Back to the step-10 checkpoint: the later checkpoint and report go, and the resumed
-    // run rewrites the metrics after step 10.
-    let run = d.join("resumed");
-    Command::new("cp")
-        .arg("-r")
-        .arg(d.join("w2"))
-        .arg(&run)
-        .status()
-        .unwrap();
-    std::fs::remove_dir_all(run.join("checkpoints/step-000020")).unwrap();
-    std::fs::remove_file(run.join("summary.json")).unwrap();
-    rr_ok(
-        d,
-        &[
-            "train",
-            "--config",
-            "cfg.toml",
-            "--run-dir",
-            "resumed",
-            "--resume",
-        ],
-    );
-    assert_same_curve(&losses(&d.join("w2")), &losses(&run), REL);
+    let train = ["train", "--config", "cfg.toml", "--run-dir"];
+    rr_ok(d, &[&train[..], &["w2", "--nproc-per-node", "2"]].concat());
+    for (name, world) in [("at-world-1", "1"), ("at-world-4", "4")] {
+        // Back to the step-10 checkpoint: the later checkpoint and the report go, and the
+        // resumed run rewrites the metrics after step 10.
+        let run = d.join(name);
+        Command::new("cp")
+            .arg("-r")
+            .arg(d.join("w2"))
+            .arg(&run)
+            .status()
+            .unwrap();
+        std::fs::remove_dir_all(run.join("checkpoints/step-000020")).unwrap();
+        std::fs::remove_file(run.join("summary.json")).unwrap();
+        let parallel = ["--resume", "--nproc-per-node", world];
+        rr_ok(d, &[&train[..], &[name], &parallel[..]].concat());
+        assert_same_curve(&losses(&d.join("w2")), &losses(&run), REL);
+    }
 }
 
 #[test]
