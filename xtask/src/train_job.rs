@@ -67,7 +67,7 @@ fn resume_flag(dir: &Path) -> Option<&'static str> {
     dir.join("checkpoints").exists().then_some("--resume")
 }
 
-pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
+pub fn run(root: &Path, torch: &Torch, config: &Path, nproc_per_node: Option<usize>) -> Result<()> {
     let started = Instant::now();
     let config = if config.is_absolute() {
         config.to_path_buf()
@@ -87,6 +87,7 @@ pub fn run(root: &Path, torch: &Torch, config: &Path) -> Result<()> {
         config,
         recipe,
         prepare,
+        nproc_per_node: nproc_per_node.map(|n| n.to_string()),
     };
     let source = job.source_model()?;
     let init = root.join(&job.recipe.model.init);
@@ -129,6 +130,8 @@ struct Job<'a> {
     run: PathBuf,
     /// The `rr` binary.
     rr: PathBuf,
+    /// `rr train --nproc-per-node` for both trainings (data-parallel on local ranks).
+    nproc_per_node: Option<String>,
 }
 
 impl Job<'_> {
@@ -250,6 +253,7 @@ impl Job<'_> {
         let train_dir_s = lossy(train_dir);
         let mut args = vec!["train", "--config", config, "--run-dir", &train_dir_s];
         args.extend(resume_flag(train_dir));
+        self.extend_parallel(&mut args);
         self.step("training the retrofit", &args)
     }
 
@@ -266,10 +270,17 @@ impl Job<'_> {
             &baseline_s,
         ];
         args.extend(resume_flag(baseline_dir));
+        self.extend_parallel(&mut args);
         self.step(
             "training the static baseline (same optimizer and steps)",
             &args,
         )
+    }
+
+    fn extend_parallel<'s>(&'s self, args: &mut Vec<&'s str>) {
+        if let Some(n) = &self.nproc_per_node {
+            args.extend(["--nproc-per-node", n.as_str()]);
+        }
     }
 
     /// `rr report` into `runs/<name>`, against the baseline when there is one.

@@ -339,6 +339,14 @@ struct TrainArgs {
     /// Set the number of steps so the FLOPs equal those of this finished run.
     #[arg(long)]
     match_flops: Option<PathBuf>,
+    /// Data-parallel on this machine: start N ranks of this command (as torchrun
+    /// --nproc-per-node N; multi-node jobs set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Data-parallel runs: seconds a collective waits for the other ranks before this rank
+    /// stops (a rank that died or hung).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    collective_timeout: u64,
 }
 
 #[derive(Args)]
@@ -759,6 +767,9 @@ fn run_data(cmd: DataCommand) -> Result<()> {
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
+    if let Some(nproc) = args.nproc_per_node {
+        return rr_train::launch::local_ranks(nproc, "--nproc-per-node");
+    }
     let mut cfg = rr_recipe::TrainConfig::from_path(&args.config)?;
     if args.baseline {
         cfg = cfg
@@ -778,8 +789,12 @@ fn run_train(args: TrainArgs) -> Result<()> {
         resume: args.resume,
         force: args.force,
         match_flops,
+        collective_timeout: std::time::Duration::from_secs(args.collective_timeout),
     };
     let summary = rr_train::train(&cfg, &opts)?;
+    if !rr_train::launch::is_rank_zero() {
+        return Ok(());
+    }
     println!(
         "trained {} for {} steps in {:.0} s; final loss {:.4}; report in {}",
         summary.name,

@@ -73,7 +73,10 @@ fn core_grads(model: &mut RecurrentModel, compute: Kind, ids: &Tensor, probe: &T
         no_grad: 0,
         with_grad: K,
     };
-    let init = InitialState::RandomPerRow { seed: 7 };
+    let init = InitialState::RandomPerRow {
+        seed: 7,
+        first_row: 0,
+    };
     let out = model.forward(ids, None, depth, &init, None).unwrap();
     (out.hidden.to_kind(Kind::Float) * probe)
         .sum(Kind::Float)

@@ -19,6 +19,11 @@ std::vector<at::Tensor> list(at::Tensor** ptrs, int64_t n) {
 }
 }  // namespace
 
+// dist.cpp reports through the same thread-local message.
+namespace rr_ext {
+void set_last_error(const std::string& msg) { last_error = msg; }
+}  // namespace rr_ext
+
 #define RR_GUARD(body)                          \
   try {                                         \
     body;                                       \

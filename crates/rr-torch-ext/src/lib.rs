@@ -1,6 +1,9 @@
 //! The few libtorch functions that tch 0.24 does not bind, through a small C++ shim
 //! (`csrc/ext.cpp`, compiled against the wheel's headers): the fused AdamW kernel, a one-kernel
-//! global norm, the TF32 switch, and the CUDA caching allocator's memory counters.
+//! global norm, the TF32 switch, and the CUDA caching allocator's memory counters; and c10d
+//! process groups for data-parallel training ([`dist`]).
+
+pub mod dist;
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -35,7 +38,7 @@ extern "C" {
     fn rr_ext_cuda_reset_peak(device: c_int) -> c_int;
 }
 
-fn check(code: c_int, what: &str) -> Result<()> {
+pub(crate) fn check(code: c_int, what: &str) -> Result<()> {
     if code == 0 {
         return Ok(());
     }
@@ -45,7 +48,7 @@ fn check(code: c_int, what: &str) -> Result<()> {
     bail!("{what}: {first}")
 }
 
-fn ptrs(tensors: &[Tensor]) -> Vec<*mut C_tensor> {
+pub(crate) fn ptrs(tensors: &[Tensor]) -> Vec<*mut C_tensor> {
     // The shim only reads the handles (the kernels write through them to shared storage).
     tensors
         .iter()

@@ -69,7 +69,10 @@ fn plain_loss(model: &AnyModel, ids: &Tensor, labels: &Tensor, step: usize) -> T
         no_grad: 2,
         with_grad: 2,
     };
-    let init = InitialState::RandomPerRow { seed: step as u64 };
+    let init = InitialState::RandomPerRow {
+        seed: step as u64,
+        first_row: 0,
+    };
     let hidden = m.forward(ids, None, depth, &init, None).unwrap().hidden;
     let loss = m
         .logits(&hidden)

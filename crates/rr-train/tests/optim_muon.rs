@@ -326,3 +326,109 @@ fn aux_adam_and_lr_multiplier() {
         "the embedding moved only {moved:e} (bound {bound:.3e})"
     );
 }
+
+/// One of two ranks, exchanging all-gather inputs with the other over channels (threads stand
+/// in for processes).
+struct TwoRanks {
+    rank: usize,
+    to_other: std::sync::mpsc::Sender<Tensor>,
+    from_other: std::sync::mpsc::Receiver<Tensor>,
+}
+
+impl rr_train::optim::SplitWork for TwoRanks {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        2
+    }
+    fn all_gather(&mut self, input: &Tensor) -> anyhow::Result<Vec<Tensor>> {
+        self.to_other
+            .send(input.copy())
+            .map_err(|_| anyhow::anyhow!("the other rank is gone"))?;
+        let theirs = self.from_other.recv()?;
+        Ok(match self.rank {
+            0 => vec![input.copy(), theirs],
+            _ => vec![theirs, input.copy()],
+        })
+    }
+}
+
+/// Two Muon steps over matrices `start` with gradients `grads`, split over `ranks` if given.
+fn two_muon_steps(ranks: Option<TwoRanks>, start: Vec<Tensor>, grads: Vec<Tensor>) -> Vec<Tensor> {
+    let params: Vec<Tensor> = start
+        .iter()
+        .map(|p| p.copy().set_requires_grad(true))
+        .collect();
+    for (p, g) in params.iter().zip(&grads) {
+        set_grad(p, g);
+    }
+    let named = ["a.weight", "b.weight", "c.weight"]
+        .iter()
+        .map(|n| n.to_string())
+        .zip(params.iter().map(Tensor::shallow_clone))
+        .collect();
+    let mut muon = Muon::new(named, MuonConfig::default()).unwrap();
+    match ranks {
+        None => (0..2).for_each(|_| muon.step_with_lrs(0.02, 0.0)),
+        Some(mut r) => {
+            for _ in 0..2 {
+                muon.step_split_with_lrs(0.02, 0.0, &mut r).unwrap();
+            }
+        }
+    }
+    params.iter().map(Tensor::detach).collect()
+}
+
+#[test]
+fn split_newton_schulz_gives_the_unsplit_step() {
+    // Three Muon matrices of different shapes over 2 ranks: runs (a, b) and (c, padding).
+    // Both ranks must end with the unsplit step's parameters, bit for bit (the same ops on the
+    // same tensors, only on another rank).
+    let shapes: [&[i64]; 3] = [&[4, 6], &[6, 3], &[5, 5]];
+    let grads: Vec<Tensor> = shapes.iter().map(|s| randn(s)).collect();
+    let start: Vec<Tensor> = shapes.iter().map(|s| randn(s)).collect();
+    let whole = two_muon_steps(
+        None,
+        start.iter().map(Tensor::copy).collect(),
+        grads.iter().map(Tensor::copy).collect(),
+    );
+    let (tx0, rx1) = std::sync::mpsc::channel();
+    let (tx1, rx0) = std::sync::mpsc::channel();
+    let ranks = [
+        TwoRanks {
+            rank: 0,
+            to_other: tx0,
+            from_other: rx0,
+        },
+        TwoRanks {
+            rank: 1,
+            to_other: tx1,
+            from_other: rx1,
+        },
+    ];
+    let threads: Vec<_> = ranks
+        .into_iter()
+        .map(|r| {
+            let (s, g): (Vec<Tensor>, Vec<Tensor>) = (
+                start.iter().map(Tensor::copy).collect(),
+                grads.iter().map(Tensor::copy).collect(),
+            );
+            std::thread::spawn(move || two_muon_steps(Some(r), s, g))
+        })
+        .collect();
+    for (rank, t) in threads.into_iter().enumerate() {
+        let split = t.join().unwrap();
+        for (i, (a, b)) in whole.iter().zip(&split).enumerate() {
+            assert!(
+                a.equal(b),
+                "rank {rank}, parameter {i}: {}",
+                max_abs_diff(a, b)
+            );
+        }
+        assert!(
+            max_abs_diff(&whole[0], &start[0]) > 1e-3,
+            "the step moved nothing"
+        );
+    }
+}

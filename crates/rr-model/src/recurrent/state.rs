@@ -25,9 +25,11 @@ pub enum InitialState {
         seed: u64,
     },
     /// Truncated normal keyed by (seed, row, position): every row of the batch its own draw,
-    /// as the reference draws a fresh state per element in training.
+    /// as the reference draws a fresh state per element in training. Row `i` of this batch is
+    /// row `first_row + i` of the global batch (a data-parallel rank's shard starts there).
     RandomPerRow {
         seed: u64,
+        first_row: i64,
     },
     Zeros,
     /// A given state [B, T, h].
@@ -44,11 +46,15 @@ impl InitialState {
                 let rows = positions.zeros_like();
                 truncated_normal(*seed, &rows, positions, like.size()[2], std).to_kind(like.kind())
             }
-            InitialState::RandomPerRow { seed } => {
+            InitialState::RandomPerRow { seed, first_row } => {
                 let (b, t) = positions.size2().expect("positions are [B, T]");
-                let rows = Tensor::arange(b, (Kind::Int64, positions.device()))
-                    .view([b, 1])
-                    .expand([b, t], true);
+                let rows = Tensor::arange_start(
+                    *first_row,
+                    first_row + b,
+                    (Kind::Int64, positions.device()),
+                )
+                .view([b, 1])
+                .expand([b, t], true);
                 truncated_normal(*seed, &rows, positions, like.size()[2], std).to_kind(like.kind())
             }
         }
@@ -112,12 +118,34 @@ pub fn truncated_normal_rows(
         .view([1, t])
         .expand([b, t], true);
     let like = Tensor::zeros([b, t, h], (Kind::Float, device));
-    InitialState::RandomPerRow { seed }.draw(&positions, &like, std)
+    InitialState::RandomPerRow { seed, first_row: 0 }.draw(&positions, &like, std)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_draws_the_rows_of_the_whole_batch_it_holds() {
+        // A data-parallel rank holding rows 2..4 of a 4-row batch sees what a single process
+        // holding all 4 rows sees there.
+        let positions = Tensor::arange(5, (Kind::Int64, Device::Cpu))
+            .view([1, 5])
+            .expand([4, 5], true);
+        let like = Tensor::zeros([4, 5, 8], (Kind::Float, Device::Cpu));
+        let whole = InitialState::RandomPerRow {
+            seed: 9,
+            first_row: 0,
+        }
+        .draw(&positions, &like, 0.4);
+        let shard = InitialState::RandomPerRow {
+            seed: 9,
+            first_row: 2,
+        }
+        .draw(&positions.narrow(0, 2, 2), &like.narrow(0, 2, 2), 0.4);
+        assert!(shard.equal(&whole.narrow(0, 2, 2)));
+        assert!(!shard.equal(&whole.narrow(0, 0, 2)));
+    }
 
     fn stats(t: &Tensor) -> (f64, f64, f64) {
         let t = t.to_kind(Kind::Double);
@@ -185,7 +213,11 @@ mod tests {
             std,
         );
         assert!(alone.get(0).get(0).equal(&s.get(0).get(4)));
-        let per_row = InitialState::RandomPerRow { seed: 3 }.draw(&positions, &like, std);
+        let per_row = InitialState::RandomPerRow {
+            seed: 3,
+            first_row: 0,
+        }
+        .draw(&positions, &like, std);
         assert!(
             per_row.get(0).equal(&s.get(0)),
             "row 0 is keyed like Random"

@@ -79,6 +79,22 @@ pub trait Optimizer {
 
     /// Names of the parameters this optimizer updates, sorted.
     fn param_names(&self) -> Vec<String>;
+
+    /// [`Optimizer::step`] in a data-parallel run, once the gradients are averaged: the same
+    /// update on every rank, with the work that divides among ranks divided (Muon's
+    /// Newton–Schulz). By default every rank does all of it.
+    fn step_split(&mut self, lr_multiplier: f64, _ranks: &mut dyn SplitWork) -> Result<()> {
+        self.step(lr_multiplier);
+        Ok(())
+    }
+}
+
+/// The ranks of a data-parallel run, as an optimizer sees them to divide its work.
+pub trait SplitWork {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Every rank's `input` (same shape and kind on all), in rank order.
+    fn all_gather(&mut self, input: &Tensor) -> Result<Vec<Tensor>>;
 }
 
 /// Builds the optimizer `config` describes over `params` (`(checkpoint name, fp32 tensor)`

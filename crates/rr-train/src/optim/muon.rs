@@ -34,7 +34,7 @@ use tch::{Kind, Tensor};
 
 use super::adamw::AdamW;
 use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
-use super::Optimizer;
+use super::{Optimizer, SplitWork};
 
 /// Which parameters Muon updates: exactly the 2-D ones, except the token embedding and the
 /// output head (`wte`, `embed_tokens`, `lm_head` as a component of the dotted name). So the
@@ -180,39 +180,110 @@ impl Muon {
     pub fn step_with_lrs(&mut self, muon_lr: f64, adam_lr: f64) {
         {
             let _guard = tch::no_grad_guard();
-            let mu = self.config.momentum;
-            let wd = self.config.weight_decay;
-            let ns_kind = match self.params.first() {
-                Some(st) if !rr_model::device::bf16_is_fast(st.param.device()) => Kind::Float,
-                _ => Kind::BFloat16,
-            };
-            for st in &mut self.params {
-                let g = st.param.grad();
-                if !g.defined() {
-                    continue;
+            for i in 0..self.params.len() {
+                if let Some(u) = self.advance_momentum(i) {
+                    let update = self.orthogonal_update(i, &u);
+                    self.apply(i, &update, muon_lr);
                 }
-                let _ = st.momentum.g_mul_scalar_(mu);
-                let _ = st.momentum.g_add_(&g);
-                let u = if self.config.nesterov {
-                    &g + st.momentum.g_mul_scalar(mu)
-                } else {
-                    st.momentum.shallow_clone()
-                };
-                let x = newton_schulz(
-                    &u,
-                    self.config.ns_steps,
-                    self.config.ns_coefficients,
-                    ns_kind,
-                );
-                let update = x.to_kind(Kind::Float).g_mul_scalar(st.scale);
-                if wd != 0.0 {
-                    let _ = st.param.g_mul_scalar_(1.0 - muon_lr * wd);
-                }
-                let _ = st.param.g_add_(&update.g_mul_scalar(-muon_lr));
             }
         }
         self.adam.step_with_lr(adam_lr);
         self.steps += 1;
+    }
+
+    /// [`Muon::step_with_lrs`] with the Newton–Schulz iterations divided among ranks, as the
+    /// authors' `MuonWithAuxAdam` does: in each run of `world` consecutive parameters, rank r
+    /// orthogonalises the r-th, and the updates are all-gathered (flattened, zero-padded to
+    /// the longest of the run). Momentum buffers advance on every rank (cheap, element-wise),
+    /// so each rank's optimizer state stays complete for checkpoints. The result is the same
+    /// update as on one process.
+    pub fn step_split_with_lrs(
+        &mut self,
+        muon_lr: f64,
+        adam_lr: f64,
+        ranks: &mut dyn SplitWork,
+    ) -> Result<()> {
+        let (rank, world) = (ranks.rank(), ranks.world());
+        {
+            let _guard = tch::no_grad_guard();
+            let momenta: Vec<Option<Tensor>> = (0..self.params.len())
+                .map(|i| self.advance_momentum(i))
+                .collect();
+            for base in (0..self.params.len()).step_by(world) {
+                let run = base..(base + world).min(self.params.len());
+                let longest = run.clone().map(|i| self.params[i].param.numel()).max();
+                let padded = longest.unwrap_or(0) as i64;
+                let mine = base + rank;
+                let flat = Tensor::zeros([padded], (Kind::Float, self.device()));
+                if let Some(Some(u)) = momenta.get(mine) {
+                    let update = self.orthogonal_update(mine, u).reshape([-1]);
+                    flat.narrow(0, 0, update.size()[0]).copy_(&update);
+                }
+                let gathered = ranks.all_gather(&flat)?;
+                for i in run {
+                    if momenta[i].is_some() {
+                        let size = self.params[i].param.size();
+                        let n = self.params[i].param.numel() as i64;
+                        let update = gathered[i - base].narrow(0, 0, n).view(size.as_slice());
+                        self.apply(i, &update, muon_lr);
+                    }
+                }
+            }
+        }
+        self.adam.step_with_lr(adam_lr);
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// `buf = μ·buf + g` for parameter `i`; returns `u` (Nesterov or `buf`), or `None` when the
+    /// parameter has no gradient.
+    fn advance_momentum(&mut self, i: usize) -> Option<Tensor> {
+        let mu = self.config.momentum;
+        let st = &mut self.params[i];
+        let g = st.param.grad();
+        if !g.defined() {
+            return None;
+        }
+        let _ = st.momentum.g_mul_scalar_(mu);
+        let _ = st.momentum.g_add_(&g);
+        Some(if self.config.nesterov {
+            &g + st.momentum.g_mul_scalar(mu)
+        } else {
+            st.momentum.shallow_clone()
+        })
+    }
+
+    /// `f32(newton_schulz(u)) · scale` for parameter `i`.
+    fn orthogonal_update(&self, i: usize, u: &Tensor) -> Tensor {
+        let st = &self.params[i];
+        let ns_kind = if rr_model::device::bf16_is_fast(st.param.device()) {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        let x = newton_schulz(
+            u,
+            self.config.ns_steps,
+            self.config.ns_coefficients,
+            ns_kind,
+        );
+        x.to_kind(Kind::Float).g_mul_scalar(st.scale)
+    }
+
+    /// Decoupled weight decay, then `p += update · (-lr)`.
+    fn apply(&mut self, i: usize, update: &Tensor, lr: f64) {
+        let wd = self.config.weight_decay;
+        let st = &mut self.params[i];
+        if wd != 0.0 {
+            let _ = st.param.g_mul_scalar_(1.0 - lr * wd);
+        }
+        let _ = st.param.g_add_(&update.g_mul_scalar(-lr));
+    }
+
+    fn device(&self) -> tch::Device {
+        self.params
+            .first()
+            .map_or(tch::Device::Cpu, |st| st.param.device())
     }
 
     const PREFIXES: [&'static str; 2] = ["muon.momentum.", "muon.step"];
@@ -226,6 +297,14 @@ impl Optimizer for Muon {
             self.config.lr * lr_multiplier,
             self.config.adam_lr * lr_multiplier,
         );
+    }
+
+    fn step_split(&mut self, lr_multiplier: f64, ranks: &mut dyn SplitWork) -> Result<()> {
+        self.step_split_with_lrs(
+            self.config.lr * lr_multiplier,
+            self.config.adam_lr * lr_multiplier,
+            ranks,
+        )
     }
 
     fn zero_grad(&mut self) {

@@ -28,6 +28,10 @@ pub struct StepLine {
     pub tokens_per_s: f64,
     /// Cumulative training FLOPs (method.md §7).
     pub flops: f64,
+    /// Data-parallel runs: seconds per step spent in collectives (the trainer's own timer,
+    /// mean over the steps since the previous line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 /// Held-out loss at each test recurrence (key `static` for a static model).
@@ -168,6 +172,7 @@ mod tests {
             grad_norm: 0.7,
             tokens_per_s: 100.0,
             flops: 1e12,
+            comm_s: Some(0.25),
         });
         let eval = MetricsLine::Eval(EvalLine {
             step: 3,

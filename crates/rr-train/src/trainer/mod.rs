@@ -10,6 +10,7 @@
 //! CPU.
 
 pub mod checkpoint;
+pub mod data_parallel;
 pub mod metrics;
 pub mod precision;
 pub mod run_dir;
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,6 +33,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
 use checkpoint::TrainerState;
+use data_parallel::DataParallel;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
 use run_dir::RunDir;
 
@@ -62,21 +64,20 @@ pub fn stack_params(model: &AnyModel) -> StackParams {
 }
 
 /// Mean cross-entropy of one training forward pass against `labels` [B·T]: `n` iterations
-/// without and `k` with gradient, every row's initial state its own draw from `state_seed`;
+/// without and `k` with gradient, from `init` (in training every row its own draw);
 /// computed by the memory-lean chunked loss from the final hidden states (no full logits).
 pub(crate) fn training_loss(
     model: &AnyModel,
     input: &Tensor,
     labels: &Tensor,
     (n, k): (usize, usize),
-    state_seed: u64,
+    init: &InitialState,
 ) -> Result<Tensor> {
     let depth = Depth::Fixed {
         no_grad: n,
         with_grad: k,
     };
-    let init = InitialState::RandomPerRow { seed: state_seed };
-    let (hidden, head) = model.hidden_and_head(input, depth, &init)?;
+    let (hidden, head) = model.hidden_and_head(input, depth, init)?;
     let h = hidden.size()[2];
     Ok(crate::loss::chunked_cross_entropy(
         &hidden.view([-1, h]),
@@ -93,6 +94,9 @@ pub struct TrainOptions {
     pub force: bool,
     /// Train for as many steps as spend these FLOPs (compute-matched baselines).
     pub match_flops: Option<f64>,
+    /// In a data-parallel run (torchrun's environment), the longest a collective may wait for
+    /// the other ranks before this rank stops.
+    pub collective_timeout: Duration,
 }
 
 /// What one optimizer step did.
@@ -109,11 +113,34 @@ pub struct StepOutcome {
     pub draws: Vec<(usize, usize)>,
 }
 
+/// What rank 0 alone holds: the locked run directory and the metrics log.
+struct Writer {
+    /// Held for its lock.
+    _run_dir: RunDir,
+    metrics: MetricsLog,
+}
+
+impl Writer {
+    /// Opens the metrics log (cut after `state.step`) and lets go of a replaced run.
+    fn start(mut run_dir: RunDir, state: &TrainerState) -> Result<Self> {
+        let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
+        run_dir.started()?;
+        Ok(Self {
+            _run_dir: run_dir,
+            metrics,
+        })
+    }
+}
+
 /// A run in progress: the model (fp32 parameters, computing in `compute_kind`), optimizer, data, the
 /// resumable state and the metrics log.
 pub struct Trainer {
     cfg: TrainConfig,
-    run_dir: RunDir,
+    run_path: PathBuf,
+    /// `None` on the ranks other than 0 of a data-parallel run.
+    writer: Option<Writer>,
+    /// `None` in a single-process run.
+    parallel: Option<DataParallel>,
     device: Device,
     model: AnyModel,
     /// Dtype of the training forward and backward (bf16 or fp32; the parameters stay fp32).
@@ -125,13 +152,15 @@ pub struct Trainer {
     curriculum: Option<Curriculum>,
     heldout: Arc<PackedSet>,
     state: TrainerState,
-    metrics: MetricsLog,
     /// The newest checkpoint written or resumed from (named when a step goes non-finite).
     last_good: Option<PathBuf>,
+    /// Tokens of one global micro-batch (all ranks together).
     tokens_per_micro: u64,
     heldout_before: BTreeMap<String, f64>,
     started: Instant,
+    /// Since the last metrics line: its start, the tokens and the steps.
     window: (Instant, u64),
+    window_steps: usize,
 }
 
 /// Runs (or resumes) training as `cfg` describes, writing everything under `opts.run_dir`.
@@ -141,40 +170,35 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
 impl Trainer {
     /// Checks every input (run directory, model, data, tokenizer, sizes) before any compute,
-    /// then starts the run directory or restores the newest checkpoint.
+    /// then starts the run directory or restores the newest checkpoint. In a data-parallel run
+    /// (torchrun's environment) it first joins the process group; rank 0 alone writes, and
+    /// every rank refuses to start unless all run the same recipe and model.
     pub fn new(cfg: &TrainConfig, opts: &TrainOptions) -> Result<Self> {
         let started = Instant::now();
         let mut cfg = cfg.clone();
         let device = parse_device(&cfg.training.device)?;
+        let mut parallel = DataParallel::from_env(device, opts.collective_timeout)?;
+        let device = parallel.as_ref().map_or(device, DataParallel::device);
+        let rank = parallel.as_ref().map_or(0, DataParallel::rank);
+        if let Some(p) = &parallel {
+            data_parallel::shard_rows(cfg.training.micro_batch_size, p.rank(), p.world())?;
+        }
         let compute_kind = precision::compute_kind(cfg.training.dtype.as_deref(), device)?;
-        let (held, latest) = open_for_resume(&cfg, opts)?;
-        eprintln!(
-            "{}: device {device:?}, compute {compute_kind:?}; cpu: {}",
-            cfg.name,
-            rr_model::device::cpu_capability()
-        );
-        let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
-        if !init_dir.join("config.json").exists() {
-            bail!(
-                "{}: no model here (config.json missing)",
-                init_dir.display()
+        let (held, latest) = if rank == 0 {
+            open_for_resume(&cfg, opts)?
+        } else {
+            (None, latest_for_follower(opts)?)
+        };
+        if rank == 0 {
+            eprintln!(
+                "{}: device {device:?}, compute {compute_kind:?}, {} process(es); cpu: {}",
+                cfg.name,
+                parallel.as_ref().map_or(1, DataParallel::world),
+                rr_model::device::cpu_capability()
             );
         }
-        let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
-        let (sets, heldout) = open_data(&cfg, &tokenizer)?;
-        let mut model = AnyModel::load(&init_dir, device, Kind::Float)?;
-        if cfg.model.untie_head {
-            match &mut model {
-                AnyModel::Static(m) => m.untie_head(),
-                AnyModel::Recurrent(_) => {
-                    bail!("model.untie_head applies to a static model; this one is recurrent")
-                }
-            }
-        }
-        check_data_fits(&model, &heldout)?;
-        for set in sets.values() {
-            set.check_token_ids(model.vocab_size())?;
-        }
+        let init_dir = latest.clone().unwrap_or_else(|| cfg.model.init.clone());
+        let (model, heldout, sets) = load_inputs(&cfg, &init_dir, device)?;
         if let Some(flops) = opts.match_flops {
             cfg.training.steps = steps_for_flops(&cfg, &model, heldout.seq_len(), flops)?;
         }
@@ -187,23 +211,30 @@ impl Trainer {
         };
         let mut phases = build_phases(&cfg, &sets)?;
         let mut optimizer = crate::optim::build_for(&cfg.optimizer, model.vs())?;
-        let (mut run_dir, state) = match (held, &latest) {
-            (Some(dir), Some(ckpt)) => {
-                let state = restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?;
-                (dir, state)
-            }
-            _ => {
+        let params = optimizer_params(&model);
+        if let Some(p) = parallel.as_mut() {
+            p.check_same_run(&cfg.hash(), &named_params(&model))?;
+            p.broadcast_parameters(&params)?;
+        }
+        let (writer, state) = match &latest {
+            Some(ckpt) => (
+                held,
+                restore(ckpt, &cfg, opts, optimizer.as_mut(), &mut phases)?,
+            ),
+            None if rank == 0 => {
                 let dir = RunDir::create(&opts.run_dir, opts.force)?;
                 write_recipe(&dir.path, &cfg)?;
-                (dir, fresh_state(&cfg, &phases))
+                (Some(dir), fresh_state(&cfg, &phases))
             }
+            None => (None, fresh_state(&cfg, &phases)),
         };
-        let metrics = MetricsLog::open(&run_dir.path.join(METRICS), state.step)?;
-        run_dir.started()?;
+        let writer = writer.map(|dir| Writer::start(dir, &state)).transpose()?;
         Ok(Self {
-            run_dir,
+            run_path: opts.run_dir.clone(),
+            writer,
+            parallel,
             device,
-            params: optimizer_params(&model),
+            params,
             model,
             compute_kind,
             optimizer,
@@ -212,11 +243,11 @@ impl Trainer {
             tokens_per_micro: (cfg.training.micro_batch_size * heldout.seq_len()) as u64,
             heldout,
             state,
-            metrics,
             last_good: latest,
             heldout_before: BTreeMap::new(),
             started,
             window: (Instant::now(), 0),
+            window_steps: 0,
             cfg,
         })
     }
@@ -226,26 +257,32 @@ impl Trainer {
     /// and the run report.
     pub fn run(mut self) -> Result<TrainSummary> {
         let total = self.cfg.training.steps;
-        let path = self.run_dir.path.join(METRICS);
-        if self.state.step >= total && metrics::eval_at(&path, total)?.is_some() {
-            // A finished run: resuming it changes nothing.
-            if let Ok(summary) = read_summary(&self.run_dir.path) {
-                eprintln!(
-                    "{}: already finished at step {total}",
-                    self.run_dir.path.display()
-                );
-                return Ok(summary);
+        let path = self.run_path.join(METRICS);
+        if self.writer.is_some() {
+            if self.state.step >= total && metrics::eval_at(&path, total)?.is_some() {
+                // A finished run: resuming it changes nothing.
+                if let Ok(summary) = read_summary(&self.run_path) {
+                    eprintln!(
+                        "{}: already finished at step {total}",
+                        self.run_path.display()
+                    );
+                    return Ok(summary);
+                }
+            }
+            self.heldout_before = match metrics::eval_at(&path, 0)? {
+                Some(losses) => losses,
+                None => self.evaluate_and_log()?,
+            };
+            let step = self.state.step;
+            if self.eval_due(step) && metrics::eval_at(&path, step)?.is_none() {
+                // Killed between a checkpoint and its evaluation: redo the evaluation.
+                self.evaluate_and_log()?;
             }
         }
-        self.heldout_before = match metrics::eval_at(&path, 0)? {
-            Some(losses) => losses,
-            None => self.evaluate_and_log()?,
+        let bar = match self.writer {
+            Some(_) => progress_bar(total as u64, self.state.step as u64),
+            None => ProgressBar::hidden(),
         };
-        if self.eval_due(self.state.step) && metrics::eval_at(&path, self.state.step)?.is_none() {
-            // Killed between a checkpoint and its evaluation: redo the evaluation.
-            self.evaluate_and_log()?;
-        }
-        let bar = progress_bar(total as u64, self.state.step as u64);
         let mut last_loss = f64::NAN;
         while self.state.step < total {
             let outcome = self.train_step()?;
@@ -257,14 +294,20 @@ impl Trainer {
         self.finish(last_loss)
     }
 
-    /// One optimizer step: for each micro-batch a recurrence draw, forward and backward;
-    /// then the non-finite check, clipping and the update.
+    /// One optimizer step: for each micro-batch a recurrence draw (the same on every rank:
+    /// seeded by the step and micro-batch counter), forward and backward of this rank's rows;
+    /// then the gradients averaged across ranks, the non-finite check, clipping and the update.
     pub fn train_step(&mut self) -> Result<StepOutcome> {
         let step = self.state.step;
         let total = self.cfg.training.steps;
         let grad_accum = self.cfg.training.grad_accum;
+        let (rank, world) = self
+            .parallel
+            .as_ref()
+            .map_or((0, 1), |p| (p.rank(), p.world()));
+        let rows = data_parallel::shard_rows(self.cfg.training.micro_batch_size, rank, world)?;
         self.model.set_compute_kind(self.compute_kind);
-        let mut loss_sum = 0f64;
+        let mut losses = Vec::with_capacity(grad_accum);
         let mut draws = Vec::with_capacity(grad_accum);
         for _ in 0..grad_accum {
             let batch = self.phases.next_batch(step);
@@ -276,33 +319,44 @@ impl Trainer {
                 None => (0, 0),
             };
             draws.push((n, k));
-            let input = Tensor::from_slice(&batch.input)
-                .view([batch.rows as i64, batch.seq_len as i64])
+            let t = batch.seq_len;
+            let shard = |v: &[i64]| Tensor::from_slice(&v[rows.start * t..rows.end * t]);
+            let input = shard(&batch.input)
+                .view([rows.len() as i64, t as i64])
                 .to_device(self.device);
-            let labels = Tensor::from_slice(&batch.labels)
-                .view([-1])
-                .to_device(self.device);
-            let state_seed = rr_curriculum::sampler::stream_seed(
-                self.cfg.seed ^ 0x5354_4154_4521,
-                self.state.micro_batch,
-            );
-            let loss = micro_batch(&self.model, &input, &labels, (n, k), state_seed, grad_accum)?;
-            let value = f64::try_from(&loss)?;
-            if !value.is_finite() {
-                bail!(non_finite("loss", step, &self.last_good));
-            }
-            loss_sum += value;
+            let labels = shard(&batch.labels).to_device(self.device);
+            let init = InitialState::RandomPerRow {
+                seed: rr_curriculum::sampler::stream_seed(
+                    self.cfg.seed ^ 0x5354_4154_4521,
+                    self.state.micro_batch,
+                ),
+                first_row: rows.start as i64,
+            };
+            let loss =
+                backward_micro_batch(&self.model, &input, &labels, (n, k), &init, grad_accum)?;
+            losses.push(f64::try_from(&loss)?);
             self.state.micro_batch += 1;
             self.state.tokens += self.tokens_per_micro;
             self.window.1 += self.tokens_per_micro;
         }
-        // (A data-parallel run averages the gradients across ranks here.)
+        if let Some(p) = self.parallel.as_mut() {
+            // Before clipping, as DDP: the clip sees the global batch's gradient.
+            p.average_gradients(&self.params)?;
+            losses = p.average(&losses)?;
+        }
+        let loss = losses.iter().sum::<f64>() / grad_accum as f64;
+        if !loss.is_finite() {
+            bail!(non_finite("loss", step, &self.last_good));
+        }
         if !grads_are_finite(&self.params) {
             bail!(non_finite("gradient", step, &self.last_good));
         }
         let grad_norm = clip_grad_norm(&self.params, self.cfg.training.max_grad_norm);
         let lr_multiplier = self.cfg.lr.multiplier_at(step, total);
-        self.optimizer.step(lr_multiplier);
+        match self.parallel.as_mut() {
+            Some(p) => self.optimizer.step_split(lr_multiplier, p)?,
+            None => self.optimizer.step(lr_multiplier),
+        }
         self.optimizer.zero_grad();
         let mean_recurrence = self
             .curriculum
@@ -311,7 +365,7 @@ impl Trainer {
         self.state.flops += self.step_flops(mean_recurrence);
         self.state.step += 1;
         Ok(StepOutcome {
-            loss: loss_sum / grad_accum as f64,
+            loss,
             grad_norm,
             lr_multiplier,
             mean_recurrence,
@@ -330,8 +384,13 @@ impl Trainer {
     }
 
     /// The cadence after a step: a metrics line every `log_every` steps, a checkpoint every
-    /// `checkpoint_every`, a held-out evaluation every `eval_every`.
+    /// `checkpoint_every`, a held-out evaluation every `eval_every`; all written by rank 0
+    /// alone (the other ranks of a data-parallel run hold the same parameters).
     fn after_step(&mut self, outcome: &StepOutcome, bar: &ProgressBar) -> Result<()> {
+        self.window_steps += 1;
+        if self.writer.is_none() {
+            return Ok(());
+        }
         let step = self.state.step;
         let total = self.cfg.training.steps;
         if step.is_multiple_of(self.cfg.training.log_every) || step == total {
@@ -341,7 +400,7 @@ impl Trainer {
         if step == total || (every > 0 && step.is_multiple_of(every)) {
             self.state.data = self.phases.state();
             self.last_good = Some(checkpoint::save(
-                &self.run_dir.path,
+                &self.run_path,
                 &self.cfg.model.init,
                 &self.model,
                 self.optimizer.as_ref(),
@@ -375,8 +434,14 @@ impl Trainer {
             grad_norm: outcome.grad_norm,
             tokens_per_s: self.window.1 as f64 / elapsed,
             flops: self.state.flops,
+            comm_s: self
+                .parallel
+                .as_mut()
+                .map(|p| p.take_comm_seconds() / self.window_steps.max(1) as f64),
         };
-        self.metrics.log(&MetricsLine::Step(line))?;
+        if let Some(w) = self.writer.as_mut() {
+            w.metrics.log(&MetricsLine::Step(line))?;
+        }
         let msg = format!(
             "step {}/{} loss {:.4} r̄ {} grad {:.3}",
             self.state.step,
@@ -391,6 +456,7 @@ impl Trainer {
             bar.set_message(msg);
         }
         self.window = (Instant::now(), 0);
+        self.window_steps = 0;
         Ok(())
     }
 
@@ -410,16 +476,21 @@ impl Trainer {
             &recurrences,
             self.cfg.seed,
         )?;
-        self.metrics.log(&MetricsLine::Eval(EvalLine {
-            step: self.state.step,
-            heldout_loss: losses.clone(),
-        }))?;
+        if let Some(w) = self.writer.as_mut() {
+            w.metrics.log(&MetricsLine::Eval(EvalLine {
+                step: self.state.step,
+                heldout_loss: losses.clone(),
+            }))?;
+        }
         Ok(losses)
     }
 
     /// The final evaluation, `summary.json`, `summary.md` and the plots.
     fn finish(mut self, final_loss: f64) -> Result<TrainSummary> {
-        let heldout_after = self.evaluate_and_log()?;
+        let heldout_after = match self.writer {
+            Some(_) => self.evaluate_and_log()?,
+            None => BTreeMap::new(),
+        };
         let summary = TrainSummary {
             name: self.cfg.name.clone(),
             kind: match self.model {
@@ -434,7 +505,9 @@ impl Trainer {
             heldout_before: std::mem::take(&mut self.heldout_before),
             heldout_after,
         };
-        crate::report::write_run_report(&self.run_dir.path, &summary)?;
+        if self.writer.is_some() {
+            crate::report::write_run_report(&self.run_path, &summary)?;
+        }
         Ok(summary)
     }
 }
@@ -476,6 +549,51 @@ fn open_for_resume(
         )
     })?;
     Ok((Some(held), Some(latest)))
+}
+
+/// A rank other than 0 reads the run directory but never writes or locks it: to resume, the
+/// newest intact checkpoint there (rank 0 checks everything else).
+fn latest_for_follower(opts: &TrainOptions) -> Result<Option<PathBuf>> {
+    if !opts.resume {
+        return Ok(None);
+    }
+    let latest = checkpoint::latest_intact_checkpoint(&opts.run_dir)?.with_context(|| {
+        format!(
+            "{}: nothing to resume (no complete checkpoint)",
+            opts.run_dir.display()
+        )
+    })?;
+    Ok(Some(latest))
+}
+
+/// The model from `init_dir` and the recipe's data, checked against each other.
+fn load_inputs(
+    cfg: &TrainConfig,
+    init_dir: &Path,
+    device: Device,
+) -> Result<(AnyModel, Arc<PackedSet>, PackedSets)> {
+    if !init_dir.join("config.json").exists() {
+        bail!(
+            "{}: no model here (config.json missing)",
+            init_dir.display()
+        );
+    }
+    let tokenizer = Tokenizer::from_path(&cfg.model.init)?;
+    let (sets, heldout) = open_data(cfg, &tokenizer)?;
+    let mut model = AnyModel::load(init_dir, device, Kind::Float)?;
+    if cfg.model.untie_head {
+        match &mut model {
+            AnyModel::Static(m) => m.untie_head(),
+            AnyModel::Recurrent(_) => {
+                bail!("model.untie_head applies to a static model; this one is recurrent")
+            }
+        }
+    }
+    check_data_fits(&model, &heldout)?;
+    for set in sets.values() {
+        set.check_token_ids(model.vocab_size())?;
+    }
+    Ok((model, heldout, sets))
 }
 
 /// The state of a run that has not taken a step.
@@ -623,13 +741,34 @@ pub fn micro_batch(
     state_seed: u64,
     grad_accum: usize,
 ) -> Result<Tensor> {
-    let loss = training_loss(model, input, labels, (n, k), state_seed)?;
+    let init = InitialState::RandomPerRow {
+        seed: state_seed,
+        first_row: 0,
+    };
+    backward_micro_batch(model, input, labels, (n, k), &init, grad_accum)
+}
+
+/// [`micro_batch`] from a given initial state (a data-parallel rank's rows of the batch).
+fn backward_micro_batch(
+    model: &AnyModel,
+    input: &Tensor,
+    labels: &Tensor,
+    (n, k): (usize, usize),
+    init: &InitialState,
+    grad_accum: usize,
+) -> Result<Tensor> {
+    let loss = training_loss(model, input, labels, (n, k), init)?;
     (&loss / grad_accum as f64).backward();
     Ok(loss.detach())
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
 pub fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
+    named_params(model).into_iter().map(|(_, t)| t).collect()
+}
+
+/// [`optimizer_params`] with their names.
+fn named_params(model: &AnyModel) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = model
         .vs()
         .variables()
@@ -637,7 +776,7 @@ pub fn optimizer_params(model: &AnyModel) -> Vec<Tensor> {
         .filter(|(_, t)| t.requires_grad())
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars.into_iter().map(|(_, t)| t).collect()
+    vars
 }
 
 fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
