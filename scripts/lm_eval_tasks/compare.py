@@ -40,44 +40,53 @@ def rr_side(out, task):
     return runs["results"][task], samples, runs["n-samples"][task]["effective"]
 
 
+def harness_lls(sample):
+    """The summed log-likelihood of each choice (the harness logs them as strings)."""
+    return [float(r[0][0] if isinstance(r[0], list) else r[0]) for r in sample["resps"]]
+
+
 def harness_choice(sample):
     """The harness's acc_norm choice: argmax of log-likelihood / len(choice string)."""
-    lls = [r[0][0] if isinstance(r[0], list) else r[0] for r in sample["resps"]]
+    lls = harness_lls(sample)
     lengths = [float(len(c)) for c in sample["doc"]["choices"]]
     normed = [ll / n for ll, n in zip(lls, lengths)]
     return max(range(len(normed)), key=lambda i: normed[i])
 
 
 def agreement(rr_samples, h_samples, generative):
-    same = 0
+    """Items with the same output on both sides, and (multiple choice) the largest difference
+    between the two sides' summed log-likelihoods of any choice."""
+    same, max_diff = 0, 0.0
     for doc_id, r in rr_samples.items():
         h = h_samples.get(doc_id)
         if h is None:
             continue
         if generative:
-            text = h[0]["resps"][0][0]
-            same += r["response"] == text
+            same += r["response"] == h[0]["resps"][0][0]
         else:
             same += r["pred_norm"] == harness_choice(h[0])
-    return same
+            diffs = [abs(a - b) for a, b in zip(r["loglikelihoods"], harness_lls(h[0]))]
+            max_diff = max([max_diff, *diffs])
+    return same, max_diff
 
 
 def main():
     out, pairs = sys.argv[1], sys.argv[2:]
-    print("| task | metric | rr | lm-eval | lm-eval stderr | \\|Δ\\| | within stderr | items | same output |")
-    print("|---|---|---:|---:|---:|---:|:---:|---:|---:|")
+    print("| task | metric | rr | lm-eval | lm-eval stderr | \\|Δ\\| | within stderr | items | same output | max \\|Δ log-likelihood\\| |")
+    print("|---|---|---:|---:|---:|---:|:---:|---:|---:|---:|")
     for pair in pairs:
         rr_task, h_task = pair.split(":")
         r_scores, r_samples, n = rr_side(out, rr_task)
         h_scores, h_samples = harness(out, h_task)
         generative = rr_task in ("gsm8k", "math", "math500")
         metrics = ["exact_match,strict-match", "exact_match,flexible-extract"] if generative else ["acc,none", "acc_norm,none"]
-        same = agreement(r_samples, h_samples, generative)
+        same, max_diff = agreement(r_samples, h_samples, generative)
+        diff = "—" if generative else f"{max_diff:.2e}"
         for m in metrics:
             a, b = r_scores[m], h_scores[m]
             se = h_scores[m.replace(",", "_stderr,", 1)]
             ok = "yes" if abs(a - b) <= se else "NO"
-            print(f"| {rr_task} | {m.split(',')[0] if not generative else m.split(',')[1]} | {a:.4f} | {b:.4f} | {se:.4f} | {abs(a - b):.4f} | {ok} | {n} | {same}/{n} |")
+            print(f"| {rr_task} | {m.split(',')[0] if not generative else m.split(',')[1]} | {a:.4f} | {b:.4f} | {se:.4f} | {abs(a - b):.4f} | {ok} | {n} | {same}/{n} | {diff} |")
 
 
 if __name__ == "__main__":
