@@ -12,6 +12,7 @@ use rr_data::InputFormat;
 use rr_eval::tasks::Task;
 use rr_import as import;
 use rr_model::device::parse_device;
+use rr_model::recurrent::InitialState;
 use rr_model::{
     decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
     Tokenizer,
@@ -189,6 +190,48 @@ struct ScoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
+    /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
+    #[arg(long, default_value = "random", value_parser = state_arg)]
+    initial_state: StateArg,
+    /// Write the logits of the text (one forward pass, which must fit the context) to this
+    /// safetensors file: `logits` [T, vocab] f32, `input_ids` [T] and `nll` [T-1] (nats).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+/// `--initial-state`: a random draw, zeros, or a file.
+#[derive(Clone)]
+enum StateArg {
+    Random,
+    Zero,
+    File(PathBuf),
+}
+
+fn state_arg(text: &str) -> Result<StateArg> {
+    Ok(match text {
+        "random" => StateArg::Random,
+        "zero" => StateArg::Zero,
+        path => StateArg::File(PathBuf::from(path)),
+    })
+}
+
+impl StateArg {
+    /// The initial state on `model` (only a recurrent model has one to choose).
+    fn initial_state(&self, model: &AnyModel, seed: u64) -> Result<InitialState> {
+        let width = match model {
+            AnyModel::Recurrent(m) => m.config.n_embd,
+            AnyModel::Static(_) if matches!(self, StateArg::Random) => 0,
+            AnyModel::Static(_) => bail!("--initial-state applies only to recurrent models"),
+        };
+        Ok(match self {
+            StateArg::Random => InitialState::Random { seed },
+            StateArg::Zero => InitialState::Zeros,
+            StateArg::File(path) => {
+                InitialState::from_file(path, width).context("--initial-state")?
+            }
+        })
+    }
 }
 
 #[derive(Args)]
@@ -226,6 +269,10 @@ struct GenerateArgs {
     /// Recurrent models: start each new token's state from the previous token's final state.
     #[arg(long)]
     warm_start: bool,
+    /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
+    /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
+    #[arg(long, default_value = "random", value_parser = state_arg)]
+    initial_state: StateArg,
 }
 
 #[derive(Args)]
@@ -551,7 +598,20 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if window > context {
         bail!("--window {window} is longer than the model's context ({context})");
     }
-    let result = rr_eval::nll::score_text(&model, &ids, window, tt)
+    let init = args.initial_state.initial_state(&model, tt.seed)?;
+    if let Some(path) = &args.dump_logits {
+        let (logits, nll) = rr_eval::nll::token_logits(&model, &ids, tt.depth(), &init)
+            .with_context(|| format!("scoring {}", args.text_file.display()))?;
+        let tensors = [
+            ("logits".to_string(), logits),
+            ("input_ids".to_string(), tch::Tensor::from_slice(&ids)),
+            ("nll".to_string(), tch::Tensor::from_slice(&nll)),
+        ];
+        rr_model::weights::write_safetensors(&tensors, path)
+            .with_context(|| format!("--dump-logits {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let result = rr_eval::nll::score_text_from(&model, &ids, window, tt.depth(), &init)
         .with_context(|| format!("scoring {}", args.text_file.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -604,6 +664,7 @@ fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Res
             Some(m) => CacheMode::LatestM(m),
             None => CacheMode::Full,
         },
+        initial_state: Some(args.initial_state.initial_state(model, args.model.seed)?),
     })
 }
 

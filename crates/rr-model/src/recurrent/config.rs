@@ -127,16 +127,7 @@ impl RecurrentConfig {
         coda: usize,
         mean_recurrence: usize,
     ) -> Self {
-        let auto_map = [
-            ("AutoConfig", "raven_config_minimal.RavenConfig"),
-            (
-                "AutoModelForCausalLM",
-                "raven_modeling_minimal.RavenForCausalLM",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let auto_map = auto_map();
         Self {
             architectures: vec!["RavenForCausalLM".into()],
             model_type: RAVEN_MODEL_TYPE.into(),
@@ -305,11 +296,48 @@ impl RecurrentConfig {
     }
 }
 
+/// The Python configuration and modelling code written beside every recurrent checkpoint, by
+/// the names `auto_map` gives them, so that transformers loads the directory with
+/// `trust_remote_code=True` (and lm-evaluation-harness's `hf` model runs it).
+pub const PYTHON_FILES: [(&str, &str); 2] = [
+    (
+        "raven_config_minimal.py",
+        include_str!("python/raven_config_minimal.py"),
+    ),
+    (
+        "raven_modeling_minimal.py",
+        include_str!("python/raven_modeling_minimal.py"),
+    ),
+];
+
+/// Writes `config.json` and the Python files of [`PYTHON_FILES`] into `dir`: every recurrent
+/// save goes through here, so every recurrent checkpoint opens in transformers as it is.
 pub fn write_config(config: &RecurrentConfig, dir: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(config)?;
+    let mut config = config.clone();
+    config.auto_map = auto_map();
+    let mut text = serde_json::to_string_pretty(&config)?;
     text.push('\n');
-    let path = dir.join("config.json");
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))
+    let files = std::iter::once(("config.json", text.as_str())).chain(PYTHON_FILES);
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, content)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `auto_map` naming the classes of [`PYTHON_FILES`].
+fn auto_map() -> BTreeMap<String, String> {
+    [
+        ("AutoConfig", "raven_config_minimal.RavenConfig"),
+        (
+            "AutoModelForCausalLM",
+            "raven_modeling_minimal.RavenForCausalLM",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Whether a model directory holds a recurrent (Raven) checkpoint.
