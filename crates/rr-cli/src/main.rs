@@ -55,6 +55,25 @@ enum Command {
     /// Benchmarks (`cargo xtask bench-recurrence` runs these and the PyTorch reference).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a model or checkpoint in a form other tools open as it is.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A clean Hugging Face folder: config, model.safetensors (F32), tokenizer files, the
+    /// Python modelling files of a recurrent model, and a README.md model card.
+    Hf {
+        /// A model directory, surgery output or trainer checkpoint (`RUN/checkpoints/step-N`).
+        dir: PathBuf,
+        /// The new directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// An `rr eval` result (JSON) whose table goes into the model card.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+    },
 }
 
 /// Compute dtype.
@@ -551,6 +570,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => run_eval(args),
         Command::Report(args) => run_report(args),
         Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args),
+        Command::Export(ExportCommand::Hf { dir, out, eval }) => {
+            let files = rr_train::export::export_hf(&dir, &out, eval.as_deref())?;
+            println!("wrote {}: {}", out.display(), files.join(", "));
+            Ok(())
+        }
         Command::Bench(BenchCommand::Report { rr, reference, out }) => {
             let table = rr_bench::report_from_files(&rr, reference.as_deref(), &out)?;
             println!("{table}\nwrote {}", out.display());
