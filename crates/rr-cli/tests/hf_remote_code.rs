@@ -169,6 +169,13 @@ fn transformers_logits_and_greedy_text_match_rr() {
         initial_state: Some(rr_model::recurrent::InitialState::Zeros),
         ..Default::default()
     };
-    let out = rr_model::decode(&loaded, None, &[prompt.clone()], &opts, |_, _| {}).unwrap();
+    let out = rr_model::decode(
+        &loaded,
+        None,
+        std::slice::from_ref(&prompt),
+        &opts,
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!(out.rows[0].ids, all[prompt.len()..]);
 }

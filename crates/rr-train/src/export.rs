@@ -92,10 +92,7 @@ fn training(src: &Path) -> Result<Option<Training>> {
                 .with_context(|| format!("{}: cannot read", path.display()))?;
             let recipe: toml::Value =
                 toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
-            recipe
-                .get("data")
-                .map(|d| toml::to_string_pretty(d))
-                .transpose()?
+            recipe.get("data").map(toml::to_string_pretty).transpose()?
         }
         None => None,
     };

@@ -206,7 +206,7 @@ impl RecurrentModel {
         // state is used as it is.
         let embed_scale = self.config.init_values.embed_scale;
         if embed_scale != 1.0 && init.is_drawn() {
-            state = state * embed_scale;
+            state *= embed_scale;
         }
 
         // With an exit rule, the coda and head run after every iteration on a scratch copy of
