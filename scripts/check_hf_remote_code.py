@@ -9,6 +9,9 @@ For each source model (stories260K, and the SmolLM2-135M import when present) th
 (the Python files rr writes beside the checkpoint, named by config.json's `auto_map`), and
 compares its logits with `rr score --dump-logits` at r = 1, 4, 8, from a zero initial state and
 from a given one (`--initial-state FILE` / `input_states=`): it fails when max |dlogit| > 1e-4.
+The same holds for the config variants real files carry (`num_attention_heads` for `n_heads`,
+a disagreeing `n_layers`, `rope_base` without `rope_theta`, `embed_scale` 2, a padded vocabulary),
+made from the stories260K retrofit.
 It also checks greedy generation from a zero state: `model.generate(num_steps=4, init_scale=0)`
 against `rr generate --greedy --initial-state zero`.
 
@@ -28,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +128,53 @@ def check_model(rr, name, source, split, work):
     return worst, same, record
 
 
+def variants(base):
+    """(name, edit of config.json, extra padding rows) for the config variants real files carry."""
+    def drop_n_heads(c):
+        c["num_attention_heads"] = c.pop("n_heads")
+
+    def rope_base(c):
+        c.pop("rope_theta")
+        c["rope_base"] = 500.0
+
+    return [
+        ("num_attention_heads", drop_n_heads, 0),
+        ("n_layers_disagreeing", lambda c: c.update(n_layers=99), 0),
+        ("rope_base_only", rope_base, 0),
+        ("embed_scale_2", lambda c: c["init_values"].update(embed_scale=2.0), 0),
+        ("padded_vocab", lambda c: c.update(padded_vocab_size=c["vocab_size"] + 64), 64),
+    ]
+
+
+def check_variants(rr, base, work):
+    """Each variant of the stories260K retrofit: rr and transformers agree (given state, r = 4)."""
+    worst = 0.0
+    text_file = work / "text.txt"
+    for name, edit, pad in variants(base):
+        d = work / f"variant-{name}"
+        shutil.copytree(base, d)
+        config = json.loads((d / "config.json").read_text())
+        edit(config)
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+        if pad:
+            w = load_file(str(d / "model.safetensors"))
+            for key in ("transformer.wte.weight", "lm_head.weight"):
+                # Padding rows that would dominate a softmax over them.
+                w[key] = torch.cat([w[key], 100 * torch.ones(pad, w[key].shape[1])])
+            save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
+        ids, _ = rr_logits(rr, d, text_file, 1, "zero", work / "probe.safetensors")
+        model = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True, dtype=torch.float32)
+        state = torch.randn(ids.numel(), model.config.n_embd, generator=torch.Generator().manual_seed(1))
+        save_file({"state": state}, str(work / "variant-state.safetensors"))
+        _, theirs = rr_logits(rr, d, text_file, 4, work / "variant-state.safetensors", work / "dump.safetensors")
+        with torch.no_grad():
+            ours = model(ids[None], num_steps=4, input_states=state[None]).logits[0]
+        delta = (ours - theirs).abs().max().item()
+        worst = max(worst, delta)
+        print(f"variant {name}: logits {tuple(theirs.shape)}, max |dlogit| = {delta:.3e}")
+    return worst
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rr", default=ROOT / "target/debug/rr", type=Path)
@@ -136,6 +187,10 @@ def main():
             failed |= worst > TOLERANCE or not same
             print(f"{name}: worst max |dlogit| {worst:.3e} (tolerance {TOLERANCE}), "
                   f"greedy text {'identical' if same else 'DIFFERS'}")
+            if name == "stories260k":
+                worst = check_variants(args.rr, Path(tmp) / "stories260k-rec", Path(tmp))
+                failed |= worst > TOLERANCE
+                print(f"config variants: worst max |dlogit| {worst:.3e}")
             if args.write_fixture and name == "stories260k":
                 record.update(split=split, text=TEXT, recurrences=list(RECURRENCES))
                 path = ROOT / "crates/rr-cli/tests/fixtures/hf_remote_code/stories260k.json"
