@@ -42,7 +42,8 @@ def rr_side(out, task):
 
 def harness_choice(sample):
     """The harness's acc_norm choice: argmax of log-likelihood / len(choice string)."""
-    lls = [r[0][0] if isinstance(r[0], list) else r[0] for r in sample["resps"]]
+    # The harness logs each (log-likelihood, is-greedy) pair as strings.
+    lls = [float(r[0][0] if isinstance(r[0], list) else r[0]) for r in sample["resps"]]
     lengths = [float(len(c)) for c in sample["doc"]["choices"]]
     normed = [ll / n for ll, n in zip(lls, lengths)]
     return max(range(len(normed)), key=lambda i: normed[i])
