@@ -179,3 +179,54 @@ fn transformers_logits_and_greedy_text_match_rr() {
     .unwrap();
     assert_eq!(out.rows[0].ids, all[prompt.len()..]);
 }
+
+/// `--initial-state` and `--dump-logits` refuse bad input with one `error:` line naming the
+/// flag or file, and write no dump.
+#[test]
+fn bad_initial_states_are_refused() {
+    let Some(data) = shared_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = retrofit(&data, tmp.path(), "1,3,1");
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "Once upon a time, there was a little girl.").unwrap();
+    let short = tmp.path().join("short.safetensors");
+    let state = Tensor::zeros([3, 64], (tch::Kind::Float, tch::Device::Cpu));
+    rr_model::weights::write_safetensors(&[("state".into(), state.shallow_clone())], &short)
+        .unwrap();
+    let unnamed = tmp.path().join("unnamed.safetensors");
+    rr_model::weights::write_safetensors(&[("other".into(), state)], &unnamed).unwrap();
+    let dump = tmp.path().join("dump.safetensors");
+    let static_model = data.join("models/stories260K/hf");
+    let cases: [(&Path, &Path, &str); 4] = [
+        (&model, &short, "covers 3 positions"),
+        (&model, &unnamed, "no tensor named `state`"),
+        (
+            &model,
+            Path::new("missing.safetensors"),
+            "missing.safetensors",
+        ),
+        (&static_model, Path::new("zero"), "only to recurrent models"),
+    ];
+    for (model_dir, state_arg, mention) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_rr"))
+            .args(["score", "--device", "cpu", "--model"])
+            .arg(model_dir)
+            .arg("--text-file")
+            .arg(&text)
+            .arg("--initial-state")
+            .arg(state_arg)
+            .arg("--dump-logits")
+            .arg(&dump)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(mention),
+            "{err}"
+        );
+        assert!(!dump.exists(), "a dump was written for {state_arg:?}");
+    }
+}
