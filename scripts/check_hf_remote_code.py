@@ -20,11 +20,14 @@ the greedy continuation, a hash of the Python files) to
 `crates/rr-cli/tests/fixtures/hf_remote_code/stories260k.json`, which
 `crates/rr-cli/tests/hf_remote_code.rs` compares rr against without Python.
 
-Environment: the lm-evaluation-harness venv (`scripts/setup_lm_eval.sh`: transformers, torch,
-safetensors), e.g.
+Environment: the lm-evaluation-harness venv (`scripts/setup_lm_eval.sh`: transformers 5, torch,
+safetensors), or one with transformers 4.51 (the oldest the Python files are written for), e.g.
 
     cargo xtask build
     .venv-lm-eval/bin/python scripts/check_hf_remote_code.py --rr target/debug/rr [--write-fixture]
+
+(transformers 4.51: a venv with `pip install transformers==4.51.3` whose site-packages also
+reaches torch and safetensors, e.g. through a .pth file naming .venv-lm-eval's site-packages.)
 """
 
 import argparse
@@ -39,7 +42,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import transformers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("RR_SHARED_DATA", "/work/shared/data"))
@@ -47,6 +51,8 @@ TEXT = "Once upon a time, there was a little girl named Lily. She liked to play 
 RECURRENCES = (1, 4, 8)
 TOLERANCE = 1e-4
 GREEDY_STEPS, GREEDY_TOKENS = 4, 16
+# transformers 5 renamed from_pretrained's `torch_dtype` to `dtype`.
+FP32 = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
 
 
 def sources():
@@ -89,7 +95,7 @@ def rr_greedy(rr, model_dir, prompt):
 def check_model(rr, name, source, split, work):
     out = work / f"{name}-rec"
     run([rr, "surgery", "--model", source, "--layers", split, "--out", out, "--force"])
-    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, **FP32)
     model.eval()
     text_file = work / "text.txt"
     text_file.write_text(TEXT)
@@ -115,10 +121,12 @@ def check_model(rr, name, source, split, work):
     # Greedy text from a zero state, rr against transformers' generate.
     prompt = "Once upon a time"
     expected = rr_greedy(rr, out, prompt)
-    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    # The tokenizer file itself: transformers < 5 finds no tokenizer class for a custom config
+    # without a tokenizer_config.json (stories260K has none).
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
     enc = tok(prompt, return_tensors="pt")
-    gen = model.generate(**enc, num_steps=GREEDY_STEPS, init_scale=0.0, do_sample=False,
-                         max_new_tokens=GREEDY_TOKENS, pad_token_id=tok.eos_token_id)
+    gen = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], num_steps=GREEDY_STEPS, init_scale=0.0, do_sample=False,
+                         max_new_tokens=GREEDY_TOKENS, pad_token_id=0)
     text = prompt + tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     same = text.startswith(expected) or expected.startswith(text)
     print(f"{name} greedy r={GREEDY_STEPS}: transformers {text!r}\n{'':>{len(name)}} rr           {expected!r}")
@@ -163,7 +171,7 @@ def check_variants(rr, base, work):
                 w[key] = torch.cat([w[key], 100 * torch.ones(pad, w[key].shape[1])])
             save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
         ids, _ = rr_logits(rr, d, text_file, 1, "zero", work / "probe.safetensors")
-        model = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True, **FP32)
         state = torch.randn(ids.numel(), model.config.n_embd, generator=torch.Generator().manual_seed(1))
         save_file({"state": state}, str(work / "variant-state.safetensors"))
         _, theirs = rr_logits(rr, d, text_file, 4, work / "variant-state.safetensors", work / "dump.safetensors")
