@@ -12,6 +12,7 @@ use rr_data::InputFormat;
 use rr_eval::tasks::Task;
 use rr_import as import;
 use rr_model::device::parse_device;
+use rr_model::recurrent::InitialState;
 use rr_model::{
     decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
     Tokenizer,
@@ -54,6 +55,25 @@ enum Command {
     /// Benchmarks (`cargo xtask bench-recurrence` runs these and the PyTorch reference).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a model or checkpoint in a form other tools open as it is.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A clean Hugging Face folder: config, model.safetensors (F32), tokenizer files, the
+    /// Python modelling files of a recurrent model, and a README.md model card.
+    Hf {
+        /// A model directory, surgery output or trainer checkpoint (`RUN/checkpoints/step-N`).
+        dir: PathBuf,
+        /// The new directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// An `rr eval` result (JSON) whose table goes into the model card.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+    },
 }
 
 /// Compute dtype.
@@ -189,6 +209,48 @@ struct ScoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
+    /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
+    #[arg(long, default_value = "random", value_parser = state_arg)]
+    initial_state: StateArg,
+    /// Write the logits of the text (one forward pass, which must fit the context) to this
+    /// safetensors file: `logits` [T, vocab] f32, `input_ids` [T] and `nll` [T-1] (nats).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+/// `--initial-state`: a random draw, zeros, or a file.
+#[derive(Clone)]
+enum StateArg {
+    Random,
+    Zero,
+    File(PathBuf),
+}
+
+fn state_arg(text: &str) -> Result<StateArg> {
+    Ok(match text {
+        "random" => StateArg::Random,
+        "zero" => StateArg::Zero,
+        path => StateArg::File(PathBuf::from(path)),
+    })
+}
+
+impl StateArg {
+    /// The initial state on `model` (only a recurrent model has one to choose).
+    fn initial_state(&self, model: &AnyModel, seed: u64) -> Result<InitialState> {
+        let width = match model {
+            AnyModel::Recurrent(m) => m.config.n_embd,
+            AnyModel::Static(_) if matches!(self, StateArg::Random) => 0,
+            AnyModel::Static(_) => bail!("--initial-state applies only to recurrent models"),
+        };
+        Ok(match self {
+            StateArg::Random => InitialState::Random { seed },
+            StateArg::Zero => InitialState::Zeros,
+            StateArg::File(path) => {
+                InitialState::from_file(path, width).context("--initial-state")?
+            }
+        })
+    }
 }
 
 #[derive(Args)]
@@ -226,6 +288,10 @@ struct GenerateArgs {
     /// Recurrent models: start each new token's state from the previous token's final state.
     #[arg(long)]
     warm_start: bool,
+    /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
+    /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
+    #[arg(long, default_value = "random", value_parser = state_arg)]
+    initial_state: StateArg,
 }
 
 #[derive(Args)]
@@ -512,6 +578,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => run_eval(args),
         Command::Report(args) => run_report(args),
         Command::Bench(BenchCommand::Recurrence(args)) => run_bench(args),
+        Command::Export(ExportCommand::Hf { dir, out, eval }) => {
+            let files = rr_train::export::export_hf(&dir, &out, eval.as_deref())?;
+            println!("wrote {}: {}", out.display(), files.join(", "));
+            Ok(())
+        }
         Command::Bench(BenchCommand::Report { rr, reference, out }) => {
             let table = rr_bench::report_from_files(&rr, reference.as_deref(), &out)?;
             println!("{table}\nwrote {}", out.display());
@@ -559,7 +630,20 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if window > context {
         bail!("--window {window} is longer than the model's context ({context})");
     }
-    let result = rr_eval::nll::score_text(&model, &ids, window, tt)
+    let init = args.initial_state.initial_state(&model, tt.seed)?;
+    if let Some(path) = &args.dump_logits {
+        let (logits, nll) = rr_eval::nll::token_logits(&model, &ids, tt.depth(), &init)
+            .with_context(|| format!("scoring {}", args.text_file.display()))?;
+        let tensors = [
+            ("logits".to_string(), logits),
+            ("input_ids".to_string(), tch::Tensor::from_slice(&ids)),
+            ("nll".to_string(), tch::Tensor::from_slice(&nll)),
+        ];
+        rr_model::weights::write_safetensors(&tensors, path)
+            .with_context(|| format!("--dump-logits {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    let result = rr_eval::nll::score_text_from(&model, &ids, window, tt.depth(), &init)
         .with_context(|| format!("scoring {}", args.text_file.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -612,6 +696,7 @@ fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Res
             Some(m) => CacheMode::LatestM(m),
             None => CacheMode::Full,
         },
+        initial_state: Some(args.initial_state.initial_state(model, args.model.seed)?),
     })
 }
 

@@ -3,6 +3,7 @@
 //! windows over the model's context, or packed rows scored as they are.
 
 use anyhow::{bail, Result};
+use rr_model::recurrent::{Depth, InitialState};
 use rr_model::{AnyModel, TestTime};
 use serde::Serialize;
 use tch::{Kind, Tensor};
@@ -25,6 +26,18 @@ pub struct Score {
 /// predicted exactly once, and after the first window always with at least half a window of
 /// context (the usual sliding-window perplexity).
 pub fn score_text(model: &AnyModel, ids: &[i64], window: usize, tt: TestTime) -> Result<Score> {
+    score_text_from(model, ids, window, tt.depth(), &tt.init())
+}
+
+/// [`score_text`] from a chosen initial state (`rr score --initial-state`).
+pub fn score_text_from(
+    model: &AnyModel,
+    ids: &[i64],
+    window: usize,
+    depth: Depth,
+    init: &InitialState,
+) -> Result<Score> {
+    check_state_covers(init, ids.len())?;
     if ids.len() < 2 {
         bail!("need at least two tokens to score (got {})", ids.len());
     }
@@ -44,7 +57,7 @@ pub fn score_text(model: &AnyModel, ids: &[i64], window: usize, tt: TestTime) ->
         let chunk = Tensor::from_slice(&ids[start..end])
             .view([1, -1])
             .to_device(model.device());
-        let logits = model.logits(&chunk, None, tt)?;
+        let logits = model.forward(&chunk, None, None, depth, init)?.logits;
         // Position p in the chunk predicts token start+p+1; keep targets >= done.
         let first = done - start - 1;
         let n = end - done;
@@ -74,6 +87,58 @@ pub fn score_text(model: &AnyModel, ids: &[i64], window: usize, tt: TestTime) ->
         window,
         stride,
     })
+}
+
+/// Logits [T, vocab_size] (fp32) of `ids` in one forward pass from `init`, and each token's
+/// negative log-likelihood given the tokens before it (T − 1 values): what
+/// `rr score --dump-logits` writes.
+pub fn token_logits(
+    model: &AnyModel,
+    ids: &[i64],
+    depth: Depth,
+    init: &InitialState,
+) -> Result<(Tensor, Vec<f64>)> {
+    if ids.len() < 2 {
+        bail!("need at least two tokens to score (got {})", ids.len());
+    }
+    if ids.len() > model.max_context() {
+        bail!(
+            "{} tokens do not fit the model's context ({}) in one forward pass",
+            ids.len(),
+            model.max_context()
+        );
+    }
+    check_state_covers(init, ids.len())?;
+    model.check_tokens(ids)?;
+    let _no_grad = tch::no_grad_guard();
+    let input = Tensor::from_slice(ids)
+        .view([1, -1])
+        .to_device(model.device());
+    let logits = model.forward(&input, None, None, depth, init)?.logits;
+    let logits = logits
+        .get(0)
+        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu);
+    let t = ids.len() as i64;
+    let targets = Tensor::from_slice(&ids[1..]).view([-1, 1]);
+    let nll = -logits
+        .narrow(0, 0, t - 1)
+        .log_softmax(-1, Kind::Float)
+        .gather(1, &targets, false)
+        .view([-1]);
+    let nll = Vec::<f64>::try_from(nll.to_kind(Kind::Double))?;
+    ensure_finite(nll.iter().sum())?;
+    Ok((logits, nll))
+}
+
+/// A per-position initial state must have a row for every token.
+fn check_state_covers(init: &InitialState, tokens: usize) -> Result<()> {
+    match init.positions_covered() {
+        Some(n) if n < tokens => {
+            bail!("the initial state covers {n} positions, but the text has {tokens} tokens")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Summed negative log-likelihood and token count of packed rows (input = row[..T], labels =

@@ -67,6 +67,9 @@ pub struct DecodeOptions {
     /// state instead of the seeded draw (prompt tokens always use the seeded draw).
     pub warm_start: bool,
     pub cache_mode: CacheMode,
+    /// Recurrent models: where every token's state starts, in place of `test_time`'s seeded
+    /// draw (`rr generate --initial-state`).
+    pub initial_state: Option<InitialState>,
 }
 
 impl Default for DecodeOptions {
@@ -86,6 +89,7 @@ impl Default for DecodeOptions {
             exit: None,
             warm_start: false,
             cache_mode: CacheMode::Full,
+            initial_state: None,
         }
     }
 }
@@ -271,6 +275,14 @@ fn validate(
     if !opts.use_cache && (opts.warm_start || opts.exit.is_some()) {
         bail!("warm start and adaptive exit need the cache (use_cache = true)");
     }
+    let covered = opts
+        .initial_state
+        .as_ref()
+        .and_then(|s| s.positions_covered());
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
+    if let Some(n) = covered.filter(|&n| n < longest) {
+        bail!("the initial state covers {n} positions, but generation reaches {longest}");
+    }
     Ok(())
 }
 
@@ -348,7 +360,10 @@ impl<'a> Stepper<'a> {
             cache,
             fed: 0,
             prev_state: None,
-            seeded: opts.test_time.init(),
+            seeded: opts
+                .initial_state
+                .clone()
+                .unwrap_or_else(|| opts.test_time.init()),
             token_depth: match opts.exit {
                 Some(exit) => Depth::Adaptive(exit),
                 None => opts.test_time.depth(),

@@ -352,7 +352,9 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
             },
         ));
     }
-    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), None)
+    // transformers reads a file without `format: pt` metadata only with a warning.
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), Some(metadata))
         .map_err(|e| anyhow::anyhow!("{}: cannot write ({e})", path.display()))?;
     rr_util::fs::write_atomic(path, &bytes)
 }

@@ -1,5 +1,6 @@
 //! Training: optimizers (AdamW, Muon) and the trainer. The data it reads comes from `rr-data`.
 
+pub mod export;
 pub mod launch;
 pub mod loss;
 pub mod optim;

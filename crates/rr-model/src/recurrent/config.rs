@@ -69,6 +69,8 @@ pub struct RecurrentConfig {
     #[serde(default = "default_block_type")]
     pub block_type: ModelType,
     pub n_embd: usize,
+    /// Some files name it `num_attention_heads`.
+    #[serde(alias = "num_attention_heads")]
     pub n_heads: usize,
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
@@ -127,16 +129,7 @@ impl RecurrentConfig {
         coda: usize,
         mean_recurrence: usize,
     ) -> Self {
-        let auto_map = [
-            ("AutoConfig", "raven_config_minimal.RavenConfig"),
-            (
-                "AutoModelForCausalLM",
-                "raven_modeling_minimal.RavenForCausalLM",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let auto_map = auto_map();
         Self {
             architectures: vec!["RavenForCausalLM".into()],
             model_type: RAVEN_MODEL_TYPE.into(),
@@ -179,8 +172,11 @@ impl RecurrentConfig {
         };
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("{}: cannot read model config", file.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
+        let mut cfg: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid recurrent model config", file.display()))?;
+        for note in cfg.normalize() {
+            eprintln!("warning: {}: {note}", file.display());
+        }
         cfg.validate()
             .with_context(|| format!("{}", file.display()))?;
         Ok(cfg)
@@ -214,14 +210,6 @@ impl RecurrentConfig {
         if self.n_layers_in_recurrent_block == 0 {
             bail!("n_layers_in_recurrent_block must be at least 1 (an empty core cannot recur)");
         }
-        let total =
-            self.n_layers_in_prelude + self.n_layers_in_recurrent_block + self.n_layers_in_coda;
-        if total != self.n_layers {
-            bail!(
-                "n_layers is {}, but prelude + core + coda = {total}",
-                self.n_layers
-            );
-        }
         if self.injection_type != "linear" {
             bail!(
                 "injection_type `{}` is not supported (only `linear`)",
@@ -244,6 +232,32 @@ impl RecurrentConfig {
             bail!("padded_vocab_size is smaller than vocab_size");
         }
         self.block_config().validate()
+    }
+
+    /// Settles what real files leave open, returning one line for each thing it settled:
+    /// an `n_layers` that disagrees with the three stacks (which are authoritative) is
+    /// replaced by their sum; a missing `rope_theta` is taken from Huginn's `rope_base`, or is
+    /// the default 10000.
+    pub fn normalize(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let total =
+            self.n_layers_in_prelude + self.n_layers_in_recurrent_block + self.n_layers_in_coda;
+        if total != self.n_layers {
+            notes.push(format!(
+                "n_layers is {}, but prelude + core + coda = {total}; using the three stacks",
+                self.n_layers
+            ));
+            self.n_layers = total;
+        }
+        if self.rope_theta.is_none() {
+            let (theta, from) = match self.rope_base {
+                Some(base) => (base, "rope_base"),
+                None => (10_000.0, "the default"),
+            };
+            notes.push(format!("no rope_theta; using RoPE θ {theta} from {from}"));
+            self.rope_theta = Some(theta);
+        }
+        notes
     }
 
     pub fn padded_vocab_size(&self) -> usize {
@@ -305,11 +319,48 @@ impl RecurrentConfig {
     }
 }
 
+/// The Python configuration and modelling code written beside every recurrent checkpoint, by
+/// the names `auto_map` gives them, so that transformers loads the directory with
+/// `trust_remote_code=True` (and lm-evaluation-harness's `hf` model runs it).
+pub const PYTHON_FILES: [(&str, &str); 2] = [
+    (
+        "raven_config_minimal.py",
+        include_str!("python/raven_config_minimal.py"),
+    ),
+    (
+        "raven_modeling_minimal.py",
+        include_str!("python/raven_modeling_minimal.py"),
+    ),
+];
+
+/// Writes `config.json` and the Python files of [`PYTHON_FILES`] into `dir`: every recurrent
+/// save goes through here, so every recurrent checkpoint opens in transformers as it is.
 pub fn write_config(config: &RecurrentConfig, dir: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(config)?;
+    let mut config = config.clone();
+    config.auto_map = auto_map();
+    let mut text = serde_json::to_string_pretty(&config)?;
     text.push('\n');
-    let path = dir.join("config.json");
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))
+    let files = std::iter::once(("config.json", text.as_str())).chain(PYTHON_FILES);
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, content)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `auto_map` naming the classes of [`PYTHON_FILES`].
+fn auto_map() -> BTreeMap<String, String> {
+    [
+        ("AutoConfig", "raven_config_minimal.RavenConfig"),
+        (
+            "AutoModelForCausalLM",
+            "raven_modeling_minimal.RavenForCausalLM",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Whether a model directory holds a recurrent (Raven) checkpoint.

@@ -36,7 +36,7 @@ pub use crate::weights::dtype_name;
 pub use cache::{CacheMode, CacheStats, RecurrentCache};
 pub use config::{
     is_recurrent_dir, write_config, InitValues, RecurrentConfig, HUGINN_OUT_PROJ_STD, HUGINN_STD,
-    RAVEN_MODEL_TYPE,
+    PYTHON_FILES, RAVEN_MODEL_TYPE,
 };
 pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
 pub use state::{truncated_normal, truncated_normal_rows, InitialState};
@@ -202,6 +202,12 @@ impl RecurrentModel {
         );
         let e = self.prelude_forward(input_ids, &p, cache.as_mut().map(|c| &mut c.prelude));
         let mut state = init.draw(&p.positions, &e, self.config.init_values.std);
+        // The authors scale a drawn state like the embeddings (`embed_scale`); a given or zero
+        // state is used as it is.
+        let embed_scale = self.config.init_values.embed_scale;
+        if embed_scale != 1.0 && init.is_drawn() {
+            state *= embed_scale;
+        }
 
         // With an exit rule, the coda and head run after every iteration on a scratch copy of
         // the coda's cache; the last probe's hidden states and cache are kept.

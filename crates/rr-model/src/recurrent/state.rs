@@ -14,6 +14,9 @@
 //! The hash works on 32-bit words held in int64 tensors, with multipliers below 2³¹ so that no
 //! product overflows: the same integers on every device.
 
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Where the latent state starts.
@@ -34,14 +37,70 @@ pub enum InitialState {
     Zeros,
     /// A given state [B, T, h].
     Given(Tensor),
+    /// A given state per token position, [N, h]: the token at position p starts from row p,
+    /// whatever its batch, window or cache (the state of `--initial-state FILE`).
+    ByPosition(Tensor),
+}
+
+/// A copy sharing the given tensor's storage.
+impl Clone for InitialState {
+    fn clone(&self) -> Self {
+        match self {
+            InitialState::Random { seed } => InitialState::Random { seed: *seed },
+            InitialState::RandomPerRow { seed } => InitialState::RandomPerRow { seed: *seed },
+            InitialState::Zeros => InitialState::Zeros,
+            InitialState::Given(s) => InitialState::Given(s.shallow_clone()),
+            InitialState::ByPosition(rows) => InitialState::ByPosition(rows.shallow_clone()),
+        }
+    }
 }
 
 impl InitialState {
+    /// A per-position state from `path`, a safetensors file holding one tensor `state` of
+    /// shape [N, h] (or [1, N, h]) for a model of width `h`: positions 0..N get its rows.
+    pub fn from_file(path: &Path, h: usize) -> Result<Self> {
+        let tensors = Tensor::read_safetensors(path)
+            .with_context(|| format!("{}: cannot read the initial state", path.display()))?;
+        let Some((_, state)) = tensors.into_iter().find(|(name, _)| name == "state") else {
+            bail!("{}: no tensor named `state`", path.display());
+        };
+        let size = state.size();
+        let rows = match size.as_slice() {
+            [n, w] | [1, n, w] if *w == h as i64 && *n > 0 => state.view([*n, *w]),
+            _ => bail!(
+                "{}: `state` has shape {size:?}, expected [N, {h}] or [1, N, {h}]",
+                path.display()
+            ),
+        };
+        Ok(InitialState::ByPosition(rows.to_kind(Kind::Float)))
+    }
+
+    /// Positions a state covers: `None` for every position, `Some(n)` for 0..n.
+    pub fn positions_covered(&self) -> Option<usize> {
+        match self {
+            InitialState::ByPosition(rows) => Some(rows.size()[0] as usize),
+            _ => None,
+        }
+    }
+
+    /// Whether the state is a random draw (not zeros, not given).
+    pub fn is_drawn(&self) -> bool {
+        matches!(
+            self,
+            InitialState::Random { .. } | InitialState::RandomPerRow { .. }
+        )
+    }
+
     /// The state for tokens at `positions` [B, T], shaped and typed like `like` [B, T, h].
     pub fn draw(&self, positions: &Tensor, like: &Tensor, std: f64) -> Tensor {
         match self {
             InitialState::Zeros => like.zeros_like().detach(),
             InitialState::Given(s) => s.to_device(like.device()).to_kind(like.kind()),
+            InitialState::ByPosition(rows) => rows
+                .to_device(like.device())
+                .index_select(0, &positions.flatten(0, -1))
+                .view(like.size().as_slice())
+                .to_kind(like.kind()),
             InitialState::Random { seed } => {
                 let rows = positions.zeros_like();
                 truncated_normal(*seed, &rows, positions, like.size()[2], std).to_kind(like.kind())
