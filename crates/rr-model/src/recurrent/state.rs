@@ -47,7 +47,10 @@ impl Clone for InitialState {
     fn clone(&self) -> Self {
         match self {
             InitialState::Random { seed } => InitialState::Random { seed: *seed },
-            InitialState::RandomPerRow { seed } => InitialState::RandomPerRow { seed: *seed },
+            InitialState::RandomPerRow { seed, first_row } => InitialState::RandomPerRow {
+                seed: *seed,
+                first_row: *first_row,
+            },
             InitialState::Zeros => InitialState::Zeros,
             InitialState::Given(s) => InitialState::Given(s.shallow_clone()),
             InitialState::ByPosition(rows) => InitialState::ByPosition(rows.shallow_clone()),
