@@ -12,7 +12,7 @@ use rr_data::InputFormat;
 use rr_eval::tasks::Task;
 use rr_import as import;
 use rr_model::device::parse_device;
-use rr_model::recurrent::InitialState;
+use rr_model::recurrent::StateChoice;
 use rr_model::{
     decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
     Tokenizer,
@@ -212,7 +212,7 @@ struct ScoreArgs {
     /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
     /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
     #[arg(long, default_value = "random", value_parser = state_arg)]
-    initial_state: StateArg,
+    initial_state: StateChoice,
     /// Write the logits of the text (one forward pass, which must fit the context) to this
     /// safetensors file: `logits` [T, vocab] f32, `input_ids` [T] and `nll` [T-1] (nats).
     #[arg(long)]
@@ -220,37 +220,8 @@ struct ScoreArgs {
 }
 
 /// `--initial-state`: a random draw, zeros, or a file.
-#[derive(Clone)]
-enum StateArg {
-    Random,
-    Zero,
-    File(PathBuf),
-}
-
-fn state_arg(text: &str) -> Result<StateArg> {
-    Ok(match text {
-        "random" => StateArg::Random,
-        "zero" => StateArg::Zero,
-        path => StateArg::File(PathBuf::from(path)),
-    })
-}
-
-impl StateArg {
-    /// The initial state on `model` (only a recurrent model has one to choose).
-    fn initial_state(&self, model: &AnyModel, seed: u64) -> Result<InitialState> {
-        let width = match model {
-            AnyModel::Recurrent(m) => m.config.n_embd,
-            AnyModel::Static(_) if matches!(self, StateArg::Random) => 0,
-            AnyModel::Static(_) => bail!("--initial-state applies only to recurrent models"),
-        };
-        Ok(match self {
-            StateArg::Random => InitialState::Random { seed },
-            StateArg::Zero => InitialState::Zeros,
-            StateArg::File(path) => {
-                InitialState::from_file(path, width).context("--initial-state")?
-            }
-        })
-    }
+fn state_arg(text: &str) -> Result<StateChoice> {
+    Ok(StateChoice::parse(text))
 }
 
 #[derive(Args)]
@@ -291,7 +262,7 @@ struct GenerateArgs {
     /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
     /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
     #[arg(long, default_value = "random", value_parser = state_arg)]
-    initial_state: StateArg,
+    initial_state: StateChoice,
 }
 
 #[derive(Args)]
@@ -454,6 +425,11 @@ struct EvalArgs {
     /// (lm-evaluation-harness's --log_samples).
     #[arg(long)]
     log_samples: bool,
+    /// Recurrent models: where the latent state starts: `random` (seeded by --seed), `zero`,
+    /// or a safetensors file whose tensor `state` [N, h] gives position p row p (it must
+    /// cover every item's length). The static --baseline ignores it.
+    #[arg(long, default_value = "random", value_parser = state_arg)]
+    initial_state: StateChoice,
     #[arg(long, default_value = "results.json")]
     out: PathBuf,
 }
@@ -630,7 +606,7 @@ fn run_score(args: ScoreArgs) -> Result<()> {
     if window > context {
         bail!("--window {window} is longer than the model's context ({context})");
     }
-    let init = args.initial_state.initial_state(&model, tt.seed)?;
+    let init = model.initial_state(&args.initial_state, tt.seed)?;
     if let Some(path) = &args.dump_logits {
         let (logits, nll) = rr_eval::nll::token_logits(&model, &ids, tt.depth(), &init)
             .with_context(|| format!("scoring {}", args.text_file.display()))?;
@@ -696,7 +672,7 @@ fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Res
             Some(m) => CacheMode::LatestM(m),
             None => CacheMode::Full,
         },
-        initial_state: Some(args.initial_state.initial_state(model, args.model.seed)?),
+        initial_state: Some(model.initial_state(&args.initial_state, args.model.seed)?),
     })
 }
 
@@ -901,6 +877,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         batch_size: args.batch_size,
         max_new_tokens: args.max_new_tokens,
         log_samples: args.log_samples,
+        initial_state: args.initial_state,
         data_dir: args.data.unwrap_or_else(|| {
             std::env::var_os("RR_SHARED_DATA")
                 .map(PathBuf::from)

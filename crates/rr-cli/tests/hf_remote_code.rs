@@ -230,3 +230,124 @@ fn bad_initial_states_are_refused() {
         assert!(!dump.exists(), "a dump was written for {state_arg:?}");
     }
 }
+
+/// `rr eval --initial-state FILE` scores every choice from the given state: each
+/// log-likelihood in `--log-samples` equals the one computed from the same ids and state in a
+/// single unpadded pass (`token_logits`, the path the fixture test above pins against
+/// transformers), although eval runs them in right-padded, masked batches. The results name the
+/// state, and a different state gives different scores (the option takes effect).
+#[test]
+fn eval_scores_from_the_given_initial_state() {
+    use rr_eval::tasks::{load, Requests, Task};
+    let Some(data) = shared_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = retrofit(&data, tmp.path(), "1,3,1");
+    tch::manual_seed(5);
+    let state = Tensor::randn([512, 64], (tch::Kind::Float, tch::Device::Cpu));
+    let state_file = tmp.path().join("state.safetensors");
+    rr_model::weights::write_safetensors(&[("state".into(), state)], &state_file).unwrap();
+
+    let eval = |state_arg: &str, out: &Path| -> Vec<serde_json::Value> {
+        rr(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--tasks",
+            "arc_easy",
+            "--limit",
+            "3",
+            "--recurrences",
+            "4",
+            "--batch-size",
+            "4",
+            "--data",
+            data.to_str().unwrap(),
+            "--initial-state",
+            state_arg,
+            "--log-samples",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let samples = std::fs::read_to_string(out.with_extension("samples.jsonl")).unwrap();
+        samples
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let given_out = tmp.path().join("given.json");
+    let given = eval(state_file.to_str().unwrap(), &given_out);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&given_out).unwrap()).unwrap();
+    assert_eq!(
+        results["config"]["initial_state"],
+        state_file.to_str().unwrap()
+    );
+
+    let loaded = rr_model::AnyModel::load(&model, tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let tokenizer = rr_model::Tokenizer::from_path(&model).unwrap();
+    let init = rr_model::recurrent::InitialState::from_file(&state_file, 64).unwrap();
+    let Requests::LogLikelihood(items) = load(Task::ArcEasy, &data, Some(3)).unwrap().requests
+    else {
+        panic!("arc_easy is multiple choice")
+    };
+    assert_eq!(given.len(), items.len());
+    for (item, sample) in items.iter().zip(&given) {
+        let got: Vec<f64> = sample["loglikelihoods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for ((ctx, cont), got) in item.pairs().into_iter().zip(got) {
+            let (c, k) = rr_eval::runner::split_tokens(&tokenizer, ctx, cont).unwrap();
+            let ids: Vec<i64> = c.iter().chain(&k).copied().collect();
+            let (_, nll) = rr_eval::nll::token_logits(
+                &loaded,
+                &ids,
+                rr_model::recurrent::Depth::recurrence(4),
+                &init,
+            )
+            .unwrap();
+            let expected = -nll[nll.len() - k.len()..].iter().sum::<f64>();
+            // Each token's log-probability carries the logits' fp32 error (see TOLERANCE).
+            let bound = TOLERANCE * k.len() as f64;
+            assert!(
+                (got - expected).abs() <= bound,
+                "{}: {got} vs {expected} (bound {bound})",
+                item.id
+            );
+        }
+    }
+    let zero = eval("zero", &tmp.path().join("zero.json"));
+    assert_ne!(given[0]["loglikelihoods"], zero[0]["loglikelihoods"]);
+
+    // A state shorter than an item is refused with one line, and no results are written.
+    let short = tmp.path().join("short.safetensors");
+    let rows = Tensor::zeros([5, 64], (tch::Kind::Float, tch::Device::Cpu));
+    rr_model::weights::write_safetensors(&[("state".into(), rows)], &short).unwrap();
+    let out = tmp.path().join("short.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .args([
+            "eval", "--device", "cpu", "--tasks", "arc_easy", "--limit", "2",
+        ])
+        .args(["--recurrences", "2", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--initial-state")
+        .arg(&short)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("covers 5 positions"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

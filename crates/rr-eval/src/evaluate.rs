@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rr_data::{PackedSet, Split};
+use rr_model::recurrent::{InitialState, StateChoice};
 use rr_model::{AnyModel, TestTime, Tokenizer};
 
 use crate::metrics::{mc_predict, Gsm8kStrict};
@@ -60,6 +61,9 @@ pub struct EvalOptions {
     /// Keep every item's raw output (log-likelihoods, generated text) for
     /// `<out>.samples.jsonl`, as the harness's `--log_samples`.
     pub log_samples: bool,
+    /// Where a recurrent model's latent state starts (`--initial-state`); a static model
+    /// (the baseline) has none and ignores it.
+    pub initial_state: StateChoice,
 }
 
 /// Refuses test recurrences that are zero or beyond what one forward call runs, an empty
@@ -102,6 +106,10 @@ pub fn evaluate(
     };
     let mut eos = model.eos_token_ids();
     eos.extend(tokenizer.eos_id());
+    let init = match model {
+        AnyModel::Recurrent(_) => model.initial_state(&opts.initial_state, opts.seed)?,
+        AnyModel::Static(_) => InitialState::Random { seed: opts.seed },
+    };
     let mut report = RecurrenceReport::default();
     for &r in &recurrences {
         let run = AtRecurrence {
@@ -114,6 +122,7 @@ pub fn evaluate(
                 recurrence: r,
                 seed: opts.seed,
             },
+            init: &init,
         };
         let mut results = EvalResults::default();
         if let Some(heldout) = &opts.heldout {
@@ -126,14 +135,15 @@ pub fn evaluate(
             let value = headline_value(&results, task.task);
             progress(&format!("r={r} {}: {metric} {value}", task.task.name()));
         }
-        results.config =
-            serde_json::json!({"recurrence": r, "seed": opts.seed, "limit": opts.limit});
+        results.config = serde_json::json!({"recurrence": r, "seed": opts.seed,
+            "limit": opts.limit, "initial_state": opts.initial_state.to_string()});
         report.recurrences.insert(r as u32, results);
     }
     report.config = serde_json::json!({
         "tasks": opts.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "recurrences": recurrences,
         "seed": opts.seed,
+        "initial_state": opts.initial_state.to_string(),
         "limit": opts.limit,
         "batch_size": opts.batch_size,
         "num_fewshot": {"gsm8k": 1, "gsm8k_rr": 1, "synth": 1, "math": 1, "math500": 1,
@@ -203,6 +213,8 @@ struct AtRecurrence<'a> {
     eos: &'a [i64],
     max_len: usize,
     tt: TestTime,
+    /// Where the latent state starts (resolved once from `opts.initial_state`).
+    init: &'a InitialState,
 }
 
 impl AtRecurrence<'_> {
@@ -210,11 +222,17 @@ impl AtRecurrence<'_> {
     fn heldout(&self, heldout: &Heldout, results: &mut EvalResults) -> Result<f64> {
         let (nll, tokens) = match heldout {
             Heldout::Text(ids) => {
-                let s = crate::nll::score_text(self.model, ids, self.max_len, self.tt)?;
+                let s = crate::nll::score_text_from(
+                    self.model,
+                    ids,
+                    self.max_len,
+                    self.tt.depth(),
+                    self.init,
+                )?;
                 (s.total_nll, s.tokens)
             }
             Heldout::Rows(rows) => {
-                crate::nll::rows_nll(self.model, rows, self.opts.batch_size, self.tt)?
+                crate::nll::rows_nll(self.model, rows, self.opts.batch_size, self.tt, self.init)?
             }
         };
         let mean = nll / tokens as f64;
@@ -286,7 +304,15 @@ impl AtRecurrence<'_> {
             })
             .collect();
         let (model, tokenizer, batch) = (self.model, self.tokenizer, self.opts.batch_size);
-        let lls = loglikelihoods(model, tokenizer, &pairs, batch, self.max_len, self.tt)?;
+        let lls = loglikelihoods(
+            model,
+            tokenizer,
+            &pairs,
+            batch,
+            self.max_len,
+            self.tt,
+            self.init,
+        )?;
         let mut next = lls.iter();
         Ok(items
             .iter()
@@ -304,14 +330,19 @@ impl AtRecurrence<'_> {
             .iter()
             .map(|r| (r.prompt.clone(), r.stop.clone()))
             .collect();
+        let base = rr_model::DecodeOptions {
+            max_new_tokens: self.opts.max_new_tokens,
+            eos_ids: self.eos.to_vec(),
+            test_time: self.tt,
+            initial_state: Some(self.init.clone()),
+            ..Default::default()
+        };
         greedy_until_batch(
             self.model,
             self.tokenizer,
             &prompts,
-            self.eos,
-            self.opts.max_new_tokens,
+            &base,
             self.opts.batch_size,
-            self.tt,
         )
     }
 }

@@ -54,6 +54,8 @@ impl EvalJob {
         model
             .recurrence(self.recurrence)
             .with_context(|| self.model.display().to_string())?;
+        // Refuses a state a static model cannot take, or a file that does not fit, up front.
+        model.initial_state(&self.options.initial_state, self.options.seed)?;
         let tokenizer = Tokenizer::from_path(&self.model)?;
         let opts = self.options(&tokenizer)?;
         let report = evaluate(&model, &tokenizer, &opts, &mut progress)?;

@@ -132,7 +132,7 @@ pub fn token_logits(
 }
 
 /// A per-position initial state must have a row for every token.
-fn check_state_covers(init: &InitialState, tokens: usize) -> Result<()> {
+pub(crate) fn check_state_covers(init: &InitialState, tokens: usize) -> Result<()> {
     match init.positions_covered() {
         Some(n) if n < tokens => {
             bail!("the initial state covers {n} positions, but the text has {tokens} tokens")
@@ -148,6 +148,7 @@ pub fn rows_nll(
     rows: &[Vec<i64>],
     batch_size: usize,
     tt: TestTime,
+    init: &InitialState,
 ) -> Result<(f64, usize)> {
     let _guard = tch::no_grad_guard();
     let (mut total, mut count) = (0f64, 0usize);
@@ -157,12 +158,13 @@ pub fn rows_nll(
             bail!("packed rows must all have the same length of at least 2");
         }
         model.check_tokens(batch.iter().flatten())?;
+        check_state_covers(init, t)?;
         let input: Vec<i64> = batch.iter().flat_map(|r| r[..t].iter().copied()).collect();
         let labels: Vec<i64> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
         let ids = Tensor::from_slice(&input)
             .view([batch.len() as i64, t as i64])
             .to_device(model.device());
-        let logits = model.logits(&ids, None, tt)?;
+        let logits = model.forward(&ids, None, None, tt.depth(), init)?.logits;
         let loss = logits
             .view([-1, logits.size()[2]])
             .to_kind(Kind::Float)

@@ -11,6 +11,7 @@
 //! Only the per-sequence sums leave the device.
 
 use anyhow::{bail, Context, Result};
+use rr_model::recurrent::InitialState;
 use rr_model::{decode, AnyModel, DecodeOptions, Sampling, TestTime, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
@@ -76,6 +77,7 @@ pub fn loglikelihoods(
     batch_size: usize,
     max_len: usize,
     tt: TestTime,
+    init: &InitialState,
 ) -> Result<Vec<LogLikelihood>> {
     let mut seqs = Vec::with_capacity(requests.len());
     for (ctx, cont) in requests {
@@ -89,6 +91,8 @@ pub fn loglikelihoods(
         let n_cont = k.len().min(ids.len() - 1);
         seqs.push(Scored { ids, n_cont });
     }
+    let longest = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(0);
+    crate::nll::check_state_covers(init, longest)?;
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].ids.len()));
     let _guard = tch::no_grad_guard();
@@ -102,7 +106,7 @@ pub fn loglikelihoods(
     ];
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<&Scored> = chunk.iter().map(|&i| &seqs[i]).collect();
-        for (&i, ll) in chunk.iter().zip(score_batch(model, &batch, tt)?) {
+        for (&i, ll) in chunk.iter().zip(score_batch(model, &batch, tt, init)?) {
             out[i] = ll;
         }
     }
@@ -110,7 +114,12 @@ pub fn loglikelihoods(
 }
 
 /// Scores one right-padded batch; only the sums and greedy flags come back from the device.
-fn score_batch(model: &AnyModel, batch: &[&Scored], tt: TestTime) -> Result<Vec<LogLikelihood>> {
+fn score_batch(
+    model: &AnyModel,
+    batch: &[&Scored],
+    tt: TestTime,
+    init: &InitialState,
+) -> Result<Vec<LogLikelihood>> {
     let t = batch.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1);
     let (b, device) = (batch.len(), model.device());
     let mut ids = vec![0i64; b * t];
@@ -138,7 +147,8 @@ fn score_batch(model: &AnyModel, batch: &[&Scored], tt: TestTime) -> Result<Vec<
         .view([b as i64, t as i64])
         .to_device(device);
     let logp = model
-        .logits(&ids, Some(&mask), tt)?
+        .forward(&ids, Some(&mask), None, tt.depth(), init)?
+        .logits
         .to_kind(Kind::Float)
         .log_softmax(-1, Kind::Float);
     let token_logp = logp
@@ -168,16 +178,17 @@ fn score_batch(model: &AnyModel, batch: &[&Scored], tt: TestTime) -> Result<Vec<
 
 /// Greedy continuations of many prompts, `batch_size` at a time (padded batches with masks:
 /// each prompt gets what it gets alone), each stopped at EOS or at one of its stop strings,
-/// which is cut off. `prompts[i]` is (prompt, stop strings).
+/// which is cut off. `prompts[i]` is (prompt, stop strings); `base` gives the EOS ids, the
+/// new-token limit, the test-time recurrence and the initial state (its sampling and stop
+/// strings are replaced by greedy and each prompt's own).
 pub fn greedy_until_batch(
     model: &AnyModel,
     tokenizer: &Tokenizer,
     prompts: &[(String, Vec<String>)],
-    eos_ids: &[i64],
-    max_new_tokens: usize,
+    base: &DecodeOptions,
     batch_size: usize,
-    tt: TestTime,
 ) -> Result<Vec<String>> {
+    let max_new_tokens = base.max_new_tokens;
     let mut out = Vec::with_capacity(prompts.len());
     let mut start = 0;
     while start < prompts.len() {
@@ -207,12 +218,9 @@ pub fn greedy_until_batch(
             })
             .collect::<Result<Vec<_>>>()?;
         let opts = DecodeOptions {
-            max_new_tokens,
             sampling: Sampling::Greedy,
-            eos_ids: eos_ids.to_vec(),
             stop_strings: stop.clone(),
-            test_time: tt,
-            ..DecodeOptions::default()
+            ..base.clone()
         };
         let decoded = decode(model, Some(tokenizer), &ids, &opts, |_, _| {})?;
         out.extend(decoded.rows.into_iter().map(|g| g.text));

@@ -96,16 +96,16 @@ fn check_batch_invariance(model: &AnyModel, dir: &Path, tok: &Tokenizer, tt: Tes
         .map(|(c, k)| tok.encode(&format!("{c}{k}"), true).unwrap())
         .collect();
     let (logits, t) = logit_magnitude(model, &seqs, tt);
-    let alone = loglikelihoods(model, tok, &reqs, 1, 512, tt).unwrap();
+    let alone = loglikelihoods(model, tok, &reqs, 1, 512, tt, &tt.init()).unwrap();
     let one: Vec<f64> = alone.iter().map(|l| l.sum).collect();
-    let five: Vec<f64> = loglikelihoods(model, tok, &reqs, 5, 512, tt)
+    let five: Vec<f64> = loglikelihoods(model, tok, &reqs, 5, 512, tt, &tt.init())
         .unwrap()
         .iter()
         .map(|l| l.sum)
         .collect();
     let mut reversed = reqs.clone();
     reversed.reverse();
-    let mut rev: Vec<f64> = loglikelihoods(model, tok, &reversed, 16, 512, tt)
+    let mut rev: Vec<f64> = loglikelihoods(model, tok, &reversed, 16, 512, tt, &tt.init())
         .unwrap()
         .iter()
         .map(|l| l.sum)
@@ -203,7 +203,8 @@ fn packed_rows_loss_equals_text_scoring() {
         .unwrap();
     let n = a.len().min(b.len());
     let rows = vec![a[..n].to_vec(), b[..n].to_vec()];
-    let (nll, count) = rr_eval::nll::rows_nll(&model, &rows, 2, tt(1, 0)).unwrap();
+    let (nll, count) =
+        rr_eval::nll::rows_nll(&model, &rows, 2, tt(1, 0), &tt(1, 0).init()).unwrap();
     assert_eq!(count, 2 * (n - 1));
     let by_text: f64 = rows
         .iter()
@@ -244,11 +245,18 @@ fn batched_generation_equals_generation_alone() {
     .iter()
     .map(|p| (p.to_string(), vec![".".to_string()]))
     .collect();
-    let eos = [2i64];
+    // Greedy up to the stop strings or EOS id 2, from the default (random) state.
+    let base = |max_new_tokens, test_time| rr_model::DecodeOptions {
+        max_new_tokens,
+        eos_ids: vec![2],
+        test_time,
+        ..Default::default()
+    };
     let check = |model: &AnyModel| {
-        let alone = greedy_until_batch(model, &tok, &prompts, &eos, 24, 1, tt(1, 0)).unwrap();
+        let alone = greedy_until_batch(model, &tok, &prompts, &base(24, tt(1, 0)), 1).unwrap();
         for batch in [2, 5] {
-            let got = greedy_until_batch(model, &tok, &prompts, &eos, 24, batch, tt(1, 0)).unwrap();
+            let got =
+                greedy_until_batch(model, &tok, &prompts, &base(24, tt(1, 0)), batch).unwrap();
             assert_eq!(got, alone, "batch size {batch}");
         }
         // Rows stop at different points (some at the stop string, some later).
@@ -267,9 +275,9 @@ fn batched_generation_equals_generation_alone() {
         .write(&out, false)
         .unwrap();
     let model = AnyModel::load(&out, Device::Cpu, Kind::Float).unwrap();
-    let alone_rec = greedy_until_batch(&model, &tok, &prompts, &eos, 16, 1, tt(2, 7)).unwrap();
+    let alone_rec = greedy_until_batch(&model, &tok, &prompts, &base(16, tt(2, 7)), 1).unwrap();
     for batch in [2, 5] {
-        let got = greedy_until_batch(&model, &tok, &prompts, &eos, 16, batch, tt(2, 7)).unwrap();
+        let got = greedy_until_batch(&model, &tok, &prompts, &base(16, tt(2, 7)), batch).unwrap();
         assert_eq!(got, alone_rec, "recurrent, batch size {batch}");
     }
     assert!(

@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::llama::{KvCache, LlamaModel};
 use crate::recurrent::{
     is_recurrent_dir, CacheMode, CacheStats, Depth, InitialState, RecurrentCache, RecurrentModel,
+    StateChoice,
 };
 
 pub enum AnyModel {
@@ -90,6 +91,23 @@ impl AnyModel {
             }
             (AnyModel::Static(_), None) => Ok(1),
         }
+    }
+
+    /// The initial state `choice` asks for on this model, `seed` keying a random one. Only a
+    /// recurrent model has a state to choose; a static one accepts only the default.
+    pub fn initial_state(&self, choice: &StateChoice, seed: u64) -> Result<InitialState> {
+        let width = match self {
+            AnyModel::Recurrent(m) => m.config.n_embd,
+            AnyModel::Static(_) if *choice == StateChoice::Random => 0,
+            AnyModel::Static(_) => bail!("--initial-state applies only to recurrent models"),
+        };
+        Ok(match choice {
+            StateChoice::Random => InitialState::Random { seed },
+            StateChoice::Zero => InitialState::Zeros,
+            StateChoice::File(path) => {
+                InitialState::from_file(path, width).context("--initial-state")?
+            }
+        })
     }
 
     pub fn vs(&self) -> &nn::VarStore {

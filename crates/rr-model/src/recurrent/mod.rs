@@ -39,7 +39,7 @@ pub use config::{
     PYTHON_FILES, RAVEN_MODEL_TYPE,
 };
 pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
-pub use state::{truncated_normal, truncated_normal_rows, InitialState};
+pub use state::{truncated_normal, truncated_normal_rows, InitialState, StateChoice};
 
 impl FromCheckpoint for RecurrentModel {
     type Config = RecurrentConfig;

@@ -42,6 +42,40 @@ pub enum InitialState {
     ByPosition(Tensor),
 }
 
+/// What a user asks the latent state to start from (`--initial-state random|zero|FILE`),
+/// before a model gives it a width: [`crate::AnyModel::initial_state`] turns it into an
+/// [`InitialState`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StateChoice {
+    /// The seeded truncated normal ([`InitialState::Random`]).
+    #[default]
+    Random,
+    Zero,
+    /// A safetensors file whose tensor `state` [N, h] gives position p row p.
+    File(std::path::PathBuf),
+}
+
+impl StateChoice {
+    /// `random`, `zero`, or a path.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "random" => StateChoice::Random,
+            "zero" => StateChoice::Zero,
+            path => StateChoice::File(path.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for StateChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateChoice::Random => f.write_str("random"),
+            StateChoice::Zero => f.write_str("zero"),
+            StateChoice::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A copy sharing the given tensor's storage.
 impl Clone for InitialState {
     fn clone(&self) -> Self {

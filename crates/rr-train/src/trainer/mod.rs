@@ -825,7 +825,7 @@ pub fn heldout_losses(
     let mut out = BTreeMap::new();
     for &recurrence in recurrences {
         let tt = TestTime { recurrence, seed };
-        let (total, count) = rr_eval::nll::rows_nll(model, &data, 4, tt)?;
+        let (total, count) = rr_eval::nll::rows_nll(model, &data, 4, tt, &tt.init())?;
         let key = match model {
             AnyModel::Static(_) => "static".to_string(),
             AnyModel::Recurrent(_) => recurrence.to_string(),
