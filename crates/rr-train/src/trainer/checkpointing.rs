@@ -30,7 +30,7 @@ use tch::Tensor;
 /// The micro-batch's mean cross-entropy (returned detached) after backpropagating
 /// `loss / grad_accum` into the parameters' `.grad`, with `n` iterations without and `k` with
 /// gradient, each with-gradient iteration recomputed in the backward pass.
-pub(crate) fn checkpointed_backward(
+pub fn checkpointed_backward(
     model: &RecurrentModel,
     input: &Tensor,
     labels: &Tensor,
