@@ -74,10 +74,7 @@ fn batch(vocab: i64, b: i64, t: i64, seed: i64) -> (Tensor, Tensor) {
 
 /// The micro-batch's state seed, as `micro_batch` keys it.
 fn init(seed: u64) -> InitialState {
-    InitialState::RandomPerRow {
-        seed,
-        first_row: 0,
-    }
+    InitialState::RandomPerRow { seed, first_row: 0 }
 }
 
 /// Two accumulated micro-batches through the stored or the checkpointed path, from zeroed
@@ -137,7 +134,10 @@ fn checkpointed_gradients_equal_the_stored_ones() {
         let relative = (2 * depth.1 - 1) as f64 * support::FP32_EPS;
         for ((name, want), (name_c, got)) in stored.iter().zip(&ckpt) {
             assert_eq!(name, name_c);
-            assert!(want.defined() && got.defined(), "{depth:?} {name}: no gradient");
+            assert!(
+                want.defined() && got.defined(),
+                "{depth:?} {name}: no gradient"
+            );
             let magnitude = support::max_abs(want);
             assert!(magnitude > 0.0, "{depth:?} {name}: zero gradient");
             let bound = relative * magnitude;
@@ -245,7 +245,10 @@ fn checkpointed_peak_memory_does_not_grow_with_k() {
     let iteration = tokens * (CORE_LAYERS * per_token_layer) as f64 * 4.0;
     let mb = |x: f64| x / 1e6;
     let stored = [peak_growth("stored", 1), peak_growth("stored", 8)];
-    let ckpt = [peak_growth("checkpointed", 1), peak_growth("checkpointed", 8)];
+    let ckpt = [
+        peak_growth("checkpointed", 1),
+        peak_growth("checkpointed", 8),
+    ];
     eprintln!(
         "peak growth (MB): stored k=1 {:.1}, k=8 {:.1}; checkpointed k=1 {:.1}, k=8 {:.1}; \
          one state {:.1}, one iteration's activations ≥ {:.1}",

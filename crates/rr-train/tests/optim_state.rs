@@ -303,7 +303,8 @@ fn step_unless(
             let _ = p.grad().fill_(value);
         }
     }
-    opt.step_unless(MULTIPLIERS[step], &Tensor::from(skip)).unwrap();
+    opt.step_unless(MULTIPLIERS[step], &Tensor::from(skip))
+        .unwrap();
 }
 
 /// A step skipped on the device (`step_unless` with `skip` true, non-finite gradients) leaves
@@ -337,10 +338,16 @@ fn check_skipped_step_is_a_no_op(config: OptimizerConfig) {
     }
     step_unless(opt_s.as_mut(), &skipping, &targets, 2, false, false);
     for ((name, a), (_, b)) in straight.iter().zip(&skipping) {
-        assert!(a.equal(b), "{name}: differs from the run without the skipped step");
+        assert!(
+            a.equal(b),
+            "{name}: differs from the run without the skipped step"
+        );
     }
     for ((n, a), (_, b)) in opt.state_tensors().iter().zip(&opt_s.state_tensors()) {
-        assert!(a.equal(b), "state `{n}` differs from the run without the skipped step");
+        assert!(
+            a.equal(b),
+            "state `{n}` differs from the run without the skipped step"
+        );
     }
 }
 
