@@ -17,6 +17,7 @@
 //! [training]
 //! steps = 60
 //! micro_batch_size = 4
+//! # activation_checkpointing = true   # recurrent models: recompute core iterations in backward
 //! ...
 //!
 //! [curriculum.mean]   # recurrent models only
