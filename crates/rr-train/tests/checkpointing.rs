@@ -112,7 +112,8 @@ fn accumulate(
 }
 
 /// Every parameter's gradient along the checkpointed path equals the stored path's, and so
-/// does the loss, for n = 0 and n > 0, k = 1 and k = 4, over two accumulated micro-batches.
+/// does the loss, for n = 0 and n > 0, k = 1 and k = 4, over two accumulated micro-batches,
+/// computing in fp32 and in bf16 over fp32 parameters.
 ///
 /// The forward values are the same ops on the same inputs, so the losses are equal bit for
 /// bit, and so is every segment's backward. What differs is only where the contributions to a
@@ -127,22 +128,30 @@ fn accumulate(
 fn checkpointed_gradients_equal_the_stored_ones() {
     let mut worst: f64 = 0.0;
     for depth in [(0, 1), (2, 1), (0, 4), (3, 4)] {
-        let fresh = AnyModel::Recurrent(model(&SMALL, 32, 1));
-        let (model, stored_losses, stored) = accumulate(fresh, false, depth);
-        let (_, ckpt_losses, ckpt) = accumulate(model, true, depth);
-        assert_eq!(stored_losses, ckpt_losses, "{depth:?}: losses");
-        let relative = (2 * depth.1 - 1) as f64 * support::FP32_EPS;
-        for ((name, want), (name_c, got)) in stored.iter().zip(&ckpt) {
-            assert_eq!(name, name_c);
-            assert!(
-                want.defined() && got.defined(),
-                "{depth:?} {name}: no gradient"
-            );
-            let magnitude = support::max_abs(want);
-            assert!(magnitude > 0.0, "{depth:?} {name}: zero gradient");
-            let bound = relative * magnitude;
-            let d = support::assert_within(&format!("{depth:?} {name}"), got, want, bound);
-            worst = worst.max(d / magnitude);
+        let mut fp32_losses = Vec::new();
+        // fp32, and bf16 compute over the fp32 parameters (mixed precision: the gradients
+        // still meet in the fp32 `.grad` of each parameter, and e's in bf16 in both paths).
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let mut fresh = AnyModel::Recurrent(model(&SMALL, 32, 1));
+            fresh.set_compute_kind(kind);
+            let (model, stored_losses, stored) = accumulate(fresh, false, depth);
+            let (_, ckpt_losses, ckpt) = accumulate(model, true, depth);
+            assert_eq!(stored_losses, ckpt_losses, "{depth:?} {kind:?}: losses");
+            match kind {
+                Kind::Float => fp32_losses = stored_losses,
+                _ => assert_ne!(fp32_losses, stored_losses, "bf16 computed in fp32"),
+            }
+            let relative = (2 * depth.1 - 1) as f64 * support::FP32_EPS;
+            for ((name, want), (name_c, got)) in stored.iter().zip(&ckpt) {
+                assert_eq!(name, name_c);
+                let what = format!("{depth:?} {kind:?} {name}");
+                assert!(want.defined() && got.defined(), "{what}: no gradient");
+                assert_eq!(got.kind(), Kind::Float, "{what}: gradient dtype");
+                let magnitude = support::max_abs(want);
+                assert!(magnitude > 0.0, "{what}: zero gradient");
+                let d = support::assert_within(&what, got, want, relative * magnitude);
+                worst = worst.max(d / magnitude);
+            }
         }
     }
     eprintln!("largest max|Δ| / max|g| over all parameters and depths: {worst:.3e}");

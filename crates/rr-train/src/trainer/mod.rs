@@ -368,42 +368,21 @@ impl Trainer {
                 ),
                 first_row: rows.start as i64,
             };
-            let loss = match (&self.model, self.cfg.training.activation_checkpointing) {
-                (AnyModel::Recurrent(m), true) => checkpointing::checkpointed_backward(
-                    m,
-                    &input,
-                    &labels,
-                    (n, k),
-                    &init,
-                    grad_accum,
-                )?,
-                _ => backward_micro_batch(&self.model, &input, &labels, (n, k), &init, grad_accum)?,
-            };
-            losses.push(loss);
+            losses.push(backward_micro_batch(
+                &self.model,
+                (&input, &labels),
+                (n, k),
+                &init,
+                grad_accum,
+                self.cfg.training.activation_checkpointing,
+            )?);
             self.state.micro_batch += 1;
             self.state.tokens += self.tokens_per_micro;
             self.window.1 += self.tokens_per_micro;
         }
         let losses = Tensor::stack(&losses, 0).to_kind(Kind::Double);
-        if let Some(p) = self.parallel.as_mut() {
-            // Before clipping, as DDP: the clip sees the global batch's gradient.
-            p.average_gradients(&self.params)?;
-            p.average(&losses)?;
-        }
-        let grad_norm = clip_grad_norm_lazy(&self.params, self.cfg.training.max_grad_norm)
-            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)));
-        // Both from averaged values, so the same on every rank.
-        let loss_nonfinite = losses.isfinite().all().logical_not();
-        let skip = grad_norm
-            .isfinite()
-            .logical_not()
-            .logical_or(&loss_nonfinite);
         let lr_multiplier = self.cfg.lr.multiplier_at(step, total);
-        match self.parallel.as_mut() {
-            Some(p) => self.optimizer.step_split_unless(lr_multiplier, &skip, p)?,
-            None => self.optimizer.step_unless(lr_multiplier, &skip)?,
-        }
-        self.optimizer.zero_grad();
+        let (grad_norm, flags) = self.update(&losses, lr_multiplier)?;
         let mean_recurrence = self
             .curriculum
             .as_ref()
@@ -413,11 +392,37 @@ impl Trainer {
         Ok(StepOutcome {
             losses,
             grad_norm,
-            flags: Tensor::stack(&[skip, loss_nonfinite], 0).to_kind(Kind::Double),
+            flags,
             lr_multiplier,
             mean_recurrence,
             draws,
         })
+    }
+
+    /// The gradients averaged across ranks (and `losses` with them, in place), clipped, and
+    /// the update, skipped on the device when the loss or the gradient is non-finite (both
+    /// judged from averaged values, so the same on every rank). Returns the pre-clip norm and
+    /// [`StepOutcome::flags`].
+    fn update(&mut self, losses: &Tensor, lr_multiplier: f64) -> Result<(Tensor, Tensor)> {
+        if let Some(p) = self.parallel.as_mut() {
+            // Before clipping, as DDP: the clip sees the global batch's gradient.
+            p.average_gradients(&self.params)?;
+            p.average(losses)?;
+        }
+        let grad_norm = clip_grad_norm_lazy(&self.params, self.cfg.training.max_grad_norm)
+            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)));
+        let loss_nonfinite = losses.isfinite().all().logical_not();
+        let skip = grad_norm
+            .isfinite()
+            .logical_not()
+            .logical_or(&loss_nonfinite);
+        match self.parallel.as_mut() {
+            Some(p) => self.optimizer.step_split_unless(lr_multiplier, &skip, p)?,
+            None => self.optimizer.step_unless(lr_multiplier, &skip)?,
+        }
+        self.optimizer.zero_grad();
+        let flags = Tensor::stack(&[skip, loss_nonfinite], 0).to_kind(Kind::Double);
+        Ok((grad_norm, flags))
     }
 
     /// Training FLOPs of one step at the scheduled mean recurrence (method.md §7).
@@ -841,18 +846,23 @@ pub fn micro_batch(
         seed: state_seed,
         first_row: 0,
     };
-    backward_micro_batch(model, input, labels, (n, k), &init, grad_accum)
+    backward_micro_batch(model, (input, labels), (n, k), &init, grad_accum, false)
 }
 
-/// [`micro_batch`] from a given initial state (a data-parallel rank's rows of the batch).
+/// [`micro_batch`] from a given initial state (a data-parallel rank's rows of the batch),
+/// with the core iterations of a recurrent model recomputed in the backward pass when
+/// `checkpointing` ([`checkpointing::checkpointed_backward`]).
 fn backward_micro_batch(
     model: &AnyModel,
-    input: &Tensor,
-    labels: &Tensor,
+    (input, labels): (&Tensor, &Tensor),
     (n, k): (usize, usize),
     init: &InitialState,
     grad_accum: usize,
+    checkpointing: bool,
 ) -> Result<Tensor> {
+    if let (AnyModel::Recurrent(m), true) = (model, checkpointing) {
+        return checkpointing::checkpointed_backward(m, input, labels, (n, k), init, grad_accum);
+    }
     let loss = training_loss(model, input, labels, (n, k), init)?;
     (&loss / grad_accum as f64).backward();
     Ok(loss.detach())
