@@ -24,6 +24,11 @@
 //! emulates bf16 at several times the cost of fp32, so the iteration runs in fp32 there
 //! (`rr_model::device::bf16_is_fast`); the momentum, the scaling and the parameter update are
 //! fp32 everywhere.
+//!
+//! A step skipped on the device ([`Optimizer::step_unless`]) computes the advanced buffer and
+//! the updated parameter out of place and keeps the old values where `skip` holds (a select,
+//! so non-finite gradients cannot leak in); the step count advances by `1 − skip`, and the
+//! auxiliary Adam skips as [`AdamW::step_fused_unless`] does.
 
 use std::collections::BTreeSet;
 

@@ -189,7 +189,7 @@ struct Reading {
     grad_norm: f64,
     /// Steps (counted from 1) skipped since the previous read.
     skipped: Vec<usize>,
-    /// The first step (counted from 0) since the previous read whose loss is non-finite.
+    /// The first step (counted from 1) since the previous read whose loss is non-finite.
     nonfinite_loss: Option<usize>,
 }
 
@@ -357,10 +357,10 @@ impl Trainer {
             };
             draws.push((n, k));
             let t = batch.seq_len;
-            let shard = |v: &'_ [i64]| -> Vec<i64> { v[rows.start * t..rows.end * t].to_vec() };
-            let input =
-                upload(&shard(&batch.input), self.device).view([rows.len() as i64, t as i64]);
-            let labels = upload(&shard(&batch.labels), self.device);
+            let shard = rows.start * t..rows.end * t;
+            let input = upload(&batch.input[shard.clone()], self.device)
+                .view([rows.len() as i64, t as i64]);
+            let labels = upload(&batch.labels[shard], self.device);
             let init = InitialState::RandomPerRow {
                 seed: rr_curriculum::sampler::stream_seed(
                     self.cfg.seed ^ 0x5354_4154_4521,
@@ -516,7 +516,7 @@ impl Trainer {
                 .collect(),
             nonfinite_loss: (0..step_flags.len())
                 .find(|&i| step_flags[i][1] != 0.0)
-                .map(|i| first + i - 1),
+                .map(|i| first + i),
         })
     }
 
@@ -897,12 +897,13 @@ fn named_params(model: &AnyModel) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// The message that stops a run at `step` (counted from 1).
 fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
     let kept = last_good
         .as_ref()
         .map(|p| format!("the last good checkpoint is {}", p.display()))
         .unwrap_or_else(|| "no checkpoint was written yet".into());
-    format!("non-finite {what} at step {}; stopping ({kept})", step + 1)
+    format!("non-finite {what} at step {step}; stopping ({kept})")
 }
 
 fn build_phases(cfg: &TrainConfig, sets: &PackedSets) -> Result<Phases> {
