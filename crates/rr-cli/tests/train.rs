@@ -889,3 +889,60 @@ fn phase_two_starts_fresh_from_a_phase_one_checkpoint() {
     .unwrap();
     assert_eq!(config["mean_recurrence"].as_u64(), Some(2));
 }
+
+/// No host synchronisation in the step: a step reads nothing on the host (no loss, gradient
+/// norm or finiteness flag) unless it logs or checkpoints, and then reads once (the loss,
+/// the norm and every unread step's flags together). `log_every = 3`, `checkpoint_every = 4`
+/// over 6 steps: reads after steps 3 (log), 4 (checkpoint) and 6 (log and checkpoint). Counted
+/// by `rr_train::host`, through which every host read of rr-train goes.
+#[test]
+fn steps_read_the_host_only_when_they_log_or_checkpoint() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared, 6);
+    let d = tmp.path();
+    for (checkpointing, optimizer) in [(false, "muon"), (true, "adamw")] {
+        let text = recipe(
+            6,
+            d.join("packed").to_str().unwrap(),
+            d.join("rec").to_str().unwrap(),
+        )
+        .replace(
+            "checkpoint_every = 10",
+            "checkpoint_every = 4\nlog_every = 3",
+        )
+        .replace("eval_every = 10", "eval_every = 0")
+        .replace(
+            "[training]\n",
+            &format!("[training]\nactivation_checkpointing = {checkpointing}\n"),
+        )
+        .replace("kind = \"muon\"", &format!("kind = \"{optimizer}\""));
+        let cfg_path = d.join(format!("reads-{optimizer}.toml"));
+        std::fs::write(&cfg_path, text).unwrap();
+        let cfg = rr_recipe::TrainConfig::from_path(&cfg_path).unwrap();
+        let run_dir = d.join(format!("reads-{optimizer}"));
+        let opts = rr_train::TrainOptions {
+            run_dir: run_dir.clone(),
+            resume: false,
+            force: false,
+            match_flops: None,
+            collective_timeout: Duration::from_secs(60),
+        };
+        let mut trainer = rr_train::trainer::Trainer::new(&cfg, &opts).unwrap();
+        let mut reads = Vec::new();
+        for _ in 0..6 {
+            let before = rr_train::host::reads();
+            trainer.step().unwrap();
+            reads.push(rr_train::host::reads() - before);
+        }
+        assert_eq!(
+            reads,
+            [0, 0, 1, 1, 0, 1],
+            "{optimizer}, checkpointing {checkpointing}"
+        );
+        let logged: Vec<u64> = losses(&run_dir).iter().map(|(step, _)| *step).collect();
+        assert_eq!(logged, [3, 6]);
+        assert!(losses(&run_dir)
+            .iter()
+            .all(|(_, l)| l.is_finite() && *l > 0.0));
+    }
+}

@@ -17,6 +17,7 @@
 //! [training]
 //! steps = 60
 //! micro_batch_size = 4
+//! # activation_checkpointing = true   # recurrent models: recompute core iterations in backward
 //! ...
 //!
 //! [curriculum.mean]   # recurrent models only
@@ -188,6 +189,12 @@ pub struct TrainingSection {
     /// Held-out rows evaluated each time.
     #[serde(default = "default_eval_rows")]
     pub eval_rows: usize,
+    /// Recompute each with-gradient core iteration in the backward pass instead of keeping its
+    /// activations (recurrent models): the memory of k iterations becomes that of one plus k
+    /// saved states, for one more forward of each. Absent from the hash when off, so existing
+    /// runs resume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 /// Inputs that `cargo xtask train` prepares before training. The surgery's mean recurrence is
@@ -315,6 +322,12 @@ impl TrainConfig {
             c.validate()
                 .map_err(|e| anyhow::anyhow!("curriculum: {e}"))?;
         }
+        if t.activation_checkpointing && self.curriculum.is_none() {
+            bail!(
+                "training.activation_checkpointing recomputes the core iterations of a recurrent \
+                 model: give a [curriculum] section or leave it off"
+            );
+        }
         if self.prepare.is_some() && self.curriculum.is_none() {
             bail!(
                 "[prepare] builds a recurrent model, whose mean recurrence is \
@@ -373,6 +386,8 @@ impl TrainConfig {
         cfg.model.untie_head = b.untie;
         cfg.optimizer = b.optimizer.clone().unwrap_or(self.optimizer.clone());
         cfg.curriculum = None;
+        // A static model has no core iterations to recompute.
+        cfg.training.activation_checkpointing = false;
         Ok(cfg)
     }
 

@@ -215,3 +215,44 @@ fn a_backprop_ramp_trains_for_its_final_depth() {
     assert_eq!(cfg.trained_recurrence(), None);
     assert_eq!(cfg.mean_recurrence(), None);
 }
+
+/// `training.activation_checkpointing` is off unless asked for, leaves the hash of a recipe
+/// without it unchanged, needs a recurrent model (a [curriculum]) and is dropped by the static
+/// baseline.
+#[test]
+fn activation_checkpointing_is_a_recurrent_switch() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let plain: TrainConfig = toml::from_str(&text).unwrap();
+    assert!(!plain.training.activation_checkpointing);
+    let on_text = text.replace(
+        "[training]\n",
+        "[training]\nactivation_checkpointing = true\n",
+    );
+    let on: TrainConfig = toml::from_str(&on_text).unwrap();
+    on.validate().unwrap();
+    assert!(on.training.activation_checkpointing);
+    assert_ne!(on.hash(), plain.hash());
+    let mut off = on.clone();
+    off.training.activation_checkpointing = false;
+    assert_eq!(
+        off.hash(),
+        plain.hash(),
+        "an absent switch keeps old runs' hash"
+    );
+    let mut static_model = on.clone();
+    static_model.curriculum = None;
+    static_model.prepare = None;
+    let err = format!("{:#}", static_model.validate().unwrap_err());
+    assert!(err.contains("activation_checkpointing"), "{err}");
+    if on.baseline.is_some() {
+        assert!(
+            !on.baseline_variant()
+                .unwrap()
+                .training
+                .activation_checkpointing
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Training: optimizers (AdamW, Muon) and the trainer. The data it reads comes from `rr-data`.
 
 pub mod export;
+pub mod host;
 pub mod launch;
 pub mod loss;
 pub mod optim;

@@ -284,3 +284,88 @@ fn muon_state_does_not_load_into_adamw() {
     let err = format!("{:#}", adamw.load_state(&open(&path)).unwrap_err());
     assert!(err.contains("adam.m.transformer.adapter.weight"), "{err}");
 }
+
+/// One step of `opt` through [`Optimizer::step_unless`] with `skip`; `poison` fills the
+/// gradients with NaN and ±inf first (what a skipped step sees).
+fn step_unless(
+    opt: &mut dyn Optimizer,
+    params: &[(String, Tensor)],
+    targets: &[Tensor],
+    step: usize,
+    skip: bool,
+    poison: bool,
+) {
+    opt.zero_grad();
+    backward(params, targets, step);
+    if poison {
+        for (i, (_, p)) in params.iter().enumerate() {
+            let value = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY][i % 3];
+            let _ = p.grad().fill_(value);
+        }
+    }
+    opt.step_unless(MULTIPLIERS[step], &Tensor::from(skip))
+        .unwrap();
+}
+
+/// A step skipped on the device (`step_unless` with `skip` true, non-finite gradients) leaves
+/// every parameter and every state tensor (moments, momentum, step counts) exactly as it was,
+/// and is not counted: steps 0, 1, skipped, 2 end bit for bit where steps 0, 1, 2 of
+/// [`Optimizer::step`] end (a counted skip would change Adam's bias corrections, an applied
+/// one the moments). Not skipped, `step_unless` is `step` bit for bit.
+fn check_skipped_step_is_a_no_op(config: OptimizerConfig) {
+    let (init, targets) = fixtures();
+    let straight = params_from(&init);
+    let mut opt = optim::build(&config, straight.clone_shallow()).unwrap();
+    run_steps(opt.as_mut(), &straight, &targets, 0..3);
+
+    let skipping = params_from(&init);
+    let mut opt_s = optim::build(&config, skipping.clone_shallow()).unwrap();
+    for step in 0..2 {
+        step_unless(opt_s.as_mut(), &skipping, &targets, step, false, false);
+    }
+    let before: Vec<Tensor> = skipping.iter().map(|(_, p)| p.copy()).collect();
+    let state_before: Vec<(String, Tensor)> = opt_s
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    step_unless(opt_s.as_mut(), &skipping, &targets, 2, true, true);
+    for ((name, p), b) in skipping.iter().zip(&before) {
+        assert!(p.equal(b), "{name}: changed by a skipped step");
+    }
+    for ((n, a), (_, b)) in opt_s.state_tensors().iter().zip(&state_before) {
+        assert!(a.equal(b), "state `{n}` changed by a skipped step");
+    }
+    step_unless(opt_s.as_mut(), &skipping, &targets, 2, false, false);
+    for ((name, a), (_, b)) in straight.iter().zip(&skipping) {
+        assert!(
+            a.equal(b),
+            "{name}: differs from the run without the skipped step"
+        );
+    }
+    for ((n, a), (_, b)) in opt.state_tensors().iter().zip(&opt_s.state_tensors()) {
+        assert!(
+            a.equal(b),
+            "state `{n}` differs from the run without the skipped step"
+        );
+    }
+}
+
+#[test]
+fn a_skipped_adamw_step_is_a_no_op_and_not_counted() {
+    check_skipped_step_is_a_no_op(OptimizerConfig::AdamW(AdamWConfig {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..AdamWConfig::default()
+    }));
+}
+
+#[test]
+fn a_skipped_muon_step_is_a_no_op_and_not_counted() {
+    check_skipped_step_is_a_no_op(OptimizerConfig::Muon(MuonConfig {
+        lr: 2e-2,
+        adam_lr: 1e-2,
+        weight_decay: 0.1,
+        ..MuonConfig::default()
+    }));
+}

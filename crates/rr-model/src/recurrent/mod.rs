@@ -201,13 +201,7 @@ impl RecurrentModel {
             cache.as_ref().map(|c| (c.len, c.key_mask.as_ref())),
         );
         let e = self.prelude_forward(input_ids, &p, cache.as_mut().map(|c| &mut c.prelude));
-        let mut state = init.draw(&p.positions, &e, self.config.init_values.std);
-        // The authors scale a drawn state like the embeddings (`embed_scale`); a given or zero
-        // state is used as it is.
-        let embed_scale = self.config.init_values.embed_scale;
-        if embed_scale != 1.0 && init.is_drawn() {
-            state *= embed_scale;
-        }
+        let mut state = self.initial_state(&p, &e, init);
 
         // With an exit rule, the coda and head run after every iteration on a scratch copy of
         // the coda's cache; the last probe's hidden states and cache are kept.
@@ -265,8 +259,27 @@ impl RecurrentModel {
         linear(hidden, &self.head_weight())
     }
 
+    /// What a forward over a fresh, unpadded sequence `input_ids` [B, T] derives before the
+    /// first layer (positions, causal mask, RoPE angles), in the compute dtype.
+    pub fn prologue(&self, input_ids: &Tensor) -> Prologue {
+        Prologue::new(&self.rope, self.compute_kind(), input_ids, None, None)
+    }
+
+    /// The latent state the first core iteration starts from, [B, T, h] like `e`: `init` at
+    /// the prologue's positions; the authors scale a drawn state like the embeddings
+    /// (`embed_scale`), a given or zero state is used as it is.
+    pub fn initial_state(&self, p: &Prologue, e: &Tensor, init: &InitialState) -> Tensor {
+        let state = init.draw(&p.positions, e, self.config.init_values.std);
+        let embed_scale = self.config.init_values.embed_scale;
+        if embed_scale != 1.0 && init.is_drawn() {
+            state * embed_scale
+        } else {
+            state
+        }
+    }
+
     /// Embedding and prelude: `e`, the input every core iteration sees.
-    fn prelude_forward(
+    pub fn prelude_forward(
         &self,
         input_ids: &Tensor,
         p: &Prologue,
@@ -304,8 +317,8 @@ impl RecurrentModel {
         x
     }
 
-    /// Coda and final norm on the latent state.
-    fn coda_forward(
+    /// Coda and final norm on the latent state: the hidden states the head multiplies.
+    pub fn coda_forward(
         &self,
         state: &Tensor,
         p: &Prologue,

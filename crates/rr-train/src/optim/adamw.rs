@@ -23,6 +23,17 @@
 //! through `rr-torch-ext`): one kernel for all parameters instead of about six launches per
 //! parameter. `step_plain` spells the same arithmetic out op by op; the tests hold the two
 //! together (on CPU both match PyTorch bit for bit on the reference case).
+//!
+//! **Skipped steps.** [`AdamW::step_fused_unless`] takes a 0-d bool `skip` on the device (a
+//! non-finite loss or gradient, never read on the host) and makes the step a no-op where it is
+//! true, as `torch.optim.AdamW(fused=True)` under a `GradScaler` does with `found_inf`:
+//! parameters, both moments and the step count are left exactly as they were (the count is
+//! advanced by `1 − skip` on the device, so a skipped step does not count in the bias
+//! corrections). The shim's kernel has no `found_inf` argument, so the no-op is made by
+//! keeping a copy of each parameter's `p, m, v` before its update and selecting it back where
+//! `skip` holds: one parameter at a time (three copies of the largest parameter at most), at
+//! about twice the kernel's memory traffic. Passing `found_inf` to `at::_fused_adamw_` in
+//! `rr-torch-ext` would remove the copies.
 
 use std::collections::BTreeSet;
 
@@ -31,7 +42,7 @@ use rr_model::weights::SafetensorsFiles;
 use rr_recipe::AdamWConfig;
 use tch::{Kind, Tensor};
 
-use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
+use super::state::{self, check_params, read_checked, read_step, reject_unexpected};
 use super::Optimizer;
 
 struct AdamParam {
@@ -39,9 +50,8 @@ struct AdamParam {
     param: Tensor,
     m: Tensor,
     v: Tensor,
-    /// Updates taken by this parameter (PyTorch's per-parameter `state["step"]`).
-    step: u64,
-    /// `step` as an fp32 scalar on the parameter's device, for the fused kernel.
+    /// Updates taken by this parameter (PyTorch's per-parameter `state["step"]`), an fp32
+    /// scalar on the parameter's device as the fused kernel reads it (exact to 2²⁴ steps).
     step_t: Tensor,
 }
 
@@ -78,7 +88,6 @@ impl AdamW {
                     param,
                     m,
                     v,
-                    step: 0,
                     step_t,
                 }
             })
@@ -112,8 +121,7 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            st.step += 1;
-            let _ = st.step_t.fill_(st.step as f64);
+            let _ = st.step_t.shallow_clone().g_add_scalar_(1.0);
             lists[0].push(st.param.shallow_clone());
             lists[1].push(g);
             lists[2].push(st.m.shallow_clone());
@@ -121,12 +129,54 @@ impl AdamW {
             lists[4].push(st.step_t.shallow_clone());
         }
         let [p, g, m, v, s] = &lists;
+        self.fused(p, g, m, v, s, lr)
+    }
+
+    /// [`AdamW::step_fused`] that is a no-op where the 0-d bool `skip` (on the parameters'
+    /// device) is true, decided on the device (see the module documentation).
+    pub fn step_fused_unless(&mut self, lr: f64, skip: &Tensor) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut advance = None;
+        for st in &self.params {
+            let g = st.param.grad();
+            if !g.defined() {
+                continue;
+            }
+            let advance = advance.get_or_insert_with(|| skip.logical_not().to_kind(Kind::Float));
+            let _ = st.step_t.shallow_clone().g_add_(advance);
+            let live = [&st.param, &st.m, &st.v];
+            let kept = live.map(|t| t.copy());
+            let one = |t: &Tensor| vec![t.shallow_clone()];
+            self.fused(
+                &one(&st.param),
+                &[g],
+                &one(&st.m),
+                &one(&st.v),
+                &one(&st.step_t),
+                lr,
+            )?;
+            for (t, old) in live.into_iter().zip(kept) {
+                t.shallow_clone().copy_(&old.where_self(skip, t));
+            }
+        }
+        Ok(())
+    }
+
+    fn fused(
+        &self,
+        p: &[Tensor],
+        g: &[Tensor],
+        m: &[Tensor],
+        v: &[Tensor],
+        steps: &[Tensor],
+        lr: f64,
+    ) -> Result<()> {
         rr_torch_ext::fused_adamw_(
             p,
             g,
             m,
             v,
-            s,
+            steps,
             lr,
             self.config.betas,
             self.config.weight_decay,
@@ -145,8 +195,8 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            st.step += 1;
-            let t = st.step as f64;
+            let _ = st.step_t.shallow_clone().g_add_scalar_(1.0);
+            let t = crate::host::read_f64(&st.step_t).expect("reading the step count");
             if wd != 0.0 {
                 let _ = st.param.g_mul_scalar_(1.0 - lr * wd);
             }
@@ -184,6 +234,10 @@ impl Optimizer for AdamW {
         self.step_with_lr(self.config.lr * lr_multiplier);
     }
 
+    fn step_unless(&mut self, lr_multiplier: f64, skip: &Tensor) -> Result<()> {
+        self.step_fused_unless(self.config.lr * lr_multiplier, skip)
+    }
+
     fn zero_grad(&mut self) {
         for st in &self.params {
             state::zero_grad(&st.param);
@@ -196,7 +250,7 @@ impl Optimizer for AdamW {
             let [m, v, s] = Self::names(&st.name);
             out.push((m, st.m.shallow_clone()));
             out.push((v, st.v.shallow_clone()));
-            out.push((s, step_tensor(st.step)));
+            out.push((s, st.step_t.to_kind(Kind::Int64)));
         }
         out
     }
@@ -218,7 +272,7 @@ impl Optimizer for AdamW {
         for (st, (mt, vt, step)) in self.params.iter_mut().zip(loaded) {
             st.m.copy_(&mt);
             st.v.copy_(&vt);
-            st.step = step;
+            let _ = st.step_t.fill_(step as f64);
         }
         Ok(())
     }

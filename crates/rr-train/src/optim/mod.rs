@@ -33,9 +33,9 @@
 //! |---|---|---|
 //! | `adam.m.<param>` | f32, param's shape | Adam first moment |
 //! | `adam.v.<param>` | f32, param's shape | Adam second moment |
-//! | `adam.step.<param>` | i64, `[]` | number of Adam updates of this parameter (PyTorch's per-parameter `state["step"]`, used by the bias corrections) |
+//! | `adam.step.<param>` | i64, `[]` | number of Adam updates of this parameter, skipped ones not counted (PyTorch's per-parameter `state["step"]`, used by the bias corrections) |
 //! | `muon.momentum.<param>` | f32, param's shape | Muon momentum buffer |
-//! | `muon.step` | i64, `[]` | number of [`Muon`] steps taken (informational) |
+//! | `muon.step` | i64, `[]` | number of [`Muon`] steps taken, skipped ones not counted (informational) |
 //!
 //! `AdamW` writes only `adam.*`; `Muon` writes `muon.*` for its 2-D weights and `adam.*` for
 //! the parameters of its auxiliary Adam. Loading is strict: every expected tensor must be
@@ -80,12 +80,23 @@ pub trait Optimizer {
     /// Names of the parameters this optimizer updates, sorted.
     fn param_names(&self) -> Vec<String>;
 
-    /// [`Optimizer::step`] in a data-parallel run, once the gradients are averaged: the same
-    /// update on every rank, with the work that divides among ranks divided (Muon's
-    /// Newton–Schulz). By default every rank does all of it.
-    fn step_split(&mut self, lr_multiplier: f64, _ranks: &mut dyn SplitWork) -> Result<()> {
-        self.step(lr_multiplier);
-        Ok(())
+    /// [`Optimizer::step`] that is a no-op where `skip`, a 0-d bool on the parameters'
+    /// device, is true (a non-finite loss or gradient), decided on the device without a host
+    /// read, as PyTorch's fused optimizers take `found_inf` from a `GradScaler`: parameters,
+    /// moments, momentum buffers and step counts are left exactly as they were, so a skipped
+    /// step does not count.
+    fn step_unless(&mut self, lr_multiplier: f64, skip: &Tensor) -> Result<()>;
+
+    /// [`Optimizer::step_unless`] in a data-parallel run, once the gradients are averaged (so
+    /// `skip` is the same on every rank): the same update on every rank, with the work that
+    /// divides among ranks divided (Muon's Newton–Schulz). By default every rank does all of it.
+    fn step_split_unless(
+        &mut self,
+        lr_multiplier: f64,
+        skip: &Tensor,
+        _ranks: &mut dyn SplitWork,
+    ) -> Result<()> {
+        self.step_unless(lr_multiplier, skip)
     }
 }
 

@@ -24,6 +24,11 @@
 //! emulates bf16 at several times the cost of fp32, so the iteration runs in fp32 there
 //! (`rr_model::device::bf16_is_fast`); the momentum, the scaling and the parameter update are
 //! fp32 everywhere.
+//!
+//! A step skipped on the device ([`Optimizer::step_unless`]) computes the advanced buffer and
+//! the updated parameter out of place and keeps the old values where `skip` holds (a select,
+//! so non-finite gradients cannot leak in); the step count advances by `1 − skip`, and the
+//! auxiliary Adam skips as [`AdamW::step_fused_unless`] does.
 
 use std::collections::BTreeSet;
 
@@ -33,7 +38,7 @@ use rr_recipe::MuonConfig;
 use tch::{Kind, Tensor};
 
 use super::adamw::AdamW;
-use super::state::{self, check_params, read_checked, read_step, reject_unexpected, step_tensor};
+use super::state::{self, check_params, read_checked, read_step, reject_unexpected};
 use super::{Optimizer, SplitWork};
 
 /// Which parameters Muon updates: exactly the 2-D ones, except the token embedding and the
@@ -109,7 +114,8 @@ pub struct Muon {
     config: MuonConfig,
     params: Vec<MuonParam>,
     adam: AdamW,
-    steps: u64,
+    /// Steps taken, skipped ones not counted: an i64 scalar on the parameters' device.
+    steps: Tensor,
 }
 
 impl std::fmt::Debug for Muon {
@@ -118,7 +124,6 @@ impl std::fmt::Debug for Muon {
             .field("config", &self.config)
             .field("muon_params", &self.muon_param_names())
             .field("adam", &self.adam)
-            .field("steps", &self.steps)
             .finish()
     }
 }
@@ -127,7 +132,9 @@ impl Muon {
     /// Splits `params` with [`muon_eligible`]; momentum buffers and Adam moments start at zero.
     pub fn new(params: Vec<(String, Tensor)>, config: MuonConfig) -> Result<Self> {
         config.validate()?;
-        let (muon, adam): (Vec<_>, Vec<_>) = check_params(params)?
+        let params = check_params(params)?;
+        let device = params.first().map_or(tch::Device::Cpu, |(_, p)| p.device());
+        let (muon, adam): (Vec<_>, Vec<_>) = params
             .into_iter()
             .partition(|(name, p)| muon_eligible(name, &p.size()));
         let adam = AdamW::new(adam, config.aux_adam())?;
@@ -148,7 +155,7 @@ impl Muon {
             config,
             params,
             adam,
-            steps: 0,
+            steps: Tensor::zeros([], (Kind::Int64, device)),
         })
     }
 
@@ -171,24 +178,45 @@ impl Muon {
         self.adam.param_names()
     }
 
-    /// Number of steps taken (saved as `muon.step`).
+    /// Number of steps taken, skipped ones not counted (saved as `muon.step`); one host read.
     pub fn steps(&self) -> u64 {
-        self.steps
+        crate::host::read_f64(&self.steps).expect("reading the step count") as u64
     }
 
     /// One step with absolute learning rates for the Muon group and the auxiliary Adam.
     pub fn step_with_lrs(&mut self, muon_lr: f64, adam_lr: f64) {
+        self.update(muon_lr, adam_lr, None)
+            .expect("Muon over fp32 parameters on one device");
+    }
+
+    /// One step on one process, a no-op where `skip` is true ([`Optimizer::step_unless`]).
+    fn update(&mut self, muon_lr: f64, adam_lr: f64, skip: Option<&Tensor>) -> Result<()> {
         {
             let _guard = tch::no_grad_guard();
             for i in 0..self.params.len() {
-                if let Some(u) = self.advance_momentum(i) {
+                if let Some(u) = self.advance_momentum(i, skip) {
                     let update = self.orthogonal_update(i, &u);
-                    self.apply(i, &update, muon_lr);
+                    self.apply(i, &update, muon_lr, skip);
                 }
             }
         }
-        self.adam.step_with_lr(adam_lr);
-        self.steps += 1;
+        self.finish_step(adam_lr, skip)
+    }
+
+    /// The auxiliary Adam's step and the step count.
+    fn finish_step(&mut self, adam_lr: f64, skip: Option<&Tensor>) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        match skip {
+            None => {
+                self.adam.step_fused(adam_lr)?;
+                let _ = self.steps.g_add_scalar_(1);
+            }
+            Some(skip) => {
+                self.adam.step_fused_unless(adam_lr, skip)?;
+                let _ = self.steps.g_add_(&skip.logical_not().to_kind(Kind::Int64));
+            }
+        }
+        Ok(())
     }
 
     /// [`Muon::step_with_lrs`] with the Newton–Schulz iterations divided among ranks, as the
@@ -203,11 +231,22 @@ impl Muon {
         adam_lr: f64,
         ranks: &mut dyn SplitWork,
     ) -> Result<()> {
+        self.update_split(muon_lr, adam_lr, None, ranks)
+    }
+
+    /// [`Muon::step_split_with_lrs`], a no-op where `skip` is true.
+    fn update_split(
+        &mut self,
+        muon_lr: f64,
+        adam_lr: f64,
+        skip: Option<&Tensor>,
+        ranks: &mut dyn SplitWork,
+    ) -> Result<()> {
         let (rank, world) = (ranks.rank(), ranks.world());
         {
             let _guard = tch::no_grad_guard();
             let momenta: Vec<Option<Tensor>> = (0..self.params.len())
-                .map(|i| self.advance_momentum(i))
+                .map(|i| self.advance_momentum(i, skip))
                 .collect();
             for base in (0..self.params.len()).step_by(world) {
                 let run = base..(base + world).min(self.params.len());
@@ -225,31 +264,33 @@ impl Muon {
                         let size = self.params[i].param.size();
                         let n = self.params[i].param.numel() as i64;
                         let update = gathered[i - base].narrow(0, 0, n).view(size.as_slice());
-                        self.apply(i, &update, muon_lr);
+                        self.apply(i, &update, muon_lr, skip);
                     }
                 }
             }
         }
-        self.adam.step_with_lr(adam_lr);
-        self.steps += 1;
-        Ok(())
+        self.finish_step(adam_lr, skip)
     }
 
-    /// `buf = μ·buf + g` for parameter `i`; returns `u` (Nesterov or `buf`), or `None` when the
-    /// parameter has no gradient.
-    fn advance_momentum(&mut self, i: usize) -> Option<Tensor> {
+    /// `buf = μ·buf + g` for parameter `i` (left as it was where `skip` holds); returns `u`
+    /// (Nesterov or the advanced `buf`), or `None` when the parameter has no gradient.
+    fn advance_momentum(&mut self, i: usize, skip: Option<&Tensor>) -> Option<Tensor> {
         let mu = self.config.momentum;
         let st = &mut self.params[i];
         let g = st.param.grad();
         if !g.defined() {
             return None;
         }
-        let _ = st.momentum.g_mul_scalar_(mu);
-        let _ = st.momentum.g_add_(&g);
+        let advanced = st.momentum.g_mul_scalar(mu) + &g;
+        let kept = match skip {
+            Some(skip) => st.momentum.where_self(skip, &advanced),
+            None => advanced.shallow_clone(),
+        };
+        st.momentum.copy_(&kept);
         Some(if self.config.nesterov {
-            &g + st.momentum.g_mul_scalar(mu)
+            &g + advanced.g_mul_scalar(mu)
         } else {
-            st.momentum.shallow_clone()
+            advanced
         })
     }
 
@@ -270,14 +311,22 @@ impl Muon {
         x.to_kind(Kind::Float).g_mul_scalar(st.scale)
     }
 
-    /// Decoupled weight decay, then `p += update · (-lr)`.
-    fn apply(&mut self, i: usize, update: &Tensor, lr: f64) {
+    /// Decoupled weight decay, then `p += update · (-lr)`; `p` is left as it was where `skip`
+    /// holds.
+    fn apply(&mut self, i: usize, update: &Tensor, lr: f64, skip: Option<&Tensor>) {
         let wd = self.config.weight_decay;
         let st = &mut self.params[i];
+        let mut updated = match skip {
+            Some(_) => st.param.copy(),
+            None => st.param.shallow_clone(),
+        };
         if wd != 0.0 {
-            let _ = st.param.g_mul_scalar_(1.0 - lr * wd);
+            let _ = updated.g_mul_scalar_(1.0 - lr * wd);
         }
-        let _ = st.param.g_add_(&update.g_mul_scalar(-lr));
+        let _ = updated.g_add_(&update.g_mul_scalar(-lr));
+        if let Some(skip) = skip {
+            st.param.copy_(&st.param.where_self(skip, &updated));
+        }
     }
 
     fn device(&self) -> tch::Device {
@@ -299,10 +348,24 @@ impl Optimizer for Muon {
         );
     }
 
-    fn step_split(&mut self, lr_multiplier: f64, ranks: &mut dyn SplitWork) -> Result<()> {
-        self.step_split_with_lrs(
+    fn step_unless(&mut self, lr_multiplier: f64, skip: &Tensor) -> Result<()> {
+        self.update(
             self.config.lr * lr_multiplier,
             self.config.adam_lr * lr_multiplier,
+            Some(skip),
+        )
+    }
+
+    fn step_split_unless(
+        &mut self,
+        lr_multiplier: f64,
+        skip: &Tensor,
+        ranks: &mut dyn SplitWork,
+    ) -> Result<()> {
+        self.update_split(
+            self.config.lr * lr_multiplier,
+            self.config.adam_lr * lr_multiplier,
+            Some(skip),
             ranks,
         )
     }
@@ -325,7 +388,7 @@ impl Optimizer for Muon {
                 )
             })
             .collect();
-        out.push((Self::STEP.to_string(), step_tensor(self.steps)));
+        out.push((Self::STEP.to_string(), self.steps.copy()));
         out.extend(self.adam.state_tensors());
         out
     }
@@ -348,7 +411,7 @@ impl Optimizer for Muon {
         for (st, t) in self.params.iter_mut().zip(loaded) {
             st.momentum.copy_(&t);
         }
-        self.steps = steps;
+        let _ = self.steps.fill_(steps as i64);
         Ok(())
     }
 

@@ -69,7 +69,8 @@ pub(crate) fn read_checked(
 /// Reads an i64 scalar step counter.
 pub(crate) fn read_step(files: &SafetensorsFiles, name: &str) -> Result<u64> {
     let t = read_checked(files, name, Kind::Int64, &[])?;
-    let v = i64::try_from(&t).with_context(|| format!("optimizer state tensor `{name}`"))?;
+    let v = crate::host::read_f64(&t).with_context(|| format!("optimizer state tensor `{name}`"))?
+        as i64;
     if v < 0 {
         bail!(
             "{}: optimizer state tensor `{name}` is negative ({v})",
@@ -77,11 +78,6 @@ pub(crate) fn read_step(files: &SafetensorsFiles, name: &str) -> Result<u64> {
         );
     }
     Ok(v as u64)
-}
-
-/// An i64 scalar tensor holding a step counter.
-pub(crate) fn step_tensor(step: u64) -> Tensor {
-    Tensor::from(step as i64)
 }
 
 /// Fails on a tensor whose name starts with one of `prefixes` but is not in `expected`.

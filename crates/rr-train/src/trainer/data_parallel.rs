@@ -73,9 +73,9 @@ impl DataParallel {
             .group
             .all_gather(&Tensor::from_slice(&mine))
             .context("comparing recipes across ranks")?;
-        let reference = Vec::<i64>::try_from(&all[0])?;
+        let reference = crate::host::read_i64s(&all[0])?;
         for (rank, theirs) in all.iter().enumerate().skip(1) {
-            if Vec::<i64>::try_from(theirs)? != reference {
+            if crate::host::read_i64s(theirs)? != reference {
                 bail!(
                     "rank {rank} runs a different recipe or model than rank 0; refusing to start"
                 );
@@ -109,13 +109,13 @@ impl DataParallel {
         Ok(())
     }
 
-    /// The mean of each value across ranks.
-    pub fn average(&mut self, values: &[f64]) -> Result<Vec<f64>> {
+    /// Replaces each value of `values` (on this rank's device) by its mean across ranks, in
+    /// place and without reading it on the host.
+    pub fn average(&mut self, values: &Tensor) -> Result<()> {
         let started = Instant::now();
-        let t = Tensor::from_slice(values);
-        self.group.all_reduce(&[t.shallow_clone()], true)?;
+        self.group.all_reduce(&[values.shallow_clone()], true)?;
         self.comm_seconds += started.elapsed().as_secs_f64();
-        Ok(Vec::<f64>::try_from(&t)?)
+        Ok(())
     }
 
     pub fn take_comm_seconds(&mut self) -> f64 {

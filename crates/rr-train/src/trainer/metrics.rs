@@ -25,6 +25,10 @@ pub struct StepLine {
     pub n: Vec<usize>,
     pub k: Vec<usize>,
     pub grad_norm: f64,
+    /// Steps (counted from 1) since the previous line whose update was skipped for a
+    /// non-finite gradient.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<usize>,
     pub tokens_per_s: f64,
     /// Cumulative training FLOPs (method.md §7).
     pub flops: f64,
@@ -170,6 +174,7 @@ mod tests {
             n: vec![2],
             k: vec![3],
             grad_norm: 0.7,
+            skipped: vec![2],
             tokens_per_s: 100.0,
             flops: 1e12,
             comm_s: Some(0.25),

@@ -8,8 +8,19 @@
 //! Determinism: every random number is a function of (seed, micro-batch counter) or of the
 //! data loader's saved position, so a resumed run repeats the uninterrupted one bit for bit on
 //! CPU.
+//!
+//! No host synchronisation in the step: the losses, the gradient norm and the non-finite
+//! flags stay on the device ([`StepOutcome`]) and are read on the host in one read
+//! ([`crate::host`]) at a logged step or a checkpoint, every rank at the same steps. A step
+//! whose loss or gradient is non-finite is skipped on the device (the optimizer's update is a
+//! no-op, [`crate::optim::Optimizer::step_unless`]), as PyTorch's `GradScaler` skips one. At
+//! the next read a skipped step with a finite loss is reported (a warning and the metrics
+//! line's `skipped`) and training goes on; a non-finite loss stops the run there, naming the
+//! first such step and the last good checkpoint (the skipped updates left the parameters as
+//! they were, and no checkpoint is written after it).
 
 pub mod checkpoint;
+pub mod checkpointing;
 pub mod data_parallel;
 pub mod metrics;
 pub mod precision;
@@ -31,7 +42,7 @@ use rr_model::{AnyModel, Depth, InitialState, TestTime, Tokenizer};
 use rr_recipe::{OptimizerConfig, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::optim::{clip_grad_norm, grads_are_finite, Optimizer};
+use crate::optim::{clip_grad_norm_lazy, Optimizer};
 use checkpoint::TrainerState;
 use data_parallel::DataParallel;
 use metrics::{EvalLine, MetricsLine, MetricsLog, StepLine};
@@ -99,13 +110,16 @@ pub struct TrainOptions {
     pub collective_timeout: Duration,
 }
 
-/// What one optimizer step did.
-#[derive(Debug, Clone)]
+/// What one optimizer step did; the tensors stay on the device until a logged step reads them.
+#[derive(Debug)]
 pub struct StepOutcome {
-    /// Mean loss of the step's micro-batches.
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Each micro-batch's loss (averaged across ranks), f64 [grad_accum].
+    pub losses: Tensor,
+    /// Global gradient norm before clipping, 0-d fp32.
+    pub grad_norm: Tensor,
+    /// f64 [2]: whether the update was skipped (a non-finite loss or gradient), whether the
+    /// loss was non-finite; 1 or 0.
+    pub flags: Tensor,
     pub lr_multiplier: f64,
     /// The curriculum's scheduled mean recurrence (1 for a static model).
     pub mean_recurrence: usize,
@@ -161,6 +175,22 @@ pub struct Trainer {
     /// Since the last metrics line: its start, the tokens and the steps.
     window: (Instant, u64),
     window_steps: usize,
+    /// [`StepOutcome::flags`] of the steps since the last host read.
+    unread_flags: Vec<Tensor>,
+    /// The training loss last read (the final loss of a finished run).
+    last_loss: f64,
+    bar: ProgressBar,
+}
+
+/// What the host learns at a logged step or a checkpoint, in one read.
+struct Reading {
+    /// Mean loss of the step's micro-batches.
+    loss: f64,
+    grad_norm: f64,
+    /// Steps (counted from 1) skipped since the previous read.
+    skipped: Vec<usize>,
+    /// The first step (counted from 1) since the previous read whose loss is non-finite.
+    nonfinite_loss: Option<usize>,
 }
 
 /// Runs (or resumes) training as `cfg` describes, writing everything under `opts.run_dir`.
@@ -248,6 +278,9 @@ impl Trainer {
             started,
             window: (Instant::now(), 0),
             window_steps: 0,
+            unread_flags: Vec::new(),
+            last_loss: f64::NAN,
+            bar: ProgressBar::hidden(),
             cfg,
         })
     }
@@ -279,19 +312,23 @@ impl Trainer {
                 self.evaluate_and_log()?;
             }
         }
-        let bar = match self.writer {
-            Some(_) => progress_bar(total as u64, self.state.step as u64),
-            None => ProgressBar::hidden(),
-        };
-        let mut last_loss = f64::NAN;
-        while self.state.step < total {
-            let outcome = self.train_step()?;
-            last_loss = outcome.loss;
-            bar.inc(1);
-            self.after_step(&outcome, &bar)?;
+        if self.writer.is_some() {
+            self.bar = progress_bar(total as u64, self.state.step as u64);
         }
-        bar.finish_and_clear();
+        while self.state.step < total {
+            self.step()?;
+        }
+        self.bar.finish_and_clear();
+        let last_loss = self.last_loss;
         self.finish(last_loss)
+    }
+
+    /// One step of [`Trainer::run`]'s loop: [`Trainer::train_step`], then the logging,
+    /// checkpoint and evaluation due after it.
+    pub fn step(&mut self) -> Result<()> {
+        let outcome = self.train_step()?;
+        self.bar.inc(1);
+        self.after_step(&outcome)
     }
 
     /// One optimizer step: for each micro-batch a recurrence draw (the same on every rank:
@@ -320,11 +357,10 @@ impl Trainer {
             };
             draws.push((n, k));
             let t = batch.seq_len;
-            let shard = |v: &[i64]| Tensor::from_slice(&v[rows.start * t..rows.end * t]);
-            let input = shard(&batch.input)
-                .view([rows.len() as i64, t as i64])
-                .to_device(self.device);
-            let labels = shard(&batch.labels).to_device(self.device);
+            let shard = rows.start * t..rows.end * t;
+            let input = upload(&batch.input[shard.clone()], self.device)
+                .view([rows.len() as i64, t as i64]);
+            let labels = upload(&batch.labels[shard], self.device);
             let init = InitialState::RandomPerRow {
                 seed: rr_curriculum::sampler::stream_seed(
                     self.cfg.seed ^ 0x5354_4154_4521,
@@ -332,32 +368,21 @@ impl Trainer {
                 ),
                 first_row: rows.start as i64,
             };
-            let loss =
-                backward_micro_batch(&self.model, &input, &labels, (n, k), &init, grad_accum)?;
-            losses.push(f64::try_from(&loss)?);
+            losses.push(backward_micro_batch(
+                &self.model,
+                (&input, &labels),
+                (n, k),
+                &init,
+                grad_accum,
+                self.cfg.training.activation_checkpointing,
+            )?);
             self.state.micro_batch += 1;
             self.state.tokens += self.tokens_per_micro;
             self.window.1 += self.tokens_per_micro;
         }
-        if let Some(p) = self.parallel.as_mut() {
-            // Before clipping, as DDP: the clip sees the global batch's gradient.
-            p.average_gradients(&self.params)?;
-            losses = p.average(&losses)?;
-        }
-        let loss = losses.iter().sum::<f64>() / grad_accum as f64;
-        if !loss.is_finite() {
-            bail!(non_finite("loss", step, &self.last_good));
-        }
-        if !grads_are_finite(&self.params) {
-            bail!(non_finite("gradient", step, &self.last_good));
-        }
-        let grad_norm = clip_grad_norm(&self.params, self.cfg.training.max_grad_norm);
+        let losses = Tensor::stack(&losses, 0).to_kind(Kind::Double);
         let lr_multiplier = self.cfg.lr.multiplier_at(step, total);
-        match self.parallel.as_mut() {
-            Some(p) => self.optimizer.step_split(lr_multiplier, p)?,
-            None => self.optimizer.step(lr_multiplier),
-        }
-        self.optimizer.zero_grad();
+        let (grad_norm, flags) = self.update(&losses, lr_multiplier)?;
         let mean_recurrence = self
             .curriculum
             .as_ref()
@@ -365,12 +390,39 @@ impl Trainer {
         self.state.flops += self.step_flops(mean_recurrence);
         self.state.step += 1;
         Ok(StepOutcome {
-            loss,
+            losses,
             grad_norm,
+            flags,
             lr_multiplier,
             mean_recurrence,
             draws,
         })
+    }
+
+    /// The gradients averaged across ranks (and `losses` with them, in place), clipped, and
+    /// the update, skipped on the device when the loss or the gradient is non-finite (both
+    /// judged from averaged values, so the same on every rank). Returns the pre-clip norm and
+    /// [`StepOutcome::flags`].
+    fn update(&mut self, losses: &Tensor, lr_multiplier: f64) -> Result<(Tensor, Tensor)> {
+        if let Some(p) = self.parallel.as_mut() {
+            // Before clipping, as DDP: the clip sees the global batch's gradient.
+            p.average_gradients(&self.params)?;
+            p.average(losses)?;
+        }
+        let grad_norm = clip_grad_norm_lazy(&self.params, self.cfg.training.max_grad_norm)
+            .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, self.device)));
+        let loss_nonfinite = losses.isfinite().all().logical_not();
+        let skip = grad_norm
+            .isfinite()
+            .logical_not()
+            .logical_or(&loss_nonfinite);
+        match self.parallel.as_mut() {
+            Some(p) => self.optimizer.step_split_unless(lr_multiplier, &skip, p)?,
+            None => self.optimizer.step_unless(lr_multiplier, &skip)?,
+        }
+        self.optimizer.zero_grad();
+        let flags = Tensor::stack(&[skip, loss_nonfinite], 0).to_kind(Kind::Double);
+        Ok((grad_norm, flags))
     }
 
     /// Training FLOPs of one step at the scheduled mean recurrence (method.md §7).
@@ -385,19 +437,38 @@ impl Trainer {
 
     /// The cadence after a step: a metrics line every `log_every` steps, a checkpoint every
     /// `checkpoint_every`, a held-out evaluation every `eval_every`; all written by rank 0
-    /// alone (the other ranks of a data-parallel run hold the same parameters).
-    fn after_step(&mut self, outcome: &StepOutcome, bar: &ProgressBar) -> Result<()> {
+    /// alone (the other ranks of a data-parallel run hold the same parameters). Before a
+    /// metrics line or a checkpoint every rank reads the step's values on the host, and stops
+    /// on a non-finite loss since the previous read.
+    fn after_step(&mut self, outcome: &StepOutcome) -> Result<()> {
         self.window_steps += 1;
+        self.unread_flags.push(outcome.flags.shallow_clone());
+        let step = self.state.step;
+        let total = self.cfg.training.steps;
+        let log_due = step.is_multiple_of(self.cfg.training.log_every) || step == total;
+        let every = self.cfg.training.checkpoint_every;
+        let checkpoint_due = step == total || (every > 0 && step.is_multiple_of(every));
+        if log_due || checkpoint_due {
+            let reading = self.read(outcome)?;
+            if let Some(bad) = reading.nonfinite_loss {
+                bail!(non_finite("loss", bad, &self.last_good));
+            }
+            self.last_loss = reading.loss;
+            if self.writer.is_some() && !reading.skipped.is_empty() {
+                eprintln!(
+                    "warning: step(s) {:?} skipped: non-finite gradient (the update left the \
+                     parameters and optimizer state as they were)",
+                    reading.skipped
+                );
+            }
+            if log_due && self.writer.is_some() {
+                self.log_step(outcome, &reading)?;
+            }
+        }
         if self.writer.is_none() {
             return Ok(());
         }
-        let step = self.state.step;
-        let total = self.cfg.training.steps;
-        if step.is_multiple_of(self.cfg.training.log_every) || step == total {
-            self.log_step(outcome, bar)?;
-        }
-        let every = self.cfg.training.checkpoint_every;
-        if step == total || (every > 0 && step.is_multiple_of(every)) {
+        if checkpoint_due {
             self.state.data = self.phases.state();
             self.last_good = Some(checkpoint::save(
                 &self.run_path,
@@ -420,18 +491,48 @@ impl Trainer {
         step > 0 && every > 0 && step.is_multiple_of(every) && step < self.cfg.training.steps
     }
 
-    fn log_step(&mut self, outcome: &StepOutcome, bar: &ProgressBar) -> Result<()> {
+    /// The last step's loss and gradient norm and the flags of every step since the previous
+    /// read: one host read (the only synchronisation of the steps in between).
+    fn read(&mut self, outcome: &StepOutcome) -> Result<Reading> {
+        let flags = Tensor::stack(&std::mem::take(&mut self.unread_flags), 0);
+        let packed = Tensor::cat(
+            &[
+                outcome.losses.reshape([-1]),
+                outcome.grad_norm.to_kind(Kind::Double).reshape([1]),
+                flags.reshape([-1]),
+            ],
+            0,
+        );
+        let values = crate::host::read_f64s(&packed)?;
+        let micro = outcome.losses.numel();
+        let first = self.state.step + 1 - flags.size()[0] as usize;
+        let step_flags: Vec<&[f64]> = values[micro + 1..].chunks(2).collect();
+        Ok(Reading {
+            loss: values[..micro].iter().sum::<f64>() / micro as f64,
+            grad_norm: values[micro],
+            skipped: (0..step_flags.len())
+                .filter(|&i| step_flags[i][0] != 0.0)
+                .map(|i| first + i)
+                .collect(),
+            nonfinite_loss: (0..step_flags.len())
+                .find(|&i| step_flags[i][1] != 0.0)
+                .map(|i| first + i),
+        })
+    }
+
+    fn log_step(&mut self, outcome: &StepOutcome, reading: &Reading) -> Result<()> {
         let elapsed = self.window.0.elapsed().as_secs_f64().max(1e-9);
         let line = StepLine {
             step: self.state.step,
             tokens: self.state.tokens,
-            loss: outcome.loss,
+            loss: reading.loss,
             lr: outcome.lr_multiplier * peak_lr(&self.cfg.optimizer),
             lr_multiplier: outcome.lr_multiplier,
             mean_recurrence: outcome.mean_recurrence,
             n: outcome.draws.iter().map(|d| d.0).collect(),
             k: outcome.draws.iter().map(|d| d.1).collect(),
-            grad_norm: outcome.grad_norm,
+            grad_norm: reading.grad_norm,
+            skipped: reading.skipped.clone(),
             tokens_per_s: self.window.1 as f64 / elapsed,
             flops: self.state.flops,
             comm_s: self
@@ -446,14 +547,14 @@ impl Trainer {
             "step {}/{} loss {:.4} r̄ {} grad {:.3}",
             self.state.step,
             self.cfg.training.steps,
-            outcome.loss,
+            reading.loss,
             outcome.mean_recurrence,
-            outcome.grad_norm
+            reading.grad_norm
         );
-        if bar.is_hidden() {
+        if self.bar.is_hidden() {
             eprintln!("{msg}");
         } else {
-            bar.set_message(msg);
+            self.bar.set_message(msg);
         }
         self.window = (Instant::now(), 0);
         self.window_steps = 0;
@@ -745,21 +846,38 @@ pub fn micro_batch(
         seed: state_seed,
         first_row: 0,
     };
-    backward_micro_batch(model, input, labels, (n, k), &init, grad_accum)
+    backward_micro_batch(model, (input, labels), (n, k), &init, grad_accum, false)
 }
 
-/// [`micro_batch`] from a given initial state (a data-parallel rank's rows of the batch).
+/// [`micro_batch`] from a given initial state (a data-parallel rank's rows of the batch),
+/// with the core iterations of a recurrent model recomputed in the backward pass when
+/// `checkpointing` ([`checkpointing::checkpointed_backward`]).
 fn backward_micro_batch(
     model: &AnyModel,
-    input: &Tensor,
-    labels: &Tensor,
+    (input, labels): (&Tensor, &Tensor),
     (n, k): (usize, usize),
     init: &InitialState,
     grad_accum: usize,
+    checkpointing: bool,
 ) -> Result<Tensor> {
+    if let (AnyModel::Recurrent(m), true) = (model, checkpointing) {
+        return checkpointing::checkpointed_backward(m, input, labels, (n, k), init, grad_accum);
+    }
     let loss = training_loss(model, input, labels, (n, k), init)?;
     (&loss / grad_accum as f64).backward();
     Ok(loss.detach())
+}
+
+/// `values` as an int64 tensor on `device`. To a GPU through pinned memory and a
+/// non-blocking copy: a copy from pageable memory would wait for the device's queue.
+fn upload(values: &[i64], device: Device) -> Tensor {
+    let host = Tensor::from_slice(values);
+    if device.is_cuda() {
+        host.pin_memory(device)
+            .to_device_(device, Kind::Int64, true, false)
+    } else {
+        host
+    }
 }
 
 /// Parameters that receive gradients, in the optimizer's (sorted-by-name) order.
@@ -779,12 +897,13 @@ fn named_params(model: &AnyModel) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// The message that stops a run at `step` (counted from 1).
 fn non_finite(what: &str, step: usize, last_good: &Option<PathBuf>) -> String {
     let kept = last_good
         .as_ref()
         .map(|p| format!("the last good checkpoint is {}", p.display()))
         .unwrap_or_else(|| "no checkpoint was written yet".into());
-    format!("non-finite {what} at step {}; stopping ({kept})", step + 1)
+    format!("non-finite {what} at step {step}; stopping ({kept})")
 }
 
 fn build_phases(cfg: &TrainConfig, sets: &PackedSets) -> Result<Phases> {
