@@ -237,8 +237,9 @@ mod tests {
             "recurrent_ref.py",
             "bench report",
             "--batch \"${BATCH:-8}\" --seq \"${SEQ:-1024}\"",
-            "--cuda-graphs on",
-            "--cuda-graphs off",
+            "--cuda-graphs \"$1\"",
+            "gen off",
+            "gen on",
             "WORLD_SIZE=1",
             "comm_s",
         ] {
