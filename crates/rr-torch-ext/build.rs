@@ -1,12 +1,14 @@
-//! Compiles `csrc/ext.cpp` and `csrc/dist.cpp` against the headers of the libtorch that
+//! Compiles `csrc/ext.cpp`, `csrc/dist.cpp` and `csrc/cuda_graph.cpp` against the headers of the libtorch that
 //! torch-sys found (the venv's wheel ships them under `torch/include`), then applies the shared
 //! link flags.
 //!
 //! The c10d process groups in `dist.cpp`: Gloo needs the third-party `gloo/*.h` headers, which the
 //! wheel lacks; they come from `/usr/include/gloo` or from Debian's `libgloo-dev` unpacked into
-//! `<root>/.deps/gloo` by `cargo xtask setup` (tch-notes §11). NCCL needs the CUDA headers,
-//! including the header-only wheels `nvidia-cuda-crt` and `nvidia-cuda-cccl` (tch-notes §6); it
-//! is compiled in only when they are present, so CPU-only machines build without them.
+//! `<root>/.deps/gloo` by `cargo xtask setup` (tch-notes §11). NCCL (and the CUDA-graph
+//! bindings) need the CUDA headers: the wheel's `nvidia/cu13/include` and `nvidia/nccl/include`,
+//! completed by the header-only wheels `nvidia-cuda-crt` and `nvidia-cuda-cccl` that `cargo xtask
+//! setup` unpacks into `<root>/.deps/cuda/include` (tch-notes §6). They are compiled in only
+//! when all of these are present; without them rr builds and runs on CPU.
 
 #[path = "../../build/link_torch.rs"]
 mod link_torch;
@@ -17,6 +19,7 @@ fn main() {
     link_torch::main();
     println!("cargo:rerun-if-changed=csrc/ext.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     let lib = PathBuf::from(
         std::env::var_os("DEP_TCH_LIBTORCH_LIB")
             .expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB (is libtorch set up?)"),
@@ -33,9 +36,12 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
+        // c10/cuda/CUDAEvent.h aligns by std::hardware_destructive_interference_size.
+        .flag_if_supported("-Wno-interference-size")
         .opt_level(2)
         .file("csrc/ext.cpp")
-        .file("csrc/dist.cpp");
+        .file("csrc/dist.cpp")
+        .file("csrc/cuda_graph.cpp");
     match gloo_include() {
         Some(dir) => {
             build.define("RR_WITH_GLOO", None).define("USE_C10D_GLOO", None);
@@ -47,14 +53,20 @@ fn main() {
             "cargo:warning=gloo headers not found: rr will run on one process only (run `cargo xtask setup`)"
         ),
     }
-    if let Some(cuda_includes) = nccl_includes(torch) {
+    // RR_WITH_CUDA: the CUDA-graph bindings; RR_WITH_NCCL: ProcessGroupNCCL. Both need the
+    // same headers and libtorch_cuda, so they come together.
+    if let Some(dirs) = cuda_includes(torch) {
         build
+            .define("RR_WITH_CUDA", None)
             .define("RR_WITH_NCCL", None)
             .define("USE_C10D_NCCL", None)
             .define("USE_CUDA", None);
-        for dir in cuda_includes {
+        for dir in dirs {
             build.include(dir);
         }
+        // The CUDA stream functions (getStreamFromPool, setCurrentCUDAStream) live in
+        // libc10_cuda; ProcessGroupNCCL and CUDAGraph in libtorch_cuda (link_torch.rs).
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     build.compile("rr_torch_ext");
 }
@@ -76,19 +88,34 @@ fn gloo_include() -> Option<Option<PathBuf>> {
     })
 }
 
-/// The wheel's CUDA and NCCL include folders when every header ProcessGroupNCCL needs is there.
-fn nccl_includes(torch: &Path) -> Option<Vec<PathBuf>> {
+/// The wheel's CUDA and NCCL include folders plus the project-local headers the wheel lacks
+/// (`crt/host_config.h`, `nv/target`: `<root>/.deps/cuda/include`, fetched by `cargo xtask
+/// setup`), when every header ProcessGroupNCCL and CUDAGraph need is there.
+fn cuda_includes(torch: &Path) -> Option<Vec<PathBuf>> {
     let nvidia = torch.parent()?.join("nvidia");
     let cuda = nvidia.join("cu13/include");
     let nccl = nvidia.join("nccl/include");
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/cuda/include");
     let needed = [
         cuda.join("cuda_runtime.h"),
-        cuda.join("crt/host_config.h"),
-        cuda.join("nv/target"),
         nccl.join("nccl.h"),
+        local.join("crt/host_config.h"),
+        local.join("nv/target"),
     ];
-    needed
-        .iter()
-        .all(|p| p.exists())
-        .then_some(vec![cuda, nccl])
+    let missing: Vec<_> = needed.iter().filter(|p| !p.exists()).collect();
+    if !missing.is_empty() {
+        // Only worth a warning where the wheel has CUDA at all.
+        if cuda.exists() {
+            println!(
+                "cargo:warning=CUDA headers missing ({}): rr builds without NCCL and CUDA graphs (run `cargo xtask setup`)",
+                missing[0].display()
+            );
+        }
+        return None;
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        local.join("crt/host_config.h").display()
+    );
+    Some(vec![cuda, nccl, local])
 }

@@ -137,39 +137,11 @@ fn run_step(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The GPU run: the issue's target points on Llama-3.2-1B shapes.
-const GPU_SCRIPT: &str = r#"#!/usr/bin/env bash
-# rr GPU benchmark: run on a machine with an NVIDIA GPU and Python torch 2.11.0 (any CUDA
-# build of the same ABI). No cargo needed. Results go to $OUT (default ./results).
-# DEVICE, SHAPE, LAYERS, RECURRENCES, BACKPROP, BATCH, SEQ, GEN_PROMPT, GEN_TOKENS, REPEATS, MODES override the issue's
-# target points (e.g. DEVICE=cpu SHAPE=tiny BATCH=2 SEQ=64 for a smoke test without a GPU).
-set -euo pipefail
-HERE="$(cd "$(dirname "$0")" && pwd)"
-PY="${PYTHON:-python3}"
-TORCH_LIB="$("$PY" -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib"
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-OUT="${OUT:-$HERE/results}"
-mkdir -p "$OUT"
-DEVICE="${DEVICE:-cuda}"
-SHAPE="${SHAPE:-llama3.2-1b}"
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")' | tee "$OUT/env.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/env.txt" 2>/dev/null || true
-for layers in ${LAYERS:-4,8,4 4,6,4}; do
-  d="$OUT/$SHAPE-${layers//,/-}"
-  mkdir -p "$d"
-  "$HERE/rr" bench recurrence --device "$DEVICE" --shape "$SHAPE" --layers "$layers" \
-    --recurrences "${RECURRENCES:-4,8,32}" --backprop "${BACKPROP:-4,8}" \
-    --batch "${BATCH:-8}" --seq "${SEQ:-1024}" \
-    --gen-prompt "${GEN_PROMPT:-512}" --gen-tokens "${GEN_TOKENS:-64}" --warmup 2 --repeats "${REPEATS:-5}" --out "$d/rr.json"
-  "$PY" "$HERE/recurrent_ref.py" --spec "$d/rr.json" --out "$d/pytorch.json" --modes "${MODES:-eager,compile}" || echo "reference failed" >&2
-  if [ -f "$d/pytorch.json" ]; then
-    "$HERE/rr" bench report "$d/rr.json" --reference "$d/pytorch.json" --out "$d"
-  else
-    "$HERE/rr" bench report "$d/rr.json" --out "$d"
-  fi
-done
-echo "results in $OUT"
-"#;
+/// The GPU run, one script under 10 minutes on an H200 (issues 12 and 15): a CUDA smoke test
+/// of every command on a stories260K retrofit, CUDA-graph against eager decoding, NCCL at
+/// world 1 with the trainer's all-reduce time, then the benchmarks beside the PyTorch
+/// reference. Every step is logged and timed; a failing step does not stop the others.
+const GPU_SCRIPT: &str = include_str!("gpu_run.sh");
 
 /// Builds `rr` in release and writes `<target>/gpu-bundle/` with the binary, the PyTorch
 /// reference and `run.sh`.
@@ -187,6 +159,7 @@ pub fn gpu_bundle(root: &Path, torch: &Torch) -> Result<PathBuf> {
         dir.join("recurrent_ref.py"),
     )
     .context("copying bench/recurrent_ref.py")?;
+    copy_smoke_assets(&dir.join("smoke"));
     let script = dir.join("run.sh");
     std::fs::write(&script, GPU_SCRIPT).context("writing run.sh")?;
     #[cfg(unix)]
@@ -204,6 +177,40 @@ pub fn gpu_bundle(root: &Path, torch: &Torch) -> Result<PathBuf> {
         size as f64 / 1e6
     );
     Ok(dir)
+}
+
+/// stories260K (HF layout) and 60 kB of TinyStories from the shared data, for the smoke and
+/// data-parallel steps; without them run.sh skips those steps and says so.
+fn copy_smoke_assets(smoke: &Path) {
+    let shared = std::env::var_os("RR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let copied = (|| -> Result<()> {
+        let model = shared.join("models/stories260K/hf");
+        std::fs::create_dir_all(smoke.join("stories260K"))?;
+        for entry in std::fs::read_dir(&model).with_context(|| model.display().to_string())? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(
+                    &path,
+                    smoke.join("stories260K").join(path.file_name().unwrap()),
+                )?;
+            }
+        }
+        let text =
+            std::fs::read_to_string(shared.join("tinystories/tinystories_validation_head.txt"))?;
+        let cut = (0..=60_000.min(text.len()))
+            .rev()
+            .find(|&i| text.is_char_boundary(i));
+        std::fs::write(smoke.join("stories.txt"), &text[..cut.unwrap_or(0)])?;
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(smoke);
+        println!(
+            "gpu-bundle: no smoke assets ({e:#}; set RR_SHARED_DATA): run.sh will skip those steps"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +237,11 @@ mod tests {
             "recurrent_ref.py",
             "bench report",
             "--batch \"${BATCH:-8}\" --seq \"${SEQ:-1024}\"",
+            "--cuda-graphs \"$1\"",
+            "gen off",
+            "gen on",
+            "WORLD_SIZE=1",
+            "comm_s",
         ] {
             assert!(GPU_SCRIPT.contains(needle), "run.sh lacks {needle}");
         }

@@ -50,12 +50,16 @@ fn fetch(root: &Path) -> Result<()> {
         bail!("dpkg-deb -x {} failed ({status})", deb.display());
     }
     std::fs::remove_dir_all(&download).ok();
-    // The shim's build script watches the headers only once they exist: make it run again.
+    touch_shim(root)
+}
+
+/// The shim's build script watches fetched headers only once they exist (cargo reruns a build
+/// script on every build while a watched path is missing): after a fetch, make it run again.
+pub fn touch_shim(root: &Path) -> Result<()> {
     let shim = root.join("crates/rr-torch-ext/csrc/dist.cpp");
     std::fs::File::options()
         .write(true)
         .open(&shim)
         .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-        .with_context(|| format!("{}: cannot touch", shim.display()))?;
-    Ok(())
+        .with_context(|| format!("{}: cannot touch", shim.display()))
 }

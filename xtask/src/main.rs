@@ -3,6 +3,7 @@
 //! This crate must not depend on tch/torch-sys: it has to build on a fresh machine, before
 //! libtorch exists, because `cargo xtask setup` is what installs it.
 mod bench;
+mod cuda_headers;
 mod fetch_model;
 mod gloo;
 mod hub;
@@ -29,8 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv, and Gloo's
-    /// headers into <root>/.deps/gloo (idempotent)
+    /// Find libtorch 2.11.0 (LIBTORCH) or install torch==2.11.0 into <root>/.venv, Gloo's
+    /// headers into <root>/.deps/gloo and the CUDA headers NCCL needs into <root>/.deps/cuda
+    /// (idempotent)
     Setup,
     /// Build the `rr` binary (-p rr-cli) and print its path
     Build {
@@ -141,6 +143,7 @@ fn run() -> Result<ExitCode> {
     // machine ends up ready.
     let torch = torch_env::setup(&root)?;
     gloo::ensure_headers(&root);
+    cuda_headers::ensure_headers(&root, &torch);
     match cli.cmd {
         Cmd::Setup => {}
         Cmd::Build { release } => return build(&root, &torch, release),

@@ -20,7 +20,7 @@ use rr_eval::compute::{BlockDims, ModelFlops};
 use rr_eval::plot::{line_plot, Series};
 use rr_model::config::LlamaConfig;
 use rr_model::recurrent::{RecurrentConfig, RecurrentModel};
-use rr_model::{decode, AnyModel, DecodeOptions, TestTime};
+use rr_model::{decode, AnyModel, DecodeOptions, TestTime, TokenStep};
 use rr_recipe::AdamWConfig;
 use rr_train::optim::{clip_grad_norm_lazy, AdamW, Optimizer};
 use rr_train::trainer::{micro_batch, optimizer_params};
@@ -536,7 +536,7 @@ impl<'a> Bench<'a> {
         let first_row = self.ids.get(0).narrow(0, 0, spec.gen_prompt as i64);
         let prompt =
             Vec::<i64>::try_from(first_row.to_device(Device::Cpu)).context("prompt ids")?;
-        let opts = DecodeOptions {
+        let mut opts = DecodeOptions {
             max_new_tokens: spec.gen_tokens,
             test_time: TestTime {
                 recurrence: r,
@@ -544,6 +544,8 @@ impl<'a> Bench<'a> {
             },
             ..DecodeOptions::default()
         };
+        // What `rr generate` runs by default: CUDA-graph replay of each token on CUDA.
+        opts.token_step = TokenStep::fastest(model, &opts);
         let (warmup, repeats) = (spec.warmup.div_ceil(2), spec.repeats.div_ceil(2));
         timed(self.device, warmup, repeats, || {
             let out = decode(model, None, std::slice::from_ref(&prompt), &opts, |_, _| {})?;

@@ -15,7 +15,7 @@ use rr_model::device::parse_device;
 use rr_model::recurrent::StateChoice;
 use rr_model::{
     decode, inspect, AnyModel, CacheMode, DecodeOptions, ExitCriterion, Sampling, TestTime,
-    Tokenizer,
+    TokenStep, Tokenizer,
 };
 use tch::{Device, Kind};
 
@@ -92,6 +92,15 @@ impl Dtype {
             Dtype::Bf16 => Kind::BFloat16,
         }
     }
+}
+
+/// `rr generate --cuda-graphs`.
+#[derive(Clone, Copy, ValueEnum)]
+enum CudaGraphs {
+    /// On where it applies: a recurrent model on CUDA at a fixed recurrence with the cache.
+    Auto,
+    On,
+    Off,
 }
 
 /// How the surgery's adapter starts.
@@ -263,6 +272,10 @@ struct GenerateArgs {
     /// or a safetensors file whose tensor `state` [N, h] gives position p row p.
     #[arg(long, default_value = "random", value_parser = state_arg)]
     initial_state: StateChoice,
+    /// Recurrent models: run each new token as the replay of one CUDA graph of the
+    /// fixed-shape decode step, captured after the prompt.
+    #[arg(long, value_enum, default_value = "auto")]
+    cuda_graphs: CudaGraphs,
 }
 
 #[derive(Args)]
@@ -652,7 +665,7 @@ fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Res
     let test_time = args.model.test_time(model)?;
     let mut eos_ids = model.eos_token_ids();
     eos_ids.extend(tok.eos_id());
-    Ok(DecodeOptions {
+    let mut options = DecodeOptions {
         max_new_tokens: args.max_new_tokens,
         sampling,
         seed: args.model.seed,
@@ -673,7 +686,14 @@ fn decode_options(args: &GenerateArgs, model: &AnyModel, tok: &Tokenizer) -> Res
             None => CacheMode::Full,
         },
         initial_state: Some(model.initial_state(&args.initial_state, args.model.seed)?),
-    })
+        token_step: TokenStep::Dynamic,
+    };
+    options.token_step = match args.cuda_graphs {
+        CudaGraphs::Auto => TokenStep::fastest(model, &options),
+        CudaGraphs::On => TokenStep::CudaGraph,
+        CudaGraphs::Off => TokenStep::Dynamic,
+    };
+    Ok(options)
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {

@@ -365,6 +365,19 @@ fn out_of_range_token_and_bad_device() {
         "cpu",
     ]);
     assert!(err.contains("temperature"), "{err}");
+    // CUDA graphs asked for where they cannot run: on CPU, and on a static model.
+    let err = rr_fails(&[
+        "generate",
+        "--model",
+        hf.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--device",
+        "cpu",
+        "--cuda-graphs",
+        "on",
+    ]);
+    assert!(err.contains("is for recurrent models"), "{err}");
 }
 
 #[test]

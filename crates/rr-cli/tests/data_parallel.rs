@@ -418,3 +418,98 @@ fn a_rank_with_another_recipe_is_refused_before_any_step() {
     }
     assert!(!d.join("run").exists(), "a refused run wrote its directory");
 }
+
+/// The pid of the child of `parent` whose environment has `RANK=rank`, from /proc.
+fn child_rank_pid(parent: u32, rank: usize) -> Option<u32> {
+    let wanted = format!("RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let has_rank = environ
+            .split(|&b| b == 0)
+            .any(|var| var == wanted.as_bytes());
+        (ppid == parent && has_rank).then_some(pid)
+    })
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[test]
+fn the_launcher_kills_the_other_ranks_when_one_dies() {
+    let Some(shared) = shared_data() else { return };
+    let tmp = setup(&shared);
+    let d = tmp.path();
+    std::fs::write(d.join("cfg.toml"), recipe("adamw", 7, 40)).unwrap();
+    // A long collective timeout: rank 0 must not stop by itself within this test.
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_rr"))
+        .current_dir(d)
+        .args(["train", "--config", "cfg.toml", "--run-dir", "run"])
+        .args(["--collective-timeout", "600", "--nproc-per-node", "2"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = d.join("run/checkpoints/step-000010");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        assert!(
+            launcher.try_wait().unwrap().is_none(),
+            "the launcher ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank0 = child_rank_pid(launcher.id(), 0).expect("rank 0 is a child of the launcher");
+    let rank1 = child_rank_pid(launcher.id(), 1).expect("rank 1 is a child of the launcher");
+    // Rank 0 hangs (stopped: it can neither notice the loss nor exit by itself), rank 1 dies.
+    let stderr = launcher.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    signal(rank0, "-STOP");
+    signal(rank1, "-9");
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            break status;
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            let _ = launcher.kill();
+            signal(rank0, "-9");
+            panic!("the launcher still waits for the hung rank 0 a minute after rank 1 died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("rank 1 of 2 was lost"), "{err}");
+    assert!(errors[0].contains("SIGKILL"), "{err}");
+    // The launcher killed and reaped the hung rank 0.
+    assert!(
+        !Path::new(&format!("/proc/{rank0}")).exists(),
+        "rank 0 ({rank0}) is still there"
+    );
+}

@@ -12,7 +12,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
 use crate::any::{AnyCache, AnyModel, TestTime};
-use crate::recurrent::{CacheMode, CacheStats, Depth, ExitCriterion, InitialState};
+use crate::recurrent::{CacheMode, CacheStats, Depth, ExitCriterion, InitialState, StaticDecoder};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +70,39 @@ pub struct DecodeOptions {
     /// Recurrent models: where every token's state starts, in place of `test_time`'s seeded
     /// draw (`rr generate --initial-state`).
     pub initial_state: Option<InitialState>,
+    /// Recurrent models: how each generated token runs after the prompt.
+    pub token_step: TokenStep,
+}
+
+/// How a recurrent model runs each generated token (the prompt always goes through
+/// [`crate::RecurrentModel::forward`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenStep {
+    /// The forward engine with its growing cache (every option works).
+    #[default]
+    Dynamic,
+    /// The fixed-shape step over preallocated buffers ([`StaticDecoder`]), run eagerly: the
+    /// same arithmetic as `Dynamic` (fixed recurrence, no warm start).
+    Static,
+    /// The fixed-shape step captured once as a CUDA graph and replayed for every token.
+    CudaGraph,
+}
+
+impl TokenStep {
+    /// `CudaGraph` where it applies (a recurrent model on CUDA, a build with CUDA graphs, a
+    /// fixed recurrence with the cache and no warm start), `Dynamic` everywhere else.
+    pub fn fastest(model: &AnyModel, opts: &DecodeOptions) -> Self {
+        let applies = model.is_recurrent()
+            && matches!(model.device(), Device::Cuda(_))
+            && rr_torch_ext::cuda_graph::cuda_graphs_built()
+            && opts.use_cache
+            && opts.exit.is_none()
+            && !opts.warm_start;
+        match applies {
+            true => TokenStep::CudaGraph,
+            false => TokenStep::Dynamic,
+        }
+    }
 }
 
 impl Default for DecodeOptions {
@@ -90,6 +123,7 @@ impl Default for DecodeOptions {
             warm_start: false,
             cache_mode: CacheMode::Full,
             initial_state: None,
+            token_step: TokenStep::Dynamic,
         }
     }
 }
@@ -275,6 +309,24 @@ fn validate(
     if !opts.use_cache && (opts.warm_start || opts.exit.is_some()) {
         bail!("warm start and adaptive exit need the cache (use_cache = true)");
     }
+    if opts.token_step != TokenStep::Dynamic {
+        ensure!(
+            model.is_recurrent(),
+            "the fixed-shape decode step (CUDA graphs) is for recurrent models"
+        );
+        ensure!(
+            opts.use_cache && opts.exit.is_none() && !opts.warm_start,
+            "the fixed-shape decode step (CUDA graphs) runs a fixed recurrence with the cache: \
+             not with adaptive exit, warm start or without the cache"
+        );
+    }
+    if opts.token_step == TokenStep::CudaGraph {
+        ensure!(
+            matches!(model.device(), Device::Cuda(_)),
+            "CUDA graphs need a CUDA device (the model is on {:?})",
+            model.device()
+        );
+    }
     let covered = opts
         .initial_state
         .as_ref()
@@ -331,7 +383,10 @@ pub fn decode(
         batch.push(&next);
     }
     Ok(Decoded {
-        cache_stats: stepper.cache.as_ref().and_then(AnyCache::stats),
+        cache_stats: match &stepper.fixed {
+            Some(decoder) => Some(decoder.stats()),
+            None => stepper.cache.as_ref().and_then(AnyCache::stats),
+        },
         rows: rows.into_iter().map(|r| r.generation).collect(),
     })
 }
@@ -346,6 +401,8 @@ struct Stepper<'a> {
     prev_state: Option<Tensor>,
     seeded: InitialState,
     token_depth: Depth,
+    /// The fixed-shape step, once the prompt is in (`TokenStep::Static` and `CudaGraph`).
+    fixed: Option<StaticDecoder>,
 }
 
 impl<'a> Stepper<'a> {
@@ -368,6 +425,7 @@ impl<'a> Stepper<'a> {
                 Some(exit) => Depth::Adaptive(exit),
                 None => opts.test_time.depth(),
             },
+            fixed: None,
         })
     }
 
@@ -390,6 +448,9 @@ impl<'a> Stepper<'a> {
     /// Next-token logits [B, V] (f32, CPU) for the batch as it stands, and the core
     /// iterations behind them: only the new columns with a cache, everything without.
     fn next_logits(&mut self, batch: &Batch, step: usize) -> Result<(Tensor, usize)> {
+        if self.opts.token_step != TokenStep::Dynamic && step > 0 {
+            return self.fixed_shape_logits(batch);
+        }
         let len = batch.len();
         let (ids, mask) = batch.columns(self.fed, len);
         let warm = match (&self.prev_state, self.opts.warm_start && step > 0) {
@@ -413,6 +474,46 @@ impl<'a> Stepper<'a> {
             .to_kind(Kind::Float)
             .to_device(Device::Cpu);
         Ok((last, out.steps))
+    }
+}
+
+impl Stepper<'_> {
+    /// [`Stepper::next_logits`] through the fixed-shape step: the newest column of every row,
+    /// written into the preallocated buffers (made from the prompt's cache on first use).
+    fn fixed_shape_logits(&mut self, batch: &Batch) -> Result<(Tensor, usize)> {
+        let AnyModel::Recurrent(model) = self.model else {
+            bail!("the fixed-shape decode step is for recurrent models");
+        };
+        if self.fixed.is_none() {
+            let Some(AnyCache::Recurrent(cache)) = self.cache.take() else {
+                bail!("the fixed-shape decode step continues a recurrent cache");
+            };
+            // Every column a token can be written to: the prompt's and one per new token.
+            let capacity = (batch.len() - 1 + self.opts.max_new_tokens) as i64;
+            let recurrence = self.opts.test_time.recurrence;
+            let decoder = StaticDecoder::new(model, cache, capacity, recurrence, &self.seeded)?;
+            self.fixed = Some(decoder);
+        }
+        let decoder = self.fixed.as_mut().expect("made above");
+        let newest = batch.len() - 1;
+        ensure!(
+            decoder.len() == newest as i64,
+            "the fixed-shape cache is out of step"
+        );
+        let ids: Vec<i64> = batch.rows.iter().map(|r| r[newest]).collect();
+        // A token's position counts the real tokens before it (as `Prologue` does).
+        let positions: Vec<i64> = batch
+            .masks
+            .iter()
+            .map(|m| m[..newest].iter().sum())
+            .collect();
+        let graph = self.opts.token_step == TokenStep::CudaGraph;
+        let logits = decoder.step(model, &ids, &positions, graph)?;
+        self.fed = batch.len();
+        Ok((
+            logits.to_device(Device::Cpu),
+            self.opts.test_time.recurrence,
+        ))
     }
 }
 

@@ -21,7 +21,7 @@ pub mod weights;
 
 pub use any::{AnyCache, AnyModel, LmOutput, TestTime};
 pub use config::{LlamaConfig, ModelType};
-pub use decode::{decode, DecodeOptions, Decoded, Generation, Sampling, StopReason};
+pub use decode::{decode, DecodeOptions, Decoded, Generation, Sampling, StopReason, TokenStep};
 pub use device::parse_device;
 pub use llama::{KvCache, LlamaModel};
 pub use recurrent::{

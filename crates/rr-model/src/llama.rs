@@ -130,15 +130,25 @@ pub enum AttnMask {
     Explicit(Tensor),
 }
 
-/// Keys and values of one attention layer, [B, n_kv, S, D] each, grown by concatenation.
+/// Keys and values of one attention layer, [B, n_kv, S, D] each, grown by concatenation; or,
+/// for the fixed-shape decode step, preallocated to a capacity and written in place.
 #[derive(Debug, Default)]
 pub struct LayerKv {
     pub kv: Option<(Tensor, Tensor)>,
+    /// Preallocated keys/values only: a [1] int64 tensor on their device holding the column
+    /// that `append` writes the new token into (the caller masks the columns not yet written).
+    pub write_at: Option<Tensor>,
 }
 
 impl LayerKv {
     /// Appends new keys/values and returns the full ones to attend over.
     pub fn append(&mut self, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if let Some(column) = &self.write_at {
+            let (keys, values) = self.kv.as_mut().expect("preallocated keys/values");
+            let _ = keys.index_copy_(2, column, &k);
+            let _ = values.index_copy_(2, column, &v);
+            return (keys.shallow_clone(), values.shallow_clone());
+        }
         let (k, v) = match self.kv.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
             None => (k, v),

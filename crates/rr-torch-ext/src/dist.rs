@@ -102,6 +102,19 @@ impl ProcessGroup {
             rdv.rank,
             rdv.world
         );
+        if backend == Backend::Nccl {
+            ensure!(
+                tch::Cuda::is_available(),
+                "rank {}: NCCL runs on CUDA devices and this machine has none (Gloo is the CPU backend)",
+                rdv.rank
+            );
+            ensure!(
+                backends_built().1,
+                "rank {}: this rr was built without NCCL (the CUDA headers were missing at build \
+                 time; run `cargo xtask setup` and rebuild)",
+                rdv.rank
+            );
+        }
         let addr = CString::new(rdv.master_addr.as_str()).context("MASTER_ADDR has a NUL byte")?;
         let mut handle = std::ptr::null_mut();
         // SAFETY: `addr` outlives the call; on success `handle` owns a Group freed in Drop.

@@ -3,6 +3,7 @@
 //! global norm, the TF32 switch, and the CUDA caching allocator's memory counters; and c10d
 //! process groups for data-parallel training ([`dist`]).
 
+pub mod cuda_graph;
 pub mod dist;
 
 use std::ffi::CStr;

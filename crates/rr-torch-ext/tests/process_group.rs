@@ -149,3 +149,74 @@ fn a_hung_peer_is_an_error_naming_it_after_the_timeout() {
         .unwrap_err();
     println!("{err:#}");
 }
+
+/// World 1 on 127.0.0.1 at a free port.
+fn world_one() -> Rendezvous {
+    Rendezvous {
+        rank: 0,
+        world: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+    }
+}
+
+#[test]
+fn nccl_is_compiled_in_beside_gloo_when_setup_fetched_the_cuda_headers() {
+    // `cargo xtask setup` unpacks the headers only for a CUDA wheel set; with them the shim
+    // must have both backends in one binary.
+    let headers = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.deps/cuda/include/crt/host_config.h");
+    let (gloo, nccl) = rr_torch_ext::dist::backends_built();
+    println!(
+        "built with: Gloo {gloo}, NCCL {nccl}; CUDA headers present: {}",
+        headers.exists()
+    );
+    if headers.exists() {
+        assert!(gloo && nccl, "Gloo {gloo}, NCCL {nccl}");
+        assert!(rr_torch_ext::cuda_graph::cuda_graphs_built());
+    }
+}
+
+#[test]
+fn nccl_on_a_machine_without_cuda_is_a_clear_error() {
+    if tch::Cuda::is_available() {
+        println!("skipped: this machine has CUDA (see nccl_world_one_all_reduce)");
+        return;
+    }
+    let err = ProcessGroup::new(&world_one(), Backend::Nccl, Duration::from_secs(10))
+        .err()
+        .expect("NCCL without CUDA must fail");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("NCCL runs on CUDA devices and this machine has none"),
+        "{text}"
+    );
+    assert!(!text.contains("built without"), "{text}");
+}
+
+#[test]
+fn nccl_world_one_all_reduce() {
+    let (_, nccl) = rr_torch_ext::dist::backends_built();
+    if !tch::Cuda::is_available() || !nccl {
+        println!(
+            "skipped: needs CUDA (available: {}) and NCCL compiled in (built: {nccl})",
+            tch::Cuda::is_available()
+        );
+        return;
+    }
+    let device = tch::Device::Cuda(0);
+    let pg = ProcessGroup::new(&world_one(), Backend::Nccl, Duration::from_secs(60)).unwrap();
+    assert_eq!(pg.backend(), Backend::Nccl);
+    // World 1: a sum is the identity, an average too; both go through NCCL's kernels.
+    let a = Tensor::from_slice(&[1f32, 2., 3.]).to_device(device);
+    let b = Tensor::from_slice(&[5f32]).to_device(device);
+    pg.all_reduce(&[a.shallow_clone(), b.shallow_clone()], false)
+        .unwrap();
+    pg.all_reduce(&[a.shallow_clone()], true).unwrap();
+    assert_eq!(values(&a.to_device(tch::Device::Cpu)), vec![1., 2., 3.]);
+    assert_eq!(values(&b.to_device(tch::Device::Cpu)), vec![5.]);
+    let gathered = pg.all_gather(&b).unwrap();
+    assert_eq!(values(&gathered[0].to_device(tch::Device::Cpu)), vec![5.]);
+    pg.barrier().unwrap();
+}

@@ -1,11 +1,14 @@
 //! `rr train --nproc-per-node N`: torchrun's single-node launch without torchrun. This process
 //! starts N copies of its own command line (without the flag), each with the environment a
 //! torchrun worker gets (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`, and
-//! `OMP_NUM_THREADS` sharing the cores unless set), and waits for all of them. A rank that
-//! loses a peer stops by itself within its collective timeout, so none is killed here.
+//! `OMP_NUM_THREADS` sharing the cores unless set), and waits for all of them. When one rank
+//! fails or dies, the launcher kills the others at once (a rank that lost a peer would stop by
+//! itself within its collective timeout, but a hung one would not) and exits with one line
+//! naming the lost rank.
 
 use std::ffi::OsString;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -33,26 +36,50 @@ pub fn local_ranks(nproc: usize, flag: &str) -> Result<()> {
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             cmd.env("OMP_NUM_THREADS", &threads);
         }
-        children.push(
-            cmd.spawn()
-                .with_context(|| format!("cannot start rank {rank}"))?,
-        );
-    }
-    let mut failed = Vec::new();
-    for (rank, mut child) in children.into_iter().enumerate() {
-        let status = child
-            .wait()
-            .with_context(|| format!("waiting for rank {rank}"))?;
-        if !status.success() {
-            failed.push(format!("rank {rank} ({status})"));
+        match cmd.spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                for mut child in children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(e).with_context(|| format!("cannot start rank {rank}"));
+            }
         }
     }
-    if !failed.is_empty() {
-        bail!(
-            "{} of {nproc} ranks failed: {}",
-            failed.len(),
-            failed.join(", ")
-        );
+    supervise(children)
+}
+
+/// How often the launcher looks at its ranks.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Waits for every rank. The first one to fail (non-zero exit, or killed: `kill -9`) is the
+/// lost rank: the others are killed at once, as torchrun does, since a job missing a rank
+/// cannot go on (checkpoints are written atomically, so a kill never leaves a half one), and
+/// the error names it.
+fn supervise(children: Vec<Child>) -> Result<()> {
+    let world = children.len();
+    let mut running: Vec<(usize, Child)> = children.into_iter().enumerate().collect();
+    while !running.is_empty() {
+        let mut lost = None;
+        let mut still = Vec::with_capacity(running.len());
+        for (rank, mut child) in running {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => lost = lost.or(Some((rank, status.to_string()))),
+                Ok(None) => still.push((rank, child)),
+                Err(e) => lost = lost.or(Some((rank, format!("cannot be waited for: {e}")))),
+            }
+        }
+        if let Some((rank, how)) = lost {
+            for (_, mut child) in still {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            bail!("rank {rank} of {world} was lost ({how}); stopped the other ranks");
+        }
+        running = still;
+        std::thread::sleep(POLL);
     }
     Ok(())
 }

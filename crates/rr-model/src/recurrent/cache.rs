@@ -46,7 +46,7 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
-    fn slot(self, iteration: usize) -> usize {
+    pub(crate) fn slot(self, iteration: usize) -> usize {
         match self {
             CacheMode::Full => iteration,
             CacheMode::LatestM(m) => iteration % m,
@@ -54,7 +54,7 @@ impl CacheMode {
     }
 
     /// Slots that `k` iterations write: `0..written(k)`.
-    fn written(self, k: usize) -> usize {
+    pub(crate) fn written(self, k: usize) -> usize {
         match self {
             CacheMode::Full => k,
             CacheMode::LatestM(m) => k.min(m),
@@ -94,6 +94,7 @@ pub(crate) fn shallow(layer: &LayerKv) -> LayerKv {
             .kv
             .as_ref()
             .map(|(k, v)| (k.shallow_clone(), v.shallow_clone())),
+        write_at: None,
     }
 }
 

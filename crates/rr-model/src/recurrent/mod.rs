@@ -21,6 +21,7 @@ mod cache;
 mod config;
 mod depth;
 mod state;
+mod static_decode;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,7 @@ pub use config::{
 };
 pub use depth::{Depth, ExitCriterion, MAX_RECURRENCE};
 pub use state::{truncated_normal, truncated_normal_rows, InitialState, StateChoice};
+pub use static_decode::StaticDecoder;
 
 impl FromCheckpoint for RecurrentModel {
     type Config = RecurrentConfig;

@@ -30,15 +30,13 @@ pub struct DataParallel {
 }
 
 impl DataParallel {
-    /// Joins the run that torchrun's environment describes (`None` without `WORLD_SIZE`, or
-    /// with a world of one); the backend follows `device` (Gloo on CPU, NCCL on CUDA).
+    /// Joins the run that torchrun's environment describes (`None` without `WORLD_SIZE`); the
+    /// backend follows `device` (Gloo on CPU, NCCL on CUDA). A world of one still joins a
+    /// group and all-reduces, as DDP does: that is how one GPU measures the collectives' cost.
     pub fn from_env(device: Device, timeout: Duration) -> Result<Option<Self>> {
         let Some(rdv) = Rendezvous::from_env()? else {
             return Ok(None);
         };
-        if rdv.world == 1 {
-            return Ok(None);
-        }
         let device = match device {
             // One GPU per process: LOCAL_RANK picks it, as torchrun users expect.
             Device::Cuda(_) => Device::Cuda(rdv.local_rank),
