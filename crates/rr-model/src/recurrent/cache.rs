@@ -46,7 +46,7 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
-    fn slot(self, iteration: usize) -> usize {
+    pub(crate) fn slot(self, iteration: usize) -> usize {
         match self {
             CacheMode::Full => iteration,
             CacheMode::LatestM(m) => iteration % m,

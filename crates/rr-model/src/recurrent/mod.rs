@@ -266,7 +266,7 @@ impl RecurrentModel {
     }
 
     /// Embedding and prelude: `e`, the input every core iteration sees.
-    fn prelude_forward(
+    pub(crate) fn prelude_forward(
         &self,
         input_ids: &Tensor,
         p: &Prologue,
@@ -305,7 +305,7 @@ impl RecurrentModel {
     }
 
     /// Coda and final norm on the latent state.
-    fn coda_forward(
+    pub(crate) fn coda_forward(
         &self,
         state: &Tensor,
         p: &Prologue,
