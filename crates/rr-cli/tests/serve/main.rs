@@ -281,8 +281,13 @@ fn mixed_cases() -> Vec<Case> {
 fn recurrent_greedy_answers_equal_rr_generate_alone_and_in_a_mixed_batch_of_16() {
     let Some(m) = models() else { return };
     let cases = mixed_cases();
-    let references: Vec<(String, Option<f64>)> =
-        cases.iter().map(|c| c.reference(&m.recurrent)).collect();
+    let references: Vec<(String, Option<f64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|c| s.spawn(|| c.reference(&m.recurrent)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let server = Server::start(&m.recurrent, &["--max-batch", "16"]);
     // Alone: the first four (one of each kind).
     for (case, (text, mean)) in cases.iter().zip(&references).take(4) {
@@ -485,4 +490,273 @@ fn models_health_and_metrics() {
     for (name, value) in expected {
         assert_eq!(metric(server.port, name), value, "{name}\n{}", metrics.body);
     }
+}
+
+/// The Python of `.venv-serve-test` (made by scripts/setup_serve_test_venv.sh): under CI it is
+/// created when missing; elsewhere a missing one skips the test, saying so.
+fn openai_python() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv-serve-test/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        let status = Command::new("bash")
+            .arg(root.join("scripts/setup_serve_test_venv.sh"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/setup_serve_test_venv.sh failed");
+        return Some(python);
+    }
+    eprintln!(
+        "skipping: {} not found (run scripts/setup_serve_test_venv.sh)",
+        python.display()
+    );
+    None
+}
+
+#[test]
+fn the_openai_python_client_works_unmodified() {
+    let Some(m) = models() else { return };
+    let Some(python) = openai_python() else {
+        return;
+    };
+    let prompt = "Once upon a time";
+    let (reference, _) = Case::plain(prompt, 24).reference(&m.static_model);
+    let server = Server::start(&m.static_model, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve/openai_client.py");
+    let base_url = format!("http://127.0.0.1:{}/v1", server.port);
+    let out = Command::new(python)
+        .arg(script)
+        .args([&base_url, "stories260K", prompt, "24"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The chat template renders one user message as BOS + its text: the completion's prompt.
+    assert_eq!(
+        r["usage"]["prompt_tokens"],
+        r["chat_usage"]["prompt_tokens"]
+    );
+    for key in ["completion", "chat", "stream_completion", "stream_chat"] {
+        assert_eq!(r[key].as_str().unwrap(), reference, "{key}: {r}");
+    }
+    let finish = if r["usage"]["completion_tokens"] == 24 {
+        "length"
+    } else {
+        "stop"
+    };
+    for key in [
+        "completion_finish",
+        "stream_completion_finish",
+        "stream_chat_finish",
+    ] {
+        assert_eq!(r[key], finish, "{key}: {r}");
+    }
+    assert_eq!(r["chat_role"], "assistant");
+    assert_eq!(r["stream_chat_roles"], json!(["assistant"]));
+    assert!(r["stream_completion_chunks"].as_u64().unwrap() > 2, "{r}");
+    assert_eq!(r["stream_chat_usage"], r["chat_usage"]);
+    assert_eq!(r["bad_request"], 400);
+}
+
+/// The raw server-sent events: `data: {json}\n\n` chunks whose texts join to the whole
+/// answer, then `data: [DONE]`.
+#[test]
+fn streaming_is_openai_server_sent_events() {
+    let Some(m) = models() else { return };
+    let server = Server::start(&m.recurrent, &[]);
+    let case = Case {
+        recurrence: Some(3),
+        exit_kl: Some(2.0),
+        ..Case::plain("Once upon a time", 10)
+    };
+    let whole: Value =
+        serde_json::from_str(&post(server.port, "/v1/completions", &case.body().to_string()).body)
+            .unwrap();
+    let mut body = case.body();
+    body["stream"] = json!(true);
+    let r = post(server.port, "/v1/completions", &body.to_string());
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers
+            .to_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{}",
+        r.headers
+    );
+    assert!(r.body.ends_with("data: [DONE]\n\n"), "{:?}", r.body);
+    let events = client::sse_data(&r.body);
+    let (done, chunks) = events.split_last().unwrap();
+    assert_eq!(done, "[DONE]");
+    let chunks: Vec<Value> = chunks
+        .iter()
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, completion_text(&whole));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "text_completion" && c["id"] == chunks[0]["id"]));
+    let (last, rest) = chunks.split_last().unwrap();
+    assert_eq!(
+        last["choices"][0]["finish_reason"],
+        whole["choices"][0]["finish_reason"]
+    );
+    assert!(rest
+        .iter()
+        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+
+    // Chat (surgery keeps the source's tokenizer_config.json, chat template included): a role
+    // delta first, then content deltas that join to the whole answer, then an empty delta.
+    let chat = json!({"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 5, "temperature": 0});
+    let whole: Value =
+        serde_json::from_str(&post(server.port, "/v1/chat/completions", &chat.to_string()).body)
+            .unwrap();
+    let mut body = chat.clone();
+    body["stream"] = json!(true);
+    let r = post(server.port, "/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = client::sse_data(&r.body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["delta"], json!({}));
+    assert_eq!(
+        last["choices"][0]["finish_reason"],
+        whole["choices"][0]["finish_reason"]
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let Some(m) = models() else { return };
+    let server = Server::start(&m.recurrent, &["--max-batch", "1", "--max-queue", "1"]);
+    // The six arrive within milliseconds; one runs, one waits, the rest find the queue full.
+    let long = Case {
+        recurrence: Some(8),
+        ..Case::plain("Once upon a time", 20)
+    };
+    let replies: Vec<client::Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| post(server.port, "/v1/completions", &long.body().to_string())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let rejected: Vec<&client::Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert!(!rejected.is_empty(), "no request was refused");
+    for r in &rejected {
+        assert!(
+            r.headers.to_lowercase().contains("retry-after: 1"),
+            "{}",
+            r.headers
+        );
+        let error: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+    }
+    for r in replies.iter().filter(|r| r.status != 429) {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(get(server.port, "/health").status, 200);
+    assert_eq!(
+        metric(server.port, "rr_requests_total{status=\"rejected\"}"),
+        rejected.len() as f64
+    );
+}
+
+#[test]
+fn a_request_past_its_timeout_gets_408() {
+    let Some(m) = models() else { return };
+    let server = Server::start(&m.recurrent, &["--request-timeout", "0.2"]);
+    // 500 tokens at recurrence 64 take far longer than 0.2 s on any machine.
+    let slow = Case {
+        recurrence: Some(64),
+        ..Case::plain("Once upon a time", 500)
+    };
+    let r = post(server.port, "/v1/completions", &slow.body().to_string());
+    assert_eq!(r.status, 408, "{}", r.body);
+    let error: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(error["error"]["type"], "timeout");
+    assert_eq!(get(server.port, "/health").status, 200);
+    assert_eq!(
+        metric(server.port, "rr_requests_total{status=\"timeout\"}"),
+        1.0
+    );
+    assert_eq!(metric(server.port, "rr_batch_size"), 0.0);
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_row() {
+    let Some(m) = models() else { return };
+    let server = Server::start(&m.recurrent, &[]);
+    let slow = Case {
+        recurrence: Some(64),
+        ..Case::plain("Once upon a time", 500)
+    };
+    let mut body = slow.body();
+    body["stream"] = json!(true);
+    let mut stream = client::post_open(server.port, "/v1/completions", &body.to_string());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stream, &mut first).unwrap();
+    drop(stream);
+    // The engine notices at its next token boundaries; poll for up to a minute.
+    let cancelled = "rr_requests_total{status=\"cancelled\"}";
+    for _ in 0..600 {
+        if metric(server.port, cancelled) == 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(metric(server.port, cancelled), 1.0);
+    assert_eq!(metric(server.port, "rr_batch_size"), 0.0);
+    assert_eq!(metric(server.port, "rr_requests_total{status=\"ok\"}"), 0.0);
+    assert_eq!(get(server.port, "/health").status, 200);
+}
+
+#[test]
+fn sigterm_finishes_the_requests_in_flight_and_exits_0() {
+    let Some(m) = models() else { return };
+    let server = Server::start(&m.recurrent, &[]);
+    let port = server.port;
+    let case = Case {
+        recurrence: Some(8),
+        ..Case::plain("Once upon a time", 40)
+    };
+    let in_flight =
+        std::thread::spawn(move || post(port, "/v1/completions", &case.body().to_string()));
+    // Wait until the request is running, then stop the server.
+    for _ in 0..600 {
+        if metric(port, "rr_batch_size") == 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(answer["usage"]["iterations"].as_f64().unwrap() / 8.0, 40.0);
 }
