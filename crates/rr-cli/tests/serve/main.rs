@@ -753,8 +753,14 @@ fn sigterm_finishes_the_requests_in_flight_and_exits_0() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let log = server.stderr.clone();
     let status = server.terminate();
     assert_eq!(status.code(), Some(0));
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.contains("shutting down") && log.contains("rr serve: stopped"),
+        "{log}"
+    );
     let r = in_flight.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let answer: Value = serde_json::from_str(&r.body).unwrap();
