@@ -766,3 +766,42 @@ fn sigterm_finishes_the_requests_in_flight_and_exits_0() {
     let answer: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(answer["usage"]["iterations"].as_f64().unwrap() / 8.0, 16.0);
 }
+
+#[test]
+fn bad_serve_flags_are_one_line_errors() {
+    let Some(m) = models() else { return };
+    let model = m.recurrent.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["serve", "--model", "/nonexistent/model"],
+            "/nonexistent/model",
+        ),
+        (
+            &["serve", "--model", model, "--max-batch", "0"],
+            "--max-batch",
+        ),
+        (
+            &["serve", "--model", model, "--request-timeout", "0"],
+            "--request-timeout",
+        ),
+        (
+            &["serve", "--model", model, "--host", "256.1.1.1"],
+            "256.1.1.1",
+        ),
+    ];
+    for (args, names) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_rr"))
+            .args(args)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(names),
+            "{stderr}"
+        );
+    }
+}
