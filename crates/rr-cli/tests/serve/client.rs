@@ -163,6 +163,13 @@ pub fn post_open(port: u16, path: &str, body: &str) -> BufReader<TcpStream> {
     }
 }
 
+/// Sends a POST and keeps the connection open, unread, until the caller drops it.
+pub fn post_unread(port: u16, path: &str, body: &str) -> TcpStream {
+    let mut stream = connect(port);
+    send(&mut stream, "POST", path, Some(body));
+    stream
+}
+
 /// The `data:` payloads of a server-sent-events body, in order.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")

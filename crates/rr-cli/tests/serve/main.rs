@@ -731,6 +731,24 @@ fn a_client_that_disconnects_cancels_its_row() {
     }
     assert_eq!(metric(server.port, cancelled), 1.0);
     assert_eq!(metric(server.port, "rr_batch_size"), 0.0);
+
+    // A non-streaming request whose client hangs up while it runs.
+    let connection = client::post_unread(server.port, "/v1/completions", &slow.body().to_string());
+    for _ in 0..600 {
+        if metric(server.port, "rr_batch_size") == 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(connection);
+    for _ in 0..600 {
+        if metric(server.port, cancelled) == 2.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(metric(server.port, cancelled), 2.0);
+    assert_eq!(metric(server.port, "rr_batch_size"), 0.0);
     assert_eq!(metric(server.port, "rr_requests_total{status=\"ok\"}"), 0.0);
     assert_eq!(get(server.port, "/health").status, 200);
 }
