@@ -228,3 +228,86 @@ impl Settings {
         Ok((TestTime { recurrence, seed }, exit, cache_mode))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recurrent() -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            recurrent: true,
+            default_recurrence: 4,
+            max_context: 100,
+            eos_ids: vec![2],
+        }
+    }
+
+    const LIMITS: Limits = Limits { max_tokens: 50 };
+
+    fn options(json: &str, info: &ModelInfo, prompt_len: usize) -> Result<DecodeOptions, String> {
+        let settings: Settings = serde_json::from_str(json).unwrap();
+        settings.decode_options(info, LIMITS, prompt_len, Some(16))
+    }
+
+    #[test]
+    fn openai_defaults_and_rr_depth_fields() {
+        let o = options("{}", &recurrent(), 10).unwrap();
+        assert_eq!(o.max_new_tokens, 16);
+        assert_eq!(
+            o.sampling,
+            Sampling::TopP {
+                temperature: 1.0,
+                top_p: 1.0
+            }
+        );
+        assert_eq!(o.test_time.recurrence, 4);
+        assert_eq!(o.eos_ids, vec![2]);
+        let o = options(
+            r#"{"temperature": 0, "recurrence": 9, "exit_kl": 0.01, "min_steps": 2, "latest_m": 3, "seed": 5, "stop": "x"}"#,
+            &recurrent(),
+            10,
+        )
+        .unwrap();
+        assert_eq!(o.sampling, Sampling::Greedy);
+        assert_eq!(
+            o.exit,
+            Some(ExitCriterion {
+                threshold: 0.01,
+                min_steps: 2,
+                max_steps: 9
+            })
+        );
+        assert_eq!(o.cache_mode, CacheMode::LatestM(3));
+        assert_eq!((o.seed, o.test_time.seed), (5, 5));
+        assert_eq!(o.stop_strings, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let static_model = ModelInfo {
+            recurrent: false,
+            default_recurrence: 1,
+            ..recurrent()
+        };
+        for (json, prompt_len, field) in [
+            (r#"{"recurrence": -3}"#, 10, "recurrence"),
+            (r#"{"recurrence": 2000}"#, 10, "recurrence"),
+            (r#"{"max_tokens": 51}"#, 10, "max_tokens"),
+            (r#"{"max_tokens": 40}"#, 70, "context"),
+            (r#"{}"#, 100, "context"),
+            (r#"{"exit_kl": -1}"#, 10, "exit_kl"),
+            (r#"{"exit_kl": 0.1, "min_steps": 5}"#, 10, "min_steps"),
+            (r#"{"temperature": 2.5}"#, 10, "temperature"),
+            (r#"{"top_p": 1.5}"#, 10, "top_p"),
+            (r#"{"n": 3}"#, 10, "`n`"),
+            (r#"{"stop": ["a", ""]}"#, 10, "stop"),
+        ] {
+            let error = options(json, &recurrent(), prompt_len).unwrap_err();
+            assert!(error.contains(field), "{json}: {error}");
+        }
+        let error = options(r#"{"latest_m": 2}"#, &static_model, 10).unwrap_err();
+        assert!(error.contains("only to recurrent models"), "{error}");
+        assert!(options("{}", &static_model, 10).is_ok());
+    }
+}

@@ -91,3 +91,55 @@ impl ChatTemplate {
         Ok(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> ChatTemplate {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "chat_template": source,
+            "bos_token": {"content": "<s>"},
+            "eos_token": "</s>",
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        ChatTemplate::from_model_dir(dir.path()).unwrap().unwrap()
+    }
+
+    fn messages() -> Vec<Message> {
+        vec![
+            Message {
+                role: "system".into(),
+                content: "Be brief.".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "Hi".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn renders_a_chatml_template_with_the_generation_prompt() {
+        // ChatML, as SmolLM2-Instruct's tokenizer_config.json writes it.
+        let t = template(
+            "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+        );
+        assert_eq!(
+            t.render(&messages()).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let t = template("{{ bos_token }}{{ messages[1]['content'] }}{{ eos_token }}");
+        assert_eq!(t.render(&messages()).unwrap(), "<s>Hi</s>");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error_and_no_template_is_none() {
+        let t = template("{{ raise_exception('roles must alternate') }}");
+        let error = t.render(&messages()).unwrap_err().to_string();
+        assert!(error.contains("roles must alternate"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ChatTemplate::from_model_dir(dir.path()).unwrap().is_none());
+    }
+}
