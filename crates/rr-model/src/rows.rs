@@ -268,10 +268,10 @@ fn recurrent_step(
     inits: &[&InitialState],
     caches: &mut [&mut RecurrentCache],
 ) -> Result<StepOutput> {
-    let max_steps = depths
-        .iter()
-        .map(Depth::max_steps)
-        .collect::<Result<Vec<_>>>()?;
+    // Refuse a bad depth before any cache changes.
+    for depth in depths {
+        depth.max_steps()?;
+    }
     let masks: Vec<Option<&Tensor>> = caches.iter().map(|c| c.key_mask.as_ref()).collect();
     let lengths = Lengths::new(caches.iter().map(|c| c.len).collect(), &masks, m.device());
     let ids = ids_tensor(tokens, m.device());
@@ -286,39 +286,9 @@ fn recurrent_step(
     {
         c.prelude = own;
     }
-    let mut state = initial_states(m, &p, &e, inits);
+    let state = initial_states(m, &p, &e, inits);
 
-    let mut steps = vec![0; tokens.len()];
-    let mut prev_log_probs: Vec<Option<Tensor>> = tokens.iter().map(|_| None).collect();
-    let mut active: Vec<usize> = (0..tokens.len()).collect();
-    let mut k = 0;
-    while !active.is_empty() {
-        state = core_iteration(m, &p, &e, &state, caches, &active, k, &lengths);
-        k += 1;
-        for &i in &active {
-            steps[i] = k;
-        }
-        active.retain(|&i| k < max_steps[i]);
-        let adaptive: Vec<usize> = active
-            .iter()
-            .copied()
-            .filter(|&i| matches!(depths[i], Depth::Adaptive(_)))
-            .collect();
-        if adaptive.is_empty() {
-            continue;
-        }
-        let log_probs = probe(m, &p, &state, caches, &adaptive, &lengths);
-        for (j, &i) in adaptive.iter().enumerate() {
-            let Depth::Adaptive(exit) = depths[i] else {
-                unreachable!("filtered to adaptive rows")
-            };
-            let row = log_probs.narrow(0, j as i64, 1);
-            if exit.converged(k, prev_log_probs[i].as_ref(), &row) {
-                active.retain(|&a| a != i);
-            }
-            prev_log_probs[i] = Some(row);
-        }
-    }
+    let (state, steps) = iterate_core(m, &p, &e, state, depths, caches, &lengths)?;
 
     for (c, &k) in caches.iter_mut().zip(&steps) {
         let past = c.len;
@@ -340,6 +310,56 @@ fn recurrent_step(
         logits: last_logits(m.logits(&hidden)),
         steps,
     })
+}
+
+/// The core loop of a step: iteration k runs over the rows still iterating (below their
+/// recurrence, their exit rule not met). Returns the final states and each row's iterations.
+fn iterate_core(
+    m: &RecurrentModel,
+    p: &Prologue,
+    e: &Tensor,
+    mut state: Tensor,
+    depths: &[Depth],
+    caches: &mut [&mut RecurrentCache],
+    lengths: &Lengths,
+) -> Result<(Tensor, Vec<usize>)> {
+    let max_steps = depths
+        .iter()
+        .map(Depth::max_steps)
+        .collect::<Result<Vec<_>>>()?;
+    let mut steps = vec![0; depths.len()];
+    let mut prev_log_probs: Vec<Option<Tensor>> = depths.iter().map(|_| None).collect();
+    let mut active: Vec<usize> = (0..depths.len()).collect();
+    let mut k = 0;
+    while !active.is_empty() {
+        state = core_iteration(m, p, e, &state, caches, &active, k, lengths);
+        k += 1;
+        for &i in &active {
+            steps[i] = k;
+        }
+        active.retain(|&i| k < max_steps[i]);
+        let adaptive: Vec<usize> = active
+            .iter()
+            .copied()
+            .filter(|&i| matches!(depths[i], Depth::Adaptive(_)))
+            .collect();
+        if adaptive.is_empty() {
+            continue;
+        }
+        let log_probs = probe(m, p, &state, caches, &adaptive, lengths);
+        for (j, &i) in adaptive.iter().enumerate() {
+            let Depth::Adaptive(exit) = depths[i] else {
+                unreachable!("filtered to adaptive rows")
+            };
+            let row = log_probs.narrow(0, j as i64, 1);
+            if exit.converged(k, prev_log_probs[i].as_ref(), &row) {
+                active.retain(|&a| a != i);
+            }
+            prev_log_probs[i] = Some(row);
+        }
+    }
+
+    Ok((state, steps))
 }
 
 /// Each row's initial state at its token's position, scaled as `RecurrentModel::forward`
