@@ -9,6 +9,7 @@
 //! whose deadline passed. A retired row's cache is dropped with it.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -134,9 +135,7 @@ impl Engine {
             Err(TrySendError::Full(_)) => Rejected::QueueFull,
             Err(TrySendError::Disconnected(_)) => Rejected::Stopped,
         };
-        self.metrics
-            .queue_depth
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         Err(refused)
     }
 }
@@ -210,11 +209,11 @@ impl Batch {
             }
             if let Err(e) = self.step() {
                 for r in self.running.drain(..) {
+                    Metrics::add(&self.metrics.requests_failed, 1);
                     let _ = r
                         .job
                         .events
                         .send(Event::Failed(Failure::Internal(format!("{e:#}"))));
-                    Metrics::add(&self.metrics.requests_failed, 1);
                 }
             }
             self.retire();
@@ -224,25 +223,23 @@ impl Batch {
     /// Prefills a job into its own cache and adds it to the running batch (or answers it
     /// at once: expired, or failed).
     fn admit(&mut self, job: Job) {
-        self.metrics
-            .queue_depth
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
             Metrics::add(&self.metrics.requests_cancelled, 1);
             return;
         }
         if Instant::now() >= job.deadline {
-            let _ = job.events.send(Event::Failed(Failure::Timeout));
             Metrics::add(&self.metrics.requests_timed_out, 1);
+            let _ = job.events.send(Event::Failed(Failure::Timeout));
             return;
         }
         let first = match self.prefill(&job) {
             Ok(prefilled) => prefilled,
             Err(e) => {
+                Metrics::add(&self.metrics.requests_failed, 1);
                 let _ = job
                     .events
                     .send(Event::Failed(Failure::Internal(format!("{e:#}"))));
-                Metrics::add(&self.metrics.requests_failed, 1);
                 return;
             }
         };
@@ -260,19 +257,18 @@ impl Batch {
         if let Some((logits, steps)) = first_logits {
             if let Err(e) = self.take_token(&mut running, &logits, steps) {
                 let message = format!("{e:#}");
+                Metrics::add(&self.metrics.requests_failed, 1);
                 let _ = running
                     .job
                     .events
                     .send(Event::Failed(Failure::Internal(message)));
-                Metrics::add(&self.metrics.requests_failed, 1);
                 return;
             }
         }
         self.running.push(running);
-        self.metrics.batch_size.store(
-            self.running.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics
+            .batch_size
+            .store(self.running.len() as u64, Ordering::Relaxed);
     }
 
     /// Runs the prompt into a new cache as `rr generate` does: with an exit rule, all but
@@ -352,7 +348,8 @@ impl Batch {
         Ok(())
     }
 
-    /// Answers and drops the rows that are done, cancelled or out of time.
+    /// Answers and drops the rows that are done, cancelled or out of time. (Every outcome is
+    /// counted before it is sent, so a client that reads /metrics after its answer sees it.)
     fn retire(&mut self) {
         let now = Instant::now();
         let metrics = &self.metrics;
@@ -360,10 +357,13 @@ impl Batch {
         self.running.retain(|r| {
             if r.job.events.is_closed() {
                 Metrics::add(&metrics.requests_cancelled, 1);
+                metrics.batch_size.fetch_sub(1, Ordering::Relaxed);
                 return false;
             }
             if r.finished() {
                 let g = &r.row.generation;
+                Metrics::add(&metrics.requests_ok, 1);
+                metrics.batch_size.fetch_sub(1, Ordering::Relaxed);
                 let _ = r.job.events.send(Event::Done(Finish {
                     stop: g.stop,
                     prompt_tokens: prompt_tokens(r),
@@ -371,19 +371,18 @@ impl Batch {
                     iterations: g.steps_per_token.iter().sum(),
                     mean_iterations: g.mean_steps(),
                 }));
-                Metrics::add(&metrics.requests_ok, 1);
                 return false;
             }
             if now >= r.job.deadline {
-                let _ = r.job.events.send(Event::Failed(Failure::Timeout));
                 Metrics::add(&metrics.requests_timed_out, 1);
+                metrics.batch_size.fetch_sub(1, Ordering::Relaxed);
+                let _ = r.job.events.send(Event::Failed(Failure::Timeout));
                 return false;
             }
             true
         });
-        metrics.batch_size.store(
-            self.running.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        metrics
+            .batch_size
+            .store(self.running.len() as u64, Ordering::Relaxed);
     }
 }
