@@ -3,6 +3,7 @@
 //! This crate must not depend on tch/torch-sys: it has to build on a fresh machine, before
 //! libtorch exists, because `cargo xtask setup` is what installs it.
 mod bench;
+mod bench_serve;
 mod cuda_headers;
 mod fetch_model;
 mod gloo;
@@ -65,6 +66,9 @@ enum Cmd {
     /// Benchmark training, forward and generation against recurrence, beside the PyTorch
     /// reference in bench/ (JSON, markdown table, plots in runs/bench/)
     BenchRecurrence(bench::BenchArgs),
+    /// `rr serve` under 1, 4, 16, 64 concurrent clients against sequential `rr generate`:
+    /// tokens/s and p50/p99 latency (JSON and an SVG plot in runs/bench-serve/)
+    BenchServe(bench_serve::BenchServeArgs),
     /// A release `rr`, the PyTorch reference and run.sh for a GPU machine without cargo
     GpuBundle,
     /// Download a Hugging Face model repo into the HF cache (reused when complete) and print its snapshot folder
@@ -161,6 +165,7 @@ fn run() -> Result<ExitCode> {
             println!("{}", dir.display());
         }
         Cmd::BenchRecurrence(args) => bench::run(&root, &torch, &args)?,
+        Cmd::BenchServe(args) => bench_serve::run(&root, &torch, &args)?,
         Cmd::GpuBundle => {
             bench::gpu_bundle(&root, &torch)?;
         }

@@ -58,6 +58,9 @@ enum Command {
     /// Write a model or checkpoint in a form other tools open as it is.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// An OpenAI-compatible HTTP server (completions, chat, streaming) with per-request
+    /// recurrence and adaptive exit, batching requests of any depth together.
+    Serve(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -276,6 +279,37 @@ struct GenerateArgs {
     /// fixed-shape decode step, captured after the prompt.
     #[arg(long, value_enum, default_value = "auto")]
     cuda_graphs: CudaGraphs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model directory (config.json, safetensors, tokenizer.json; tokenizer_config.json's
+    /// chat_template for /v1/chat/completions).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the address is printed on stderr).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// cpu, cuda, cuda:N or auto (CUDA when available).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: Device,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+    /// Requests decoded together at most (the running batch).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests waiting at most; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// The most `max_tokens` a request may ask for.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// Seconds from a request's arrival to its last token; later it is answered 408.
+    #[arg(long, default_value_t = 300.0)]
+    request_timeout: f64,
 }
 
 #[derive(Args)]
@@ -560,6 +594,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(cmd) => run_import(cmd),
         Command::Score(args) => run_score(args),
         Command::Generate(args) => run_generate(args),
+        Command::Serve(args) => run_serve(args),
         Command::Inspect(args) => run_inspect(args),
         Command::Surgery(args) => run_surgery(args),
         Command::Data(cmd) => run_data(cmd),
@@ -724,6 +759,26 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_serve(args: ServeArgs) -> Result<()> {
+    if !(args.request_timeout.is_finite() && args.request_timeout > 0.0) {
+        bail!(
+            "--request-timeout must be a positive number of seconds (got {})",
+            args.request_timeout
+        );
+    }
+    rr_serve::serve(rr_serve::ServeOptions {
+        model: args.model,
+        host: args.host,
+        port: args.port,
+        device: args.device,
+        dtype: args.dtype.kind(),
+        max_batch: args.max_batch,
+        max_queue: args.max_queue,
+        max_tokens: args.max_tokens,
+        request_timeout: std::time::Duration::from_secs_f64(args.request_timeout),
+    })
 }
 
 fn run_inspect(args: InspectArgs) -> Result<()> {

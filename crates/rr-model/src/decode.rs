@@ -211,16 +211,17 @@ impl Batch {
     }
 }
 
-/// One row's progress: its sampler, what it generated, and the text already handed out.
-struct Row {
-    rng: StdRng,
-    generation: Generation,
+/// One row's progress: its sampler, what it generated, and the text already handed out
+/// (shared with `rr serve`'s continuous batching, which keeps one per request).
+pub struct Row {
+    pub rng: StdRng,
+    pub generation: Generation,
     emitted: String,
-    done: bool,
+    pub done: bool,
 }
 
 impl Row {
-    fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self {
             rng: StdRng::seed_from_u64(seed),
             generation: Generation {
@@ -235,8 +236,9 @@ impl Row {
         }
     }
 
-    /// Takes the next token; returns the newly printable text.
-    fn accept(
+    /// Takes the next token (stopping at EOS ids and stop strings, holding back a partial
+    /// UTF-8 sequence); returns the newly printable text.
+    pub fn accept(
         &mut self,
         token: i64,
         opts: &DecodeOptions,
@@ -280,7 +282,8 @@ impl Row {
     }
 }
 
-fn validate(
+/// Refuses prompts and settings `decode` cannot run, before any compute.
+pub fn validate(
     model: &AnyModel,
     tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<i64>],

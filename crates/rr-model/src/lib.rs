@@ -5,7 +5,8 @@
 //! Where things are: `llama.rs` (the blocks and the static model), `recurrent/` (prelude, core,
 //! coda and the adapter in `mod.rs`, the initial state in `state.rs`, the per-iteration KV
 //! cache in `cache.rs`, the depth and exit rule in `depth.rs`), `any.rs` (one model type for
-//! either), `decode.rs` (the one decoding loop).
+//! either), `decode.rs` (the one decoding loop), `rows.rs` (one decoding step over sequences that
+//! each own a cache: continuous batching).
 //!
 //! This crate knows nothing of training.
 
@@ -16,6 +17,7 @@ pub mod device;
 pub mod inspect;
 pub mod llama;
 pub mod recurrent;
+pub mod rows;
 pub mod tokenizer;
 pub mod weights;
 
