@@ -114,6 +114,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_rank_gets_the_others_killed_and_is_named() {
+        let spawn = |script: &str| Command::new("sh").args(["-c", script]).spawn().unwrap();
+        let hung = spawn("sleep 600");
+        let hung_pid = hung.id();
+        let started = std::time::Instant::now();
+        let err = supervise(vec![hung, spawn("exit 3")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rank 1 of 2 was lost (exit status: 3); stopped the other ranks"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // Killed and reaped: no process is left under its pid.
+        assert!(!std::path::Path::new(&format!("/proc/{hung_pid}")).exists());
+        assert!(supervise(vec![spawn("exit 0"), spawn("exit 0")]).is_ok());
+    }
+
+    #[test]
     fn the_flag_and_its_value_are_dropped_in_both_spellings() {
         let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let flag = "--nproc-per-node";
