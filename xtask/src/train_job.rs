@@ -441,8 +441,10 @@ impl Job<'_> {
         let control = if control {
             let out = eval_dir.join("control.json");
             let mean = self.recipe.mean_recurrence().unwrap_or(1);
+            let mut recurrences = vec![1, mean];
+            recurrences.dedup();
             let at = EvaluateSection {
-                recurrences: vec![1, mean],
+                recurrences,
                 ..e.clone()
             };
             self.eval(
