@@ -214,8 +214,9 @@ impl Verdict<'_> {
         let mean = self.mean as u32;
         let mut md = format!(
             "\n## Retrofit, from-scratch control and static baseline\n\n{}\n\n\
-             | model | steps | training FLOPs | held-out loss (r = {mean}) | accuracy r = 1 | \
-             accuracy r = {mean} | best accuracy (r) |\n|---|---|---|---|---|---|---|\n",
+             | model | steps | training FLOPs | held-out loss r = 1 | held-out loss r = {mean} | \
+             accuracy r = 1 | accuracy r = {mean} | best accuracy (r) |\n\
+             |---|---|---|---|---|---|---|---|\n",
             self.sentence()
         );
         let rows = std::iter::once(self.retrofit)
@@ -232,10 +233,11 @@ impl Verdict<'_> {
                     })
             });
             md.push_str(&format!(
-                "| {} | {} | {:.3e} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.3e} | {} | {} | {} | {} | {} |\n",
                 c.label,
                 c.summary.steps,
                 c.summary.flops,
+                loss(c.heldout(1)),
                 loss(c.heldout(self.mean)),
                 pct(c.accuracy("synth", 1)),
                 pct(c.accuracy("synth", mean)),
@@ -421,11 +423,15 @@ mod tests {
         );
         let md = v.markdown("p.svg");
         assert!(
-            md.contains("| retrofit | 200 | 4.000e12 | 1.500 | 25.0 % | 50.0 % | 50.0 % (4) |"),
+            md.contains(
+                "| retrofit | 200 | 4.000e12 | 2.500 | 1.500 | 25.0 % | 50.0 % | 50.0 % (4) |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| static | 200 | 2.000e12 | 1.800 | 37.5 % | 37.5 % | 37.5 % (1) |"),
+            md.contains(
+                "| static | 200 | 2.000e12 | 1.800 | 1.800 | 37.5 % | 37.5 % | 37.5 % (1) |"
+            ),
             "{md}"
         );
 
