@@ -1,7 +1,10 @@
-//! `cargo xtask train`: the whole job from a recipe. Fetch and import the source model,
-//! surgery, synthetic data and packing, training with the curriculum (held-out loss at the
-//! test recurrences before and after), the static baseline on the same data with equal FLOPs,
-//! and a report, all under `runs/<name>/`. Finished steps are reused when run again.
+//! `cargo xtask train`: the whole job from a recipe. The source model (fetched and imported,
+//! or a folder, copied with a longer context when the recipe says so), surgery (and the
+//! from-scratch control's, `rr surgery --init random`), synthetic data and packing, training
+//! with the curriculum (held-out loss at the test recurrences before and after), the control
+//! and the static baseline on the same data for the same steps, `rr eval --tasks synth` of all
+//! three on held-out problems at the test recurrences (`[evaluate]`), and a report putting them
+//! side by side, all under `runs/<name>/`. Finished steps are reused when run again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
