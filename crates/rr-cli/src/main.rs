@@ -420,6 +420,10 @@ struct TrainArgs {
     /// and steps unless `[baseline]` says otherwise, no curriculum).
     #[arg(long)]
     baseline: bool,
+    /// Train the recipe's from-scratch control (`[prepare] control`: the retrofit's shape with
+    /// fresh weights) with the recipe's own settings.
+    #[arg(long, conflicts_with = "baseline")]
+    control: bool,
     /// Set the number of steps so the FLOPs equal those of this finished run.
     #[arg(long)]
     match_flops: Option<PathBuf>,
@@ -492,6 +496,14 @@ struct ReportArgs {
     /// `rr eval` results of the run (task accuracy by test recurrence) to include.
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// The from-scratch control's run (`rr train --control`): with --eval and --control-eval,
+    /// adds the retrofit, the control and the baseline side by side, with the accuracy per
+    /// difficulty of `rr eval --tasks synth` against test recurrence.
+    #[arg(long, requires_all = ["eval", "control_eval"])]
+    control: Option<PathBuf>,
+    /// `rr eval` results of the control.
+    #[arg(long, requires = "control")]
+    control_eval: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -912,6 +924,11 @@ fn run_train(args: TrainArgs) -> Result<()> {
             .baseline_variant()
             .with_context(|| args.config.display().to_string())?;
     }
+    if args.control {
+        cfg = cfg
+            .control_variant()
+            .with_context(|| args.config.display().to_string())?;
+    }
     let match_flops = args
         .match_flops
         .as_deref()
@@ -983,6 +1000,17 @@ fn run_report(args: ReportArgs) -> Result<()> {
     let path = rr_train::report::write_comparison(&args.run_dir, args.baseline.as_deref(), &out)?;
     if let Some(eval) = &args.eval {
         rr_train::report::append_eval(&path, eval, &out)?;
+    }
+    if let (Some(control), Some(control_eval), Some(eval)) =
+        (&args.control, &args.control_eval, &args.eval)
+    {
+        rr_train::side_by_side::append(
+            &path,
+            &args.run_dir,
+            eval,
+            (control, control_eval),
+            args.baseline.as_deref(),
+        )?;
     }
     println!("wrote {}", path.display());
     Ok(())

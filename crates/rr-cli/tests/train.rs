@@ -305,6 +305,24 @@ fn bad_recipes_are_refused_before_any_compute() {
         assert!(err.contains(expected), "case {i}: {err}");
         assert!(!d.join(&run).exists(), "case {i} wrote a run directory");
     }
+    // `--control` needs the recipe's `[prepare] control`; the error names the file.
+    std::fs::write(d.join("bad.toml"), &good).unwrap();
+    let err = rr_err(
+        d,
+        &[
+            "train",
+            "--config",
+            "bad.toml",
+            "--control",
+            "--run-dir",
+            "run-c",
+        ],
+    );
+    assert!(
+        err.contains("bad.toml") && err.contains("[prepare] control"),
+        "{err}"
+    );
+    assert!(!d.join("run-c").exists());
     // Packed with another tokenizer (Llama 2's).
     let llama2 = shared.join("tokenizers/llama2/tokenizer.json");
     rr_ok(

@@ -66,6 +66,8 @@ pub struct TrainConfig {
     pub prepare: Option<PrepareSection>,
     #[serde(default)]
     pub baseline: Option<BaselineSection>,
+    #[serde(default)]
+    pub evaluate: Option<EvaluateSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,8 +205,21 @@ pub struct TrainingSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareSection {
-    /// `smollm2` (fetched and imported) or a model directory.
+    /// `smollm2` (fetched and imported) or a model directory (`${RR_SHARED_DATA}` is replaced
+    /// as in `inputs`).
     pub source: String,
+    /// Where the job copies the source with its context (`max_position_embeddings`) set to
+    /// `context`, for a model whose stated context is too short for the data (stories260K
+    /// states 512; an 8-step problem and its prompt take about 760 of its tokens). RoPE has no
+    /// learned positions; training at `seq_len` teaches the longer ones. The surgery and the
+    /// baseline (`[baseline] init`) start from this copy.
+    #[serde(default)]
+    pub context: Option<ContextCopy>,
+    /// Where `rr surgery --init random` writes the from-scratch control (the retrofit's shape
+    /// with fresh weights, the paper's Fig. 2), which `rr train --control` trains with the
+    /// recipe's own settings; no control when absent.
+    #[serde(default)]
+    pub control: Option<PathBuf>,
     /// Surgery split P,B,C.
     pub layers: [usize; 3],
     #[serde(default = "default_adapter")]
@@ -223,6 +238,55 @@ pub struct PrepareSection {
     #[serde(default = "default_format")]
     pub format: String,
     pub seq_len: usize,
+}
+
+/// `[prepare] context`: the source model copied with a longer context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextCopy {
+    pub tokens: usize,
+    pub out: PathBuf,
+}
+
+/// `[evaluate]`: what `cargo xtask train` scores after training, with `rr eval --tasks synth`:
+/// held-out synthetic problems (drawn with seed `seed + 1`; training's are drawn with `seed`)
+/// of `1..=synth_max_steps` steps, at each test recurrence, for the retrofit, the control and
+/// the static baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSection {
+    pub synth_problems: usize,
+    pub synth_max_steps: usize,
+    pub recurrences: Vec<usize>,
+    /// `rr eval --max-new-tokens`: room for the longest answer.
+    pub max_new_tokens: usize,
+    /// `rr eval --batch-size`.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Where the job also copies the plot of accuracy per difficulty against test recurrence
+    /// (the README shows the default recipe's, `docs/img/demo-accuracy.svg`).
+    #[serde(default)]
+    pub plot_copy: Option<PathBuf>,
+}
+
+fn default_eval_batch() -> usize {
+    8
+}
+
+impl EvaluateSection {
+    fn validate(&self) -> Result<()> {
+        if self.synth_problems == 0 || self.max_new_tokens == 0 || self.batch_size == 0 {
+            bail!("evaluate: synth_problems, max_new_tokens and batch_size must be at least 1");
+        }
+        if !(1..=64).contains(&self.synth_max_steps) {
+            bail!("evaluate.synth_max_steps must be between 1 and 64");
+        }
+        let cap = rr_curriculum::sampler::MAX_CAP;
+        if self.recurrences.is_empty() || self.recurrences.iter().any(|&r| r == 0 || r > cap) {
+            bail!("evaluate.recurrences: give at least one, each between 1 and {cap}");
+        }
+        Ok(())
+    }
 }
 
 fn default_adapter() -> String {
@@ -334,6 +398,9 @@ impl TrainConfig {
                  [curriculum.mean] target: give a [curriculum] section"
             );
         }
+        if let Some(e) = &self.evaluate {
+            e.validate()?;
+        }
         self.lr.validate().map_err(|e| anyhow::anyhow!("lr: {e}"))?;
         self.optimizer.validate().context("optimizer")?;
         if let Some(o) = self.baseline.as_ref().and_then(|b| b.optimizer.as_ref()) {
@@ -388,6 +455,20 @@ impl TrainConfig {
         cfg.curriculum = None;
         // A static model has no core iterations to recompute.
         cfg.training.activation_checkpointing = false;
+        Ok(cfg)
+    }
+
+    /// The from-scratch control's recipe: this one, started from `[prepare] control` (the
+    /// retrofit's shape with fresh weights) instead of the retrofit.
+    pub fn control_variant(&self) -> Result<TrainConfig> {
+        let control = self
+            .prepare
+            .as_ref()
+            .and_then(|p| p.control.clone())
+            .context("this recipe has no [prepare] control")?;
+        let mut cfg = self.clone();
+        cfg.name = format!("{}-control", self.name);
+        cfg.model.init = control;
         Ok(cfg)
     }
 

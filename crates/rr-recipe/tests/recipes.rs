@@ -126,8 +126,9 @@ fn unknown_keys_are_rejected() {
 
 #[test]
 fn bad_optimizer_values_are_rejected_when_loading() {
+    // A recipe with Muon and a baseline optimizer of its own.
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smollm2-gsm8k.toml"),
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -255,4 +256,27 @@ fn activation_checkpointing_is_a_recurrent_switch() {
                 .activation_checkpointing
         );
     }
+}
+
+#[test]
+fn the_evaluation_and_the_control_are_checked() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    let bad = text.replace("recurrences = [1, 2, 4, 8, 16, 32]", "recurrences = [0, 4]");
+    assert_ne!(bad, text);
+    std::fs::write(&p, bad).unwrap();
+    let err = format!("{:#}", TrainConfig::from_path(&p).unwrap_err());
+    assert!(
+        err.contains("bad.toml") && err.contains("evaluate.recurrences"),
+        "{err}"
+    );
+    let start = text.find("\ncontrol = ").unwrap();
+    let end = start + 1 + text[start + 1..].find('\n').unwrap();
+    let cfg: TrainConfig = toml::from_str(&format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let err = format!("{:#}", cfg.control_variant().unwrap_err());
+    assert!(err.contains("[prepare] control"), "{err}");
 }

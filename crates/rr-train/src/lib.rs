@@ -6,6 +6,7 @@ pub mod launch;
 pub mod loss;
 pub mod optim;
 pub mod report;
+pub mod side_by_side;
 pub mod trainer;
 
 pub use trainer::{train, TrainOptions, TrainSummary};
