@@ -242,6 +242,7 @@ mod tests {
             "gen on",
             "WORLD_SIZE=1",
             "comm_s",
+            "bench-serve --model",
         ] {
             assert!(GPU_SCRIPT.contains(needle), "run.sh lacks {needle}");
         }

@@ -7,7 +7,8 @@
 #  2. CUDA graphs: `rr generate --cuda-graphs on` against `off`: same text? tokens/s of each
 #  3. data parallel: `rr train` at world 1 (NCCL on CUDA) and, with WORLDS="1 2 ...", more
 #     local ranks: tokens/s and the trainer's communication time per step (comm_s)
-#  4. benchmarks: `rr bench recurrence` beside bench/recurrent_ref.py (eager, compile)
+#  4. serving: `rr bench-serve` (1, 4, 16 clients against sequential `rr generate`)
+#  5. benchmarks: `rr bench recurrence` beside bench/recurrent_ref.py (eager, compile)
 #
 # A failing step is recorded and the next one runs. BUDGET (seconds, default 570) bounds the
 # whole run: the benchmarks get what is left. DEVICE=cpu SHAPE=tiny LAYERS=1,2,1 BATCH=2
@@ -104,11 +105,14 @@ if [ -d "$SMOKE" ]; then
       step "dp-world-$w" "$RR" train --config "$WORK/dp.toml" --run-dir "$WORK/dp-w$w" --nproc-per-node "$w"
     fi
   done
+  # 4. rr serve under load, the same benchmark as `cargo xtask bench-serve`.
+  step bench-serve timeout 120 "$RR" bench-serve --model "$WORK/rec" --device "$DEVICE" \
+    --clients "${SERVE_CLIENTS:-1,4,16}" --max-tokens 64 --out "$OUT/serve"
 else
   echo "no smoke/ folder (stories260K): smoke, CUDA-graph and data-parallel steps skipped" | tee -a "$OUT/summary.md"
 fi
 
-# 4. The benchmarks, in what the budget leaves.
+# 5. The benchmarks, in what the budget leaves.
 for layers in ${LAYERS:-4,8,4 4,6,4}; do
   d="$OUT/$SHAPE-${layers//,/-}"
   mkdir -p "$d"
@@ -162,6 +166,9 @@ for d in sorted(os.listdir(work)) if os.path.isdir(work) else []:
         med = lambda k: statistics.median(l[k] for l in lines if l.get(k) is not None) if any(l.get(k) is not None for l in lines) else None
         dp[d] = {"steps": len(lines), "tokens_per_s": med("tokens_per_s"), "comm_s_per_step": med("comm_s")}
 res["data_parallel"] = dp
+serve = os.path.join(out, "serve", "serve.json")
+if os.path.exists(serve):
+    res["serve"] = json.load(open(serve))
 json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=1)
 with open(os.path.join(out, "summary.md"), "a") as f:
     f.write("\n```json\n" + json.dumps({k: v for k, v in res.items() if k != "steps"}, indent=1) + "\n```\n")

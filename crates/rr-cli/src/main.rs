@@ -61,6 +61,10 @@ enum Command {
     /// An OpenAI-compatible HTTP server (completions, chat, streaming) with per-request
     /// recurrence and adaptive exit, batching requests of any depth together.
     Serve(ServeArgs),
+    /// `rr serve` under 1, 4, 16, 64 concurrent clients against sequential `rr generate`:
+    /// total tokens/s, p50/p99 latency, `serve.json` and a plot (`cargo xtask bench-serve`
+    /// and the GPU bundle run this).
+    BenchServe(BenchServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -310,6 +314,24 @@ struct ServeArgs {
     /// Seconds from a request's arrival to its last token; later it is answered 408.
     #[arg(long, default_value_t = 300.0)]
     request_timeout: f64,
+}
+
+#[derive(Args)]
+struct BenchServeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu, cuda or auto (handed to `rr generate` and `rr serve`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Concurrent clients, one level each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    clients: Vec<usize>,
+    /// New tokens per request.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Output folder for serve.json and serve_tokens_per_s.svg.
+    #[arg(long, default_value = "runs/bench-serve")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -607,6 +629,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => run_score(args),
         Command::Generate(args) => run_generate(args),
         Command::Serve(args) => run_serve(args),
+        Command::BenchServe(args) => {
+            let opts = rr_serve::bench::BenchOptions {
+                rr: std::env::current_exe().context("the path of rr itself")?,
+                model: args.model,
+                device: args.device,
+                clients: args.clients,
+                max_tokens: args.max_tokens,
+                out: args.out,
+            };
+            rr_serve::bench::run(&opts, |line| eprintln!("bench-serve: {line}")).map(|_| ())
+        }
         Command::Inspect(args) => run_inspect(args),
         Command::Surgery(args) => run_surgery(args),
         Command::Data(cmd) => run_data(cmd),

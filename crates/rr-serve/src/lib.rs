@@ -4,8 +4,10 @@
 //!   leave at token boundaries; rows of any depth share the prelude/coda/head passes).
 //! - `api.rs`: the request bodies and their checks; `chat.rs`: chat templates;
 //!   `http.rs`: the endpoints on axum; `metrics.rs`: the Prometheus text.
+//! - `bench.rs`: `rr bench-serve`, the server against sequential `rr generate` under load.
 
 pub mod api;
+pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod http;

@@ -823,3 +823,43 @@ fn bad_serve_flags_are_one_line_errors() {
         );
     }
 }
+
+/// `rr bench-serve` (what `cargo xtask bench-serve` and the GPU bundle run) measures each level
+/// with the request counts it documents, reads the tokens from the answers' `usage`, and
+/// writes its JSON and plot.
+#[test]
+fn bench_serve_measures_every_level() {
+    let Some(m) = models() else { return };
+    let out = tempfile::tempdir().unwrap();
+    rr(&[
+        "bench-serve",
+        "--model",
+        m.recurrent.to_str().unwrap(),
+        "--clients",
+        "1,5",
+        "--max-tokens",
+        "4",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("serve.json")).unwrap())
+            .unwrap();
+    let levels = result["levels"].as_array().unwrap();
+    // max(2c, 8) requests per level, at most max_tokens new tokens each.
+    for (level, (clients, requests)) in levels.iter().zip([(1, 8), (5, 10)]) {
+        assert_eq!(level["clients"], clients);
+        assert_eq!(level["requests"], requests);
+        let tokens = level["tokens"].as_u64().unwrap();
+        assert!(tokens >= 1 && tokens <= 4 * requests, "{level}");
+        let (p50, p99) = (
+            level["latency_p50_s"].as_f64().unwrap(),
+            level["latency_p99_s"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99, "{level}");
+    }
+    assert_eq!(levels.len(), 2);
+    assert!(result["sequential"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.path().join("serve_tokens_per_s.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+}
