@@ -177,7 +177,29 @@ fn venv_ready(venv: PathBuf, version: String, lib: PathBuf) -> Torch {
     Torch::Venv { venv, version, lib }
 }
 
+/// The torch wheel set takes about 4.6 GB installed, and pip holds the ~2.9 GB of downloaded
+/// wheels at the same time; below this much free space the install dies half-way with ENOSPC.
+const TORCH_INSTALL_BYTES: u64 = 8_000_000_000;
+
+/// Free bytes on the filesystem holding `dir`, from POSIX `df -Pk` (`None` when it cannot say).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let kib: u64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn pip_install_torch(python: &Path, venv: &Path) -> Result<()> {
+    if let Some(free) = free_bytes(venv) {
+        if free < TORCH_INSTALL_BYTES {
+            bail!(
+                "{}: {:.1} GB free on this disk; installing torch {TORCH_VERSION} needs about {:.0} GB (4.6 GB installed plus the downloaded wheels)",
+                venv.display(),
+                free as f64 / 1e9,
+                TORCH_INSTALL_BYTES as f64 / 1e9
+            );
+        }
+    }
     println!(
         "setup: pip install torch=={TORCH_VERSION} into {} (PyPI CUDA 13 wheel set, about 4.6 GB; this takes a while)",
         venv.display()
