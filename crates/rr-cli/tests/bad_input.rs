@@ -1,28 +1,9 @@
 //! Bad input through the real `rr` binary: every case must exit non-zero with a single-line
 //! error that names the file and the problem, and never panic.
 
+use rr_util::test_data::shared_data;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "shared data not found at {} (set RR_SHARED_DATA)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    None
-}
 
 /// Runs `rr args...`, expects failure, returns stderr.
 fn rr_fails(args: &[&str]) -> String {

@@ -3,26 +3,10 @@
 //! a world-2 checkpoint resumes at world 1 on the same curve, a killed rank stops the other with
 //! a message naming it, and a rank with another recipe is refused before any step.
 
+use rr_util::test_data::shared_data;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "shared data not found at {} (set RR_SHARED_DATA)",
-            dir.display()
-        );
-    }
-    eprintln!("skipping: shared data not found at {}", dir.display());
-    None
-}
 
 fn rr(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rr"))

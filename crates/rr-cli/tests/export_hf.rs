@@ -4,25 +4,10 @@
 //! `{"format": "pt"}`, and its README.md states the split, the training recurrence, the data,
 //! the steps and the evaluation table it was given.
 
+use rr_util::test_data::shared_data;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    eprintln!("skipping: shared data not found (set RR_SHARED_DATA)");
-    None
-}
 
 fn rr(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rr"))

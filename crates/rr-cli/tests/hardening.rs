@@ -2,28 +2,9 @@
 //! exit 1 with exactly one `error:` line that names the file or flag at fault, never panic or
 //! die by a signal, and leave nothing behind (the directory it may write into is unchanged).
 
+use rr_util::test_data::shared_data;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "shared data not found at {} (set RR_SHARED_DATA)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    None
-}
 
 /// Every file below `dir` with its size, sorted: what "nothing left behind" compares.
 fn listing(dir: &Path) -> Vec<(String, u64)> {

@@ -19,22 +19,7 @@ use tch::Tensor;
 /// float32 logits of O(10) through a few small layers: far above the last-bit differences
 /// another BLAS or thread count gives, far below the O(1) difference one more iteration makes.
 const TOLERANCE: f64 = 1e-4;
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    eprintln!("skipping: shared data not found (set RR_SHARED_DATA)");
-    None
-}
+use rr_util::test_data::shared_data;
 
 fn fixture() -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

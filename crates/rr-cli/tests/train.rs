@@ -1,29 +1,10 @@
 //! Training through the real `rr` binary: exact resumption after `kill -9`, and bad recipes
 //! refused before any compute with nothing written.
 
+use rr_util::test_data::shared_data;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "shared data not found at {} (set RR_SHARED_DATA)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    None
-}
 
 fn rr(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rr"))

@@ -4,49 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The workspace root (two levels above this crate's manifest).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ci() -> bool {
-    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
-}
-
-/// Skips (returns `None`, printing why) when `path` is missing, except under `CI=true`.
-fn required(path: PathBuf, what: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!("{what} {} not found", path.display());
-    if ci() {
-        panic!("{msg}; CI=true, so it must be present");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
-
-/// `$RR_SHARED_DATA`, else `<workspace>/../shared/data`.
-pub fn shared_data() -> Option<PathBuf> {
-    let dir = match std::env::var_os("RR_SHARED_DATA") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => workspace_root().join("../shared/data"),
-    };
-    required(dir, "shared data directory (RR_SHARED_DATA)")
-}
-
-/// A file inside the shared data directory.
-pub fn shared(rel: &str) -> Option<PathBuf> {
-    required(shared_data()?.join(rel), "shared data file")
-}
-
-/// SmolLM2-135M-Instruct's model directory (`<workspace>/.cache/models/smollm2-135m-instruct`).
-pub fn smollm2_dir() -> Option<PathBuf> {
-    required(
-        workspace_root().join(".cache/models/smollm2-135m-instruct"),
-        "SmolLM2 model directory",
-    )
-}
+pub use rr_util::test_data::{required, shared, shared_data, smollm2_dir, workspace_root};
 
 /// Writes a word-level `tokenizer.json` into `dir`: `<unk>` 0, `<s>` 1, `</s>` 2, then `w{i}` at
 /// id `i + 3` for `i < words`; whitespace pre-tokenizer, no post-processor (adds no BOS).

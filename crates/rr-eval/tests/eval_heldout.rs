@@ -5,20 +5,8 @@ use std::path::PathBuf;
 use rr_data::{pack, synth_math, write_synth_math, InputFormat, PackOptions, PackedSet, Split};
 use rr_eval::evaluate::{heldout_rows, Heldout};
 use rr_model::Tokenizer;
-
 fn stories_hf() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("models/stories260K/hf");
-    if dir.exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("shared data missing at {}", dir.display());
-    }
-    eprintln!("skipping: shared data missing at {}", dir.display());
-    None
+    rr_util::test_data::shared("models/stories260K/hf")
 }
 
 #[test]

@@ -8,21 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rr_eval::runner::loglikelihoods;
 use rr_model::{AnyModel, TestTime, Tokenizer};
+use rr_util::test_data::shared_data as shared;
 use tch::{Device, Kind, Tensor};
-
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("shared data missing at {}", dir.display());
-    }
-    eprintln!("skipping: shared data missing at {}", dir.display());
-    None
-}
 
 fn tt(recurrence: usize, seed: u64) -> TestTime {
     TestTime { recurrence, seed }

@@ -5,25 +5,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use rr_eval::tasks::*;
+use rr_util::test_data::shared_data as data_dir;
 use sha2::{Digest, Sha256};
-
-fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("mc").is_dir() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
 
 // The harness's target delimiter " " follows "Solution:" (method.md §6); before, rr wrote "\n".
 const MATH_EXEMPLAR: &str = "Problem:\nFind the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}\n\nSolution: The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so $x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\nFinal Answer: The final answer is $[2,5)$. I hope it is correct.\n\n";

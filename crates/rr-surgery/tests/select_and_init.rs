@@ -192,26 +192,7 @@ fn calibration_needs_a_full_window() {
     assert!(cal.windows.iter().all(|w| w.len() == 5 && w[0] == 1));
     assert_eq!(cal.tokens(), 8);
 }
-
-/// SmolLM2-135M-Instruct (`cargo xtask fetch-model smollm2`): `$RR_CACHE/models/...`.
-fn smollm2_dir() -> Option<PathBuf> {
-    let cache = std::env::var_os("RR_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::workspace_root().join(".cache"));
-    let dir = cache.join("models/smollm2-135m-instruct");
-    if dir.join("config.json").exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "SmolLM2 not found at {} (run `cargo xtask fetch-model smollm2`)",
-        dir.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
+use rr_util::test_data::smollm2_dir;
 
 /// SmolLM2's ranking on a short text (3 windows); printed for the record.
 #[test]

@@ -242,27 +242,7 @@ fn default_adapter_is_seeded_uniform_and_identity_is_zero_then_eye() {
     let y = x.linear::<&Tensor>(&id, None);
     assert!(y.equal(&Tensor::from_slice(&[5f32, 6., 7., 8.]).view([1, 4])));
 }
-
-/// The imported SmolLM2-135M-Instruct (made by `cargo xtask fetch-model smollm2`, which
-/// `cargo xtask test` runs first): `$RR_CACHE/models/smollm2-135m-instruct`.
-fn smollm2_dir() -> Option<std::path::PathBuf> {
-    let cache = std::env::var_os("RR_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| common::workspace_root().join(".cache"));
-    let dir = cache.join("models/smollm2-135m-instruct");
-    if dir.join("config.json").exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "SmolLM2 not found at {} (run `cargo xtask fetch-model smollm2`)",
-        dir.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
+use rr_util::test_data::smollm2_dir;
 
 /// Mean next-token NLL of `ids` in one forward pass at recurrence `r` (state seed 0).
 fn mean_nll(model: &rr_model::AnyModel, ids: &[i64], r: usize) -> f64 {

@@ -38,14 +38,19 @@ extern "C" {
 const char* rr_ext_last_error() { return last_error.c_str(); }
 
 // torch.optim.AdamW(fused=True)'s kernel. The caller increments `steps` first, as the Python
-// optimizer does (the kernel reads but does not advance them).
+// optimizer does (the kernel reads but does not advance them). `found_inf` (nullable): a 1-element
+// fp32 tensor on the parameters' device; where it holds 1 the kernel leaves every tensor as it
+// was, as under a GradScaler, and the flag is read by the kernel, never by the host.
 int rr_ext_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs,
                        at::Tensor** exp_avg_sqs, at::Tensor** steps, int64_t n, double lr,
-                       double beta1, double beta2, double weight_decay, double eps) {
+                       double beta1, double beta2, double weight_decay, double eps,
+                       at::Tensor* found_inf) {
   RR_GUARD({
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) inf = *found_inf;
     at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
                       {}, list(steps, n), lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, inf);
   })
 }
 

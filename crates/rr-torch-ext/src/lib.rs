@@ -27,6 +27,7 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        found_inf: *mut C_tensor,
     ) -> c_int;
     fn rr_ext_global_norm(tensors: *mut *mut C_tensor, n: i64, out: *mut *mut C_tensor) -> c_int;
     fn rr_ext_set_tf32(enabled: c_int) -> c_int;
@@ -60,6 +61,10 @@ pub(crate) fn ptrs(tensors: &[Tensor]) -> Vec<*mut C_tensor> {
 /// One AdamW step over every tensor at once with `torch.optim.AdamW(fused=True)`'s kernel.
 /// `steps` are fp32 scalar tensors that the caller has already advanced (the kernel reads the
 /// bias-correction step from them). All tensors must share one device and dtype.
+///
+/// `found_inf`: a 1-element fp32 tensor on the same device; where it is 1 the kernel changes
+/// nothing (`GradScaler`'s skipped step), decided on the device. The caller keeps `steps` from
+/// advancing on such a step.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_adamw_(
     params: &[Tensor],
@@ -71,6 +76,7 @@ pub fn fused_adamw_(
     betas: (f64, f64),
     weight_decay: f64,
     eps: f64,
+    found_inf: Option<&Tensor>,
 ) -> Result<()> {
     let n = params.len();
     ensure!(
@@ -79,6 +85,14 @@ pub fn fused_adamw_(
             .all(|&l| l == n),
         "fused AdamW: lists of different lengths"
     );
+    if let Some(f) = found_inf {
+        ensure!(
+            f.kind() == tch::Kind::Float && f.numel() == 1,
+            "fused AdamW: found_inf must be one fp32 element, not {:?} {:?}",
+            f.kind(),
+            f.size()
+        );
+    }
     if n == 0 {
         return Ok(());
     }
@@ -103,6 +117,7 @@ pub fn fused_adamw_(
             betas.1,
             weight_decay,
             eps,
+            found_inf.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut C_tensor),
         )
     };
     check(code, "fused AdamW")
@@ -183,7 +198,8 @@ mod tests {
         let m = [Tensor::zeros([2], (Kind::Float, Device::Cpu))];
         let v = [Tensor::zeros([2], (Kind::Float, Device::Cpu))];
         let s = [Tensor::ones([], (Kind::Float, Device::Cpu))];
-        let err = fused_adamw_(&p, &g, &m, &v, &s, 1e-3, (0.9, 0.999), 0.0, 1e-8).unwrap_err();
+        let err =
+            fused_adamw_(&p, &g, &m, &v, &s, 1e-3, (0.9, 0.999), 0.0, 1e-8, None).unwrap_err();
         assert!(err.to_string().starts_with("fused AdamW:"), "{err}");
         assert!(cuda_memory(0).is_err() || tch::Cuda::is_available());
     }

@@ -10,23 +10,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use client::{get, post, Server};
+use rr_util::test_data::shared_data;
 use serde_json::{json, Value};
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("RR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("models/stories260K/hf/config.json").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "shared data not found at {} (set RR_SHARED_DATA)",
-        dir.display()
-    );
-    eprintln!("skipping: shared data not found (set RR_SHARED_DATA)");
-    None
-}
 
 fn rr(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_rr"))

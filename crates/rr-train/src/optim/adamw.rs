@@ -29,11 +29,9 @@
 //! true, as `torch.optim.AdamW(fused=True)` under a `GradScaler` does with `found_inf`:
 //! parameters, both moments and the step count are left exactly as they were (the count is
 //! advanced by `1 − skip` on the device, so a skipped step does not count in the bias
-//! corrections). The shim's kernel has no `found_inf` argument, so the no-op is made by
-//! keeping a copy of each parameter's `p, m, v` before its update and selecting it back where
-//! `skip` holds: one parameter at a time (three copies of the largest parameter at most), at
-//! about twice the kernel's memory traffic. Passing `found_inf` to `at::_fused_adamw_` in
-//! `rr-torch-ext` would remove the copies.
+//! corrections). `skip` goes to the kernel as its `found_inf`, which the kernel reads on the
+//! device, so a skipped step costs nothing beyond the flag and an ordinary step costs what
+//! `step_fused` does.
 
 use std::collections::BTreeSet;
 
@@ -136,30 +134,23 @@ impl AdamW {
     /// device) is true, decided on the device (see the module documentation).
     pub fn step_fused_unless(&mut self, lr: f64, skip: &Tensor) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        let mut advance = None;
-        for st in &self.params {
+        let advance = skip.logical_not().to_kind(Kind::Float);
+        let mut lists: [Vec<Tensor>; 5] = Default::default();
+        for st in &mut self.params {
             let g = st.param.grad();
             if !g.defined() {
                 continue;
             }
-            let advance = advance.get_or_insert_with(|| skip.logical_not().to_kind(Kind::Float));
-            let _ = st.step_t.shallow_clone().g_add_(advance);
-            let live = [&st.param, &st.m, &st.v];
-            let kept = live.map(|t| t.copy());
-            let one = |t: &Tensor| vec![t.shallow_clone()];
-            self.fused(
-                &one(&st.param),
-                &[g],
-                &one(&st.m),
-                &one(&st.v),
-                &one(&st.step_t),
-                lr,
-            )?;
-            for (t, old) in live.into_iter().zip(kept) {
-                t.shallow_clone().copy_(&old.where_self(skip, t));
-            }
+            let _ = st.step_t.shallow_clone().g_add_(&advance);
+            lists[0].push(st.param.shallow_clone());
+            lists[1].push(g);
+            lists[2].push(st.m.shallow_clone());
+            lists[3].push(st.v.shallow_clone());
+            lists[4].push(st.step_t.shallow_clone());
         }
-        Ok(())
+        let [p, g, m, v, s] = &lists;
+        let found_inf = skip.to_kind(Kind::Float).reshape([1]);
+        self.fused_with(p, g, m, v, s, lr, Some(&found_inf))
     }
 
     fn fused(
@@ -171,6 +162,20 @@ impl AdamW {
         steps: &[Tensor],
         lr: f64,
     ) -> Result<()> {
+        self.fused_with(p, g, m, v, steps, lr, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fused_with(
+        &self,
+        p: &[Tensor],
+        g: &[Tensor],
+        m: &[Tensor],
+        v: &[Tensor],
+        steps: &[Tensor],
+        lr: f64,
+        found_inf: Option<&Tensor>,
+    ) -> Result<()> {
         rr_torch_ext::fused_adamw_(
             p,
             g,
@@ -181,6 +186,7 @@ impl AdamW {
             self.config.betas,
             self.config.weight_decay,
             self.config.eps,
+            found_inf,
         )
     }
 
