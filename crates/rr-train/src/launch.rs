@@ -116,7 +116,14 @@ mod tests {
     #[test]
     fn a_failed_rank_gets_the_others_killed_and_is_named() {
         let spawn = |script: &str| Command::new("sh").args(["-c", script]).spawn().unwrap();
-        let hung = spawn("sleep 600");
+        // `sleep` itself, not under `sh -c`: killing a shell would orphan its `sleep`, which
+        // would then hold the test runner's output pipe open for ten minutes.
+        let hung = Command::new("sleep")
+            .arg("600")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let hung_pid = hung.id();
         let started = std::time::Instant::now();
         let err = supervise(vec![hung, spawn("exit 3")]).unwrap_err();
