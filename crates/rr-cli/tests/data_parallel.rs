@@ -4,7 +4,7 @@
 //! a message naming it, and a rank with another recipe is refused before any step.
 
 use rr_util::test_data::shared_data;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

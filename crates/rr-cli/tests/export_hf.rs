@@ -6,7 +6,7 @@
 
 use rr_util::test_data::shared_data;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn rr(dir: &Path, args: &[&str]) -> std::process::Output {

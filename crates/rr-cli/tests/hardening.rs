@@ -3,7 +3,7 @@
 //! die by a signal, and leave nothing behind (the directory it may write into is unchanged).
 
 use rr_util::test_data::shared_data;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// Every file below `dir` with its size, sorted: what "nothing left behind" compares.

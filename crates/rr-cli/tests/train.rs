@@ -2,7 +2,7 @@
 //! refused before any compute with nothing written.
 
 use rr_util::test_data::shared_data;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[allow(unused_imports)] // not every test binary needs each
 pub use rr_util::test_data::{required, shared, shared_data, smollm2_dir, workspace_root};
 
 /// Writes a word-level `tokenizer.json` into `dir`: `<unk>` 0, `<s>` 1, `</s>` 2, then `w{i}` at

@@ -4,7 +4,7 @@
 #[path = "../../rr-model/tests/common/tolerance.rs"]
 mod tolerance;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rr_eval::runner::loglikelihoods;
 use rr_model::{AnyModel, TestTime, Tokenizer};

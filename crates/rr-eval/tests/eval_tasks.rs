@@ -2,7 +2,6 @@
 //! absent → skipped with a reason, except under `CI=true`).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use rr_eval::tasks::*;
 use rr_util::test_data::shared_data as data_dir;

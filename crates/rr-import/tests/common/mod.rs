@@ -3,8 +3,7 @@
 //! permutation. Not every test binary uses every helper.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-
+#[allow(unused_imports)] // not every test binary needs each
 pub use rr_util::test_data::{shared_data as shared_data_dir, workspace_root};
 
 /// llama.cpp's converter permutation, HF rows -> GGUF rows, written out independently of the

@@ -34,6 +34,7 @@ use serde_json::Value;
 
 pub const WEIGHT_FORMULA: &str = "rr-hf-fixture-v1";
 
+#[allow(unused_imports)] // not every test binary needs each
 pub use rr_util::test_data::{shared_data as shared_data_dir, workspace_root};
 
 // ----------------------------------------------------------------------------------------------
