@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{ExitCode, Stdio};
+use std::process::{Child, ExitCode, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -82,16 +84,13 @@ pub fn run(root: &Path, torch: &Torch, cache: &Path, args: &[String]) -> Result<
         .spawn()
         .context("cannot run cargo test")?;
     let mut tally = Tally::default();
-    let stdout = child.stdout.take().context("cargo test: no stdout")?;
     let mut out = std::io::stdout().lock();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo test's output")?;
-        tally.add_line(&line);
+    let status = relay_lines(&mut child, DRAIN_AFTER_EXIT, |line| {
+        tally.add_line(line);
         writeln!(out, "{line}")?;
-        out.flush()?;
-    }
+        Ok(out.flush()?)
+    })?;
     drop(out);
-    let status = child.wait().context("waiting for cargo test")?;
     println!("{}", tally.summary());
     if status.success() && tally.failed == 0 {
         return Ok(ExitCode::SUCCESS);
@@ -101,6 +100,60 @@ pub fn run(root: &Path, torch: &Torch, cache: &Path, args: &[String]) -> Result<
         eprintln!("error: cargo test failed ({status}) although no test reported a failure");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// How long to keep reading once `cargo test` has exited and its output has gone quiet. A
+/// process that a test started and never stopped inherits the pipe and holds it open; waiting
+/// for its end of file would stall the run for as long as that process lives.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// Passes every line `child` writes to its piped stdout to `on_line` as it comes, until the pipe
+/// closes, or until `child` has exited and the pipe has then been quiet for `drain` (with a
+/// warning: something the child started still holds it). Returns the child's exit status.
+fn relay_lines(
+    child: &mut Child,
+    drain: Duration,
+    mut on_line: impl FnMut(&str) -> Result<()>,
+) -> Result<ExitStatus> {
+    let stdout = child.stdout.take().context("cargo test: no stdout")?;
+    let (lines, received) = mpsc::channel();
+    // Detached: a reader blocked on a pipe that something else holds cannot be joined.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut quiet_since_exit: Option<Instant> = None;
+    loop {
+        match received.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                on_line(&line.context("reading cargo test's output")?)?;
+                quiet_since_exit = quiet_since_exit.map(|_| Instant::now());
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => match quiet_since_exit {
+                None => {
+                    if child
+                        .try_wait()
+                        .context("waiting for cargo test")?
+                        .is_some()
+                    {
+                        quiet_since_exit = Some(Instant::now());
+                    }
+                }
+                Some(since) if since.elapsed() >= drain => {
+                    eprintln!(
+                        "warning: cargo test has exited but a process it started still holds its output open (a test that did not stop a child); not waiting for it"
+                    );
+                    break;
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    child.wait().context("waiting for cargo test")
 }
 
 #[cfg(test)]
@@ -130,5 +183,49 @@ mod tests {
             }
         );
         assert_eq!(t.summary(), "tests: 10 passed, 2 failed, 1 skipped");
+    }
+
+    #[test]
+    fn a_leaked_grandchild_holding_the_pipe_does_not_stall_the_relay() {
+        // The shell exits at once; its background `sleep` keeps the pipe open for 30 s.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; echo done"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let mut lines = Vec::new();
+        let status = relay_lines(&mut child, Duration::from_secs(2), |l| {
+            lines.push(l.to_string());
+            Ok(())
+        })
+        .unwrap();
+        let elapsed = started.elapsed();
+        let leaked = lines[0].clone();
+        let _ = std::process::Command::new("kill").arg(&leaked).status();
+        assert!(status.success());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1], "done");
+        assert!(
+            elapsed < Duration::from_secs(20),
+            "waited {elapsed:?} for the leaked sleep"
+        );
+    }
+
+    #[test]
+    fn every_line_is_relayed_when_the_pipe_closes_normally() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "for i in 1 2 3; do echo line $i; done; exit 3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Vec::new();
+        let status = relay_lines(&mut child, Duration::from_secs(60), |l| {
+            lines.push(l.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(lines, ["line 1", "line 2", "line 3"]);
+        assert_eq!(status.code(), Some(3));
     }
 }
