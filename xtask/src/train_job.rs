@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(r.packed, Path::new("runs/default/data/packed"));
         assert_eq!(r.prepare.source, "${RR_SHARED_DATA}/models/stories260K/hf");
         assert_eq!(r.prepare.layers, [1, 3, 1]);
-        assert_eq!(r.prepare.format, "gsm8k");
+        assert_eq!(r.prepare.format, "gsm8k-rr");
         assert_eq!(r.prepare.synth_max_steps, 4);
         assert_eq!(r.config.mean_recurrence(), Some(4));
         // The source copied with a context that holds an 8-step problem and its prompt; the

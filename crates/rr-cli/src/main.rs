@@ -398,7 +398,7 @@ enum DataCommand {
         tokenizer: PathBuf,
         #[arg(long, num_args = 1.., required = true)]
         input: Vec<PathBuf>,
-        /// text, jsonl, gsm8k or math.
+        /// text, jsonl, gsm8k, gsm8k-rr (as the `synth` and `gsm8k_rr` prompts continue) or math.
         #[arg(long)]
         format: InputFormat,
         #[arg(long)]

@@ -14,6 +14,9 @@ pub enum InputFormat {
     Text,
     Jsonl,
     Gsm8k,
+    /// GSM8K records as the `gsm8k_rr` / `synth` evaluation prompts continue them.
+    #[serde(rename = "gsm8k-rr")]
+    Gsm8kRr,
     Math,
 }
 
@@ -25,6 +28,10 @@ impl InputFormat {
             InputFormat::Jsonl => "{text}",
             InputFormat::Gsm8k => {
                 "Q: {question}\\n\\nA: {answer} (fields trimmed, <<calculator>> annotations removed)"
+            }
+            InputFormat::Gsm8kRr => {
+                "Q: {question}\\n\\nA: Let's think step by step. {answer} (fields trimmed, \
+                 <<calculator>> annotations removed)"
             }
             InputFormat::Math => "Problem:\\n{problem}\\n\\nSolution: {solution} (fields trimmed)",
         }
@@ -47,6 +54,7 @@ impl InputFormat {
             InputFormat::Text => Err("text input has no JSON records".into()),
             InputFormat::Jsonl => Ok(field("text")?.to_string()),
             InputFormat::Gsm8k => Ok(gsm8k_document(field("question")?, field("answer")?)),
+            InputFormat::Gsm8kRr => Ok(gsm8k_rr_document(field("question")?, field("answer")?)),
             InputFormat::Math => Ok(math_document(field("problem")?, field("solution")?)),
         }
     }
@@ -58,6 +66,7 @@ impl fmt::Display for InputFormat {
             InputFormat::Text => "text",
             InputFormat::Jsonl => "jsonl",
             InputFormat::Gsm8k => "gsm8k",
+            InputFormat::Gsm8kRr => "gsm8k-rr",
             InputFormat::Math => "math",
         })
     }
@@ -70,8 +79,11 @@ impl FromStr for InputFormat {
             "text" | "txt" => Ok(InputFormat::Text),
             "jsonl" => Ok(InputFormat::Jsonl),
             "gsm8k" => Ok(InputFormat::Gsm8k),
+            "gsm8k-rr" => Ok(InputFormat::Gsm8kRr),
             "math" => Ok(InputFormat::Math),
-            _ => bail!("unknown input format {s:?} (expected text, jsonl, gsm8k or math)"),
+            _ => {
+                bail!("unknown input format {s:?} (expected text, jsonl, gsm8k, gsm8k-rr or math)")
+            }
         }
     }
 }
@@ -80,6 +92,19 @@ impl FromStr for InputFormat {
 pub fn gsm8k_document(question: &str, answer: &str) -> String {
     format!(
         "Q: {}\n\nA: {}",
+        question.trim(),
+        strip_calculator_annotations(answer.trim())
+    )
+}
+
+/// The GSM8K document as rr's `gsm8k_rr` and `synth` evaluation prompts continue it:
+/// `Q: {question}\n\nA: Let's think step by step. {answer}`, calculator annotations removed.
+/// A model trained on these documents meets, at evaluation, the prompt it was trained to
+/// continue (the plain `gsm8k` document lacks the `Let's think step by step.` the prompt
+/// ends with, and a small model then writes the question again instead of answering).
+pub fn gsm8k_rr_document(question: &str, answer: &str) -> String {
+    format!(
+        "Q: {}\n\nA: Let's think step by step. {}",
         question.trim(),
         strip_calculator_annotations(answer.trim())
     )

@@ -35,7 +35,7 @@ pub use manifest::{
     MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 pub use pack::{
-    gsm8k_document, is_heldout_document, math_document, pack, read_documents,
+    gsm8k_document, gsm8k_rr_document, is_heldout_document, math_document, pack, read_documents,
     strip_calculator_annotations, InputFormat, PackOptions, PackSummary, SpecialToken,
     DEFAULT_HELDOUT_FRACTION, DEFAULT_MAX_SHARD_TOKENS,
 };

@@ -53,7 +53,7 @@ use rr_util::seed as rng;
 use serde::{Deserialize, Serialize};
 
 pub use crate::document::{
-    gsm8k_document, math_document, strip_calculator_annotations, InputFormat,
+    gsm8k_document, gsm8k_rr_document, math_document, strip_calculator_annotations, InputFormat,
 };
 use sha2::{Digest, Sha256};
 
@@ -790,9 +790,13 @@ mod tests {
             InputFormat::Text,
             InputFormat::Jsonl,
             InputFormat::Gsm8k,
+            InputFormat::Gsm8kRr,
             InputFormat::Math,
         ] {
             assert_eq!(f.to_string().parse::<InputFormat>().unwrap(), f);
+            // The manifest (serde) and the CLI (Display) spell a format the same way.
+            let json = serde_json::to_string(&f).unwrap();
+            assert_eq!(json, format!("\"{f}\""));
         }
     }
 }

@@ -145,6 +145,22 @@ fn hellaswag_wikihow_preprocessing() {
     assert_eq!(python_capitalize(""), "");
 }
 
+/// A model trained on `gsm8k-rr` documents meets at evaluation exactly the text it was trained
+/// on: the `synth` / `gsm8k_rr` prompt followed by the target delimiter and the answer is the
+/// exemplar's document, the documents' separator and the problem's document.
+#[test]
+fn gsm8k_rr_documents_are_what_the_synth_prompt_continues() {
+    let problem = &rr_data::synth_math(1, 3, 75)[0];
+    let (q, a) = (problem.question.as_str(), problem.answer.as_str());
+    let exemplar = rr_data::gsm8k_rr_document(GSM8K_EXEMPLAR_QUESTION, GSM8K_EXEMPLAR_ANSWER);
+    assert_eq!(
+        format!("{} {a}", gsm8k_rr_prompt(q)),
+        format!("{exemplar}\n\n{}", rr_data::gsm8k_rr_document(q, a))
+    );
+    // The plain `gsm8k` document does not continue it.
+    assert!(!format!("{} {a}", gsm8k_rr_prompt(q)).ends_with(&rr_data::gsm8k_document(q, a)));
+}
+
 #[test]
 fn first_items_generative() {
     let Some(dir) = data_dir() else { return };

@@ -233,8 +233,9 @@ pub struct PrepareSection {
     /// (default `../shared/data`).
     #[serde(default)]
     pub inputs: Vec<PathBuf>,
-    /// Format of the files packed (`rr data pack --format`): text, jsonl, gsm8k (the default;
-    /// also the synthetic problems' format) or math.
+    /// Format of the files packed (`rr data pack --format`): text, jsonl, gsm8k (the default),
+    /// gsm8k-rr (GSM8K-style records, the synthetic problems too, as the `synth` evaluation
+    /// prompt continues them) or math.
     #[serde(default = "default_format")]
     pub format: String,
     pub seq_len: usize,

@@ -41,6 +41,14 @@ fn recurrence_points(losses: &BTreeMap<String, f64>) -> Vec<(f64, f64)> {
     pts
 }
 
+/// The entries of a held-out map in order of test recurrence (1, 4, 16, not the map's 1, 16,
+/// 4), a non-numeric key such as `static` last.
+fn by_recurrence(losses: &BTreeMap<String, f64>) -> Vec<(&String, &f64)> {
+    let mut entries: Vec<(&String, &f64)> = losses.iter().collect();
+    entries.sort_by_key(|(r, _)| r.parse::<usize>().unwrap_or(usize::MAX));
+    entries
+}
+
 pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
     std::fs::write(
         run_dir.join("summary.json"),
@@ -85,7 +93,7 @@ pub fn write_run_report(run_dir: &Path, s: &TrainSummary) -> Result<()> {
         s.name, s.kind, s.steps, s.tokens, s.flops, s.wall_seconds, s.final_loss
     );
     md.push_str("| test recurrence | held-out loss before | after |\n|---|---|---|\n");
-    for (r, after) in &s.heldout_after {
+    for (r, after) in by_recurrence(&s.heldout_after) {
         let before = s
             .heldout_before
             .get(r)
@@ -253,7 +261,7 @@ impl Comparison {
         }
         md.push_str("\nHeld-out loss (nats/token) by test recurrence:\n\n| r | retrofit before | retrofit after | static baseline before | after |\n|---|---|---|---|---|\n");
         let fmt = |x: Option<f64>| x.map(|x| format!("{x:.4}")).unwrap_or_else(|| "–".into());
-        for (r, a) in &self.after {
+        for (r, a) in by_recurrence(&self.after) {
             md.push_str(&format!(
                 "| {r} | {} | {a:.4} | {} | {} |\n",
                 fmt(self.before.get(r).copied()),
@@ -274,8 +282,10 @@ impl Comparison {
     /// held-out loss at the same training FLOPs, read off its held-out curve (linear between its
     /// evaluation checkpoints; none beyond its last).
     fn equal_flops_table(&self) -> String {
-        let mut recurrences: Vec<&String> = self.after.keys().collect();
-        recurrences.sort_by_key(|r| r.parse::<usize>().unwrap_or(usize::MAX));
+        let recurrences: Vec<&String> = by_recurrence(&self.after)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
         let mut md = String::from(
             "\nAt equal training FLOPs (the baseline read off its held-out curve, linear between \
              its evaluation checkpoints):\n\n| training FLOPs |",
@@ -343,4 +353,22 @@ pub fn append_eval(report: &Path, eval: &Path, out_dir: &Path) -> Result<()> {
         }
     }
     rr_util::fs::write_atomic(report, md.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_losses_are_listed_by_test_recurrence() {
+        let losses: BTreeMap<String, f64> = [("16", 0.3), ("1", 0.5), ("static", 0.2), ("4", 0.4)]
+            .into_iter()
+            .map(|(r, l)| (r.to_string(), l))
+            .collect();
+        let order: Vec<&str> = by_recurrence(&losses)
+            .into_iter()
+            .map(|(r, _)| r.as_str())
+            .collect();
+        assert_eq!(order, ["1", "4", "16", "static"]);
+    }
 }
