@@ -130,14 +130,35 @@ pub enum AttnMask {
     Explicit(Tensor),
 }
 
-/// Keys and values of one attention layer, [B, n_kv, S, D] each, grown by concatenation; or,
-/// for the fixed-shape decode step, preallocated to a capacity and written in place.
+/// Keys and values of one attention layer, [B, n_kv, S, D] each, grown in place in spare
+/// room; or, for the fixed-shape decode step, preallocated to a capacity and written in place.
 #[derive(Debug, Default)]
 pub struct LayerKv {
     pub kv: Option<(Tensor, Tensor)>,
     /// Preallocated keys/values only: a [1] int64 tensor on their device holding the column
     /// that `append` writes the new token into (the caller masks the columns not yet written).
     pub write_at: Option<Tensor>,
+    /// Storage whose first positions `kv` is, with room for [`KV_ROOM_STEP`] more at most.
+    /// Appending one token then writes one column instead of copying the whole cache (a copy
+    /// per generated token per layer made decoding quadratic in its length). Copies of `kv`
+    /// made elsewhere never carry it, so they move to storage of their own before they write.
+    pub(crate) room: Option<(Tensor, Tensor)>,
+}
+
+/// Positions a layer's key/value storage grows by: a reallocation every this many generated
+/// tokens, and at most this many unused positions per layer.
+const KV_ROOM_STEP: i64 = 256;
+
+/// Whether `view` is the first positions (dimension 2) of `room`, so that writing after them
+/// changes nothing `view` shows.
+fn is_prefix_of(view: &Tensor, room: &Tensor) -> bool {
+    let (vs, rs) = (view.size(), room.size());
+    view.data_ptr() == room.data_ptr()
+        && view.stride() == room.stride()
+        && vs.len() == 4
+        && rs.len() == 4
+        && (vs[0], vs[1], vs[3]) == (rs[0], rs[1], rs[3])
+        && vs[2] <= rs[2]
 }
 
 impl LayerKv {
@@ -150,8 +171,36 @@ impl LayerKv {
             return (keys.shallow_clone(), values.shallow_clone());
         }
         let (k, v) = match self.kv.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
-            None => (k, v),
+            None => {
+                self.room = None;
+                (k, v)
+            }
+            // Autograd needs every cached position to stay the value it saw.
+            Some((pk, pv)) if pk.requires_grad() || k.requires_grad() || v.requires_grad() => {
+                self.room = None;
+                (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2))
+            }
+            Some((pk, pv)) => {
+                let (len, t) = (pk.size()[2], k.size()[2]);
+                let fits = |(rk, rv): &(Tensor, Tensor)| {
+                    is_prefix_of(&pk, rk) && is_prefix_of(&pv, rv) && rk.size()[2] >= len + t
+                };
+                if !self.room.as_ref().is_some_and(fits) {
+                    let capacity = (len + t + KV_ROOM_STEP - 1) / KV_ROOM_STEP * KV_ROOM_STEP;
+                    let grow = |p: &Tensor| {
+                        let mut size = p.size();
+                        size[2] = capacity;
+                        let room = p.new_empty(size.as_slice(), (p.kind(), p.device()));
+                        room.narrow(2, 0, len).copy_(p);
+                        room
+                    };
+                    self.room = Some((grow(&pk), grow(&pv)));
+                }
+                let (rk, rv) = self.room.as_ref().expect("room was just made");
+                rk.narrow(2, len, t).copy_(&k);
+                rv.narrow(2, len, t).copy_(&v);
+                (rk.narrow(2, 0, len + t), rv.narrow(2, 0, len + t))
+            }
         };
         self.kv = Some((k.shallow_clone(), v.shallow_clone()));
         (k, v)

@@ -155,6 +155,7 @@ fn stack(layers: &[&LayerKv], lens: &[i64], max: i64) -> LayerKv {
     LayerKv {
         kv: Some((Tensor::cat(&ks, 0), Tensor::cat(&vs, 0))),
         write_at: None,
+        room: None,
     }
 }
 
@@ -178,6 +179,7 @@ fn unstack(stacked: LayerKv, lens: &[i64], max: i64) -> Vec<LayerKv> {
             LayerKv {
                 kv: Some((own(&k), own(&v))),
                 write_at: None,
+                room: None,
             }
         })
         .collect()

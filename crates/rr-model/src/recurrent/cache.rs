@@ -95,6 +95,7 @@ pub(crate) fn shallow(layer: &LayerKv) -> LayerKv {
             .as_ref()
             .map(|(k, v)| (k.shallow_clone(), v.shallow_clone())),
         write_at: None,
+        room: None,
     }
 }
 

@@ -239,5 +239,6 @@ fn preallocated(layer: &LayerKv, capacity: i64, column: &Tensor) -> Result<Layer
     Ok(LayerKv {
         kv: Some((buffer(k), buffer(v))),
         write_at: Some(column.shallow_clone()),
+        room: None,
     })
 }
